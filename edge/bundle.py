@@ -1,0 +1,279 @@
+"""The model bundle: the one contract between trainer and edge.
+
+A bundle is one ZIP file (stored, not compressed) holding
+
+- ``manifest.json``: everything about the model (labels, front-end
+  parameters, window and hop, thresholds, version, creation time, training
+  summary and metrics, sha256 and size of every other member, tensor shapes,
+  and the self-test expectation);
+- ``model.tflite``: the full-integer int8 model;
+- ``selftest_input.npy``: a fixed int8 input whose int8 output is in the manifest;
+- ``signature.json``: Ed25519 signature of the exact ``manifest.json`` bytes,
+  with the signing key's id.
+
+The signature covers the manifest, and the manifest pins every member by
+sha256, so changing any byte of any member is detected. ``load_bundle``
+checks, in order: it is a ZIP, the members exist, it is signed, the signature
+verifies with the given public key, the manifest is well-formed, the hashes
+and sizes match, and the front-end parameters and tensor shapes are ones this
+edge implements. Any failure raises ``BundleError`` with the reason.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .frontend import FrontendError, FrontendParams
+from .signing import key_id, verify
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dawnchorus-bundle"
+FORMAT_VERSION = 1
+MANIFEST, MODEL, SELFTEST, SIGNATURE = "manifest.json", "model.tflite", "selftest_input.npy", "signature.json"
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+
+
+class BundleError(ValueError):
+    """A bundle that is refused; the message says why."""
+
+
+@dataclass(frozen=True)
+class Label:
+    label: str
+    scientific_name: str
+    common_name: str
+
+
+@dataclass
+class Bundle:
+    manifest: dict[str, Any]
+    model_bytes: bytes
+    selftest_input: np.ndarray
+    key_id: str
+    path: str | None = None
+    frontend: FrontendParams = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.frontend = FrontendParams.from_dict(self.manifest["frontend"])
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest["members"][MODEL]["sha256"]
+
+    @property
+    def labels(self) -> list[Label]:
+        return [Label(**lab) for lab in self.manifest["labels"]]
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return dict(self.manifest["thresholds"])
+
+    @property
+    def hop_s(self) -> float:
+        return float(self.manifest["hop_s"])
+
+    def describe(self) -> str:
+        m = self.manifest
+        metrics = m.get("metrics", {})
+        return (
+            f"{m['name']} {m['version']} ({len(m['labels'])} labels, sha256 {self.sha256[:12]}, "
+            f"signed by {self.key_id}, created {m['created_utc']}, "
+            f"macro ROC-AUC {metrics.get('macro_roc_auc', 'n/a')})"
+        )
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def build_bundle(
+    *,
+    name: str,
+    version: str,
+    model_bytes: bytes,
+    labels: list[Label],
+    frontend: FrontendParams,
+    hop_s: float,
+    thresholds: dict[str, float],
+    selftest_input: np.ndarray,
+    selftest_output: list[int],
+    private_key,
+    input_shape: list[int],
+    output_shape: list[int],
+    training: dict | None = None,
+    metrics: dict | None = None,
+    selftest_tolerance: int = 2,
+    extra: dict | None = None,
+) -> bytes:
+    """Assemble and sign a bundle; returns its bytes. Pure: no TensorFlow."""
+    frontend.validate()
+    selftest_bytes = _npy_bytes(np.asarray(selftest_input, dtype=np.int8))
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "version": str(version),
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "labels": [lab.__dict__ for lab in labels],
+        "frontend": frontend.to_dict(),
+        "window_s": frontend.window_s,
+        "hop_s": float(hop_s),
+        "thresholds": {k: float(v) for k, v in thresholds.items()},
+        "tensors": {"input_shape": list(input_shape), "input_dtype": "int8",
+                    "output_shape": list(output_shape), "output_dtype": "int8"},
+        "selftest": {"output": [int(v) for v in selftest_output], "tolerance": int(selftest_tolerance)},
+        "training": training or {},
+        "metrics": metrics or {},
+        "members": {
+            MODEL: {"sha256": sha256_hex(model_bytes), "size": len(model_bytes)},
+            SELFTEST: {"sha256": sha256_hex(selftest_bytes), "size": len(selftest_bytes)},
+        },
+    }
+    if extra:
+        manifest.update(extra)
+    manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    signature = {
+        "algorithm": "ed25519",
+        "key_id": key_id(private_key.public_key()),
+        "signature": base64.b64encode(private_key.sign(manifest_bytes)).decode(),
+    }
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(MANIFEST, manifest_bytes)
+        zf.writestr(MODEL, model_bytes)
+        zf.writestr(SELFTEST, selftest_bytes)
+        zf.writestr(SIGNATURE, json.dumps(signature))
+    return buf.getvalue()
+
+
+def _check_manifest(m: Any) -> None:
+    if not isinstance(m, dict):
+        raise BundleError("manifest is not a JSON object")
+    if m.get("format") != FORMAT:
+        raise BundleError(f"manifest format is {m.get('format')!r}, expected {FORMAT!r}")
+    if m.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"bundle format version {m.get('format_version')} is not supported (only {FORMAT_VERSION})")
+    required = ["name", "version", "created_utc", "labels", "frontend", "hop_s", "thresholds", "tensors", "selftest", "members"]
+    missing = [k for k in required if k not in m]
+    if missing:
+        raise BundleError(f"manifest lacks {missing}")
+    labels = m["labels"]
+    if not isinstance(labels, list) or not labels:
+        raise BundleError("manifest has no labels")
+    for lab in labels:
+        if not isinstance(lab, dict) or set(lab) != {"label", "scientific_name", "common_name"}:
+            raise BundleError(f"malformed label entry {lab!r}")
+    names = [lab["label"] for lab in labels]
+    if len(set(names)) != len(names):
+        raise BundleError("duplicate labels in manifest")
+    bad = [k for k, v in m["thresholds"].items() if k not in names or not (0.0 <= float(v) <= 1.0)]
+    if bad:
+        raise BundleError(f"thresholds for unknown labels or outside 0..1: {bad}")
+
+
+def _check_shapes(m: dict, frontend: FrontendParams) -> None:
+    t = m["tensors"]
+    want_in = [1, *frontend.input_shape]
+    if list(t.get("input_shape", [])) != want_in:
+        raise BundleError(f"model input shape {t.get('input_shape')} does not match the front-end's {want_in}")
+    if list(t.get("output_shape", [])) != [1, len(m["labels"])]:
+        raise BundleError(f"model output shape {t.get('output_shape')} does not match {len(m['labels'])} labels")
+    if t.get("input_dtype") != "int8" or t.get("output_dtype") != "int8":
+        raise BundleError("only full-integer int8 models (int8 input and output) are supported")
+    hop = float(m["hop_s"])
+    if not 0 < hop <= frontend.window_s:
+        raise BundleError(f"hop_s {hop} must be in (0, window_s={frontend.window_s}]")
+
+
+def parse_bundle(data: bytes, public_key, path: str | None = None, max_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:
+    """Verify bundle bytes against a public key; return the Bundle or raise BundleError."""
+    where = path or "bundle"
+    if len(data) > max_bytes:
+        raise BundleError(f"{where}: {len(data)} bytes exceeds the limit of {max_bytes}")
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise BundleError(f"{where}: not a bundle (not a ZIP archive; truncated or another kind of file)")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            names = set(zf.namelist())
+            if SIGNATURE not in names:
+                raise BundleError(f"{where}: unsigned (no {SIGNATURE})")
+            missing = [n for n in (MANIFEST, MODEL, SELFTEST) if n not in names]
+            if missing:
+                raise BundleError(f"{where}: missing member(s) {missing}")
+            manifest_bytes = zf.read(MANIFEST)
+            sig_doc = json.loads(zf.read(SIGNATURE))
+            model_bytes = zf.read(MODEL)
+            selftest_bytes = zf.read(SELFTEST)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+        raise BundleError(f"{where}: damaged archive ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{where}: unreadable signature ({exc})") from exc
+    try:
+        signature = base64.b64decode(sig_doc["signature"], validate=True)
+        signer = str(sig_doc.get("key_id", "?"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{where}: malformed signature record ({exc})") from exc
+    if sig_doc.get("algorithm") != "ed25519":
+        raise BundleError(f"{where}: signature algorithm {sig_doc.get('algorithm')!r} is not ed25519")
+    expected = key_id(public_key)
+    if not verify(public_key, signature, manifest_bytes):
+        hint = "" if signer == expected else f" (it names key {signer})"
+        raise BundleError(f"{where}: signature does not verify with the trusted key {expected}{hint}")
+    try:
+        manifest = json.loads(manifest_bytes)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{where}: manifest is not JSON ({exc})") from exc
+    _check_manifest(manifest)
+    for member, blob in ((MODEL, model_bytes), (SELFTEST, selftest_bytes)):
+        pinned = manifest["members"].get(member, {})
+        if pinned.get("size") != len(blob) or pinned.get("sha256") != sha256_hex(blob):
+            raise BundleError(f"{where}: {member} does not match the sha256/size in the signed manifest (tampered)")
+    try:
+        frontend = FrontendParams.from_dict(manifest["frontend"])
+    except (FrontendError, TypeError) as exc:
+        raise BundleError(f"{where}: front-end parameters this edge cannot honour: {exc}") from exc
+    _check_shapes(manifest, frontend)
+    try:
+        selftest = np.load(io.BytesIO(selftest_bytes), allow_pickle=False)
+    except ValueError as exc:
+        raise BundleError(f"{where}: self-test input unreadable ({exc})") from exc
+    if list(selftest.shape) != manifest["tensors"]["input_shape"] or selftest.dtype != np.int8:
+        raise BundleError(f"{where}: self-test input has shape {selftest.shape} {selftest.dtype}")
+    return Bundle(manifest=manifest, model_bytes=model_bytes, selftest_input=selftest, key_id=signer, path=path)
+
+
+def load_bundle(path: str | Path, public_key, max_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > max_bytes:
+            raise BundleError(f"{p}: {size} bytes exceeds the limit of {max_bytes}")
+        data = p.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{p}: cannot read ({exc.strerror or exc})") from exc
+    return parse_bundle(data, public_key, path=str(p), max_bytes=max_bytes)

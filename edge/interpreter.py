@@ -1,0 +1,114 @@
+"""One small loader for the TFLite interpreter, and int8 inference.
+
+Prefers ai-edge-litert (LiteRT: XNNPACK runs int8, numpy 2, Python 3.13),
+then tflite_runtime, then tensorflow.lite. TensorFlow is imported only as the
+last resort, so the edge never pulls it in where LiteRT is installed.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class InterpreterError(RuntimeError):
+    """A model the interpreter cannot load or run."""
+
+
+def interpreter_class():
+    """Return (Interpreter class, backend name)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter, "tflite-runtime"
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf  # noqa: F401 - last resort only
+
+        return tf.lite.Interpreter, "tensorflow.lite"
+    except ImportError as exc:
+        raise InterpreterError("no TFLite interpreter: pip install ai-edge-litert") from exc
+
+
+class Int8Model:
+    """A loaded full-integer model: float features in, float scores out.
+
+    Quantization uses the tensors' own scale and zero point.
+    """
+
+    def __init__(self, model_bytes: bytes, num_threads: int = 1):
+        cls, self.backend = interpreter_class()
+        try:
+            self._interp = cls(model_content=model_bytes, num_threads=int(num_threads))
+            self._interp.allocate_tensors()
+        except Exception as exc:  # the interpreters raise ValueError/RuntimeError variously
+            raise InterpreterError(f"cannot load model: {exc}") from exc
+        inp = self._interp.get_input_details()
+        out = self._interp.get_output_details()
+        if len(inp) != 1 or len(out) != 1:
+            raise InterpreterError(f"expected one input and one output tensor, got {len(inp)} and {len(out)}")
+        self._in, self._out = inp[0], out[0]
+        if self._in["dtype"] != np.int8 or self._out["dtype"] != np.int8:
+            raise InterpreterError(f"model is not full-integer int8 (input {self._in['dtype']}, output {self._out['dtype']})")
+        self.input_shape = tuple(int(v) for v in self._in["shape"])
+        self.output_shape = tuple(int(v) for v in self._out["shape"])
+        self.in_scale, self.in_zero = self._in["quantization"]
+        self.out_scale, self.out_zero = self._out["quantization"]
+        if not self.in_scale or not self.out_scale:
+            raise InterpreterError("model tensors carry no quantization parameters")
+        self._in_index, self._out_index = self._in["index"], self._out["index"]
+
+    def quantize(self, features: np.ndarray) -> np.ndarray:
+        q = np.round(features / self.in_scale + self.in_zero)
+        return np.clip(q, -128, 127).astype(np.int8)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return (q.astype(np.float32) - self.out_zero) * self.out_scale
+
+    def invoke_int8(self, x: np.ndarray) -> np.ndarray:
+        """Run one int8 input of the model's input shape (batch included); int8 output row."""
+        self._interp.set_tensor(self._in_index, x.reshape(self.input_shape))
+        self._interp.invoke()
+        return self._interp.get_tensor(self._out_index)[0].copy()
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Scores for one window of float features (input shape without batch)."""
+        return self.dequantize(self.invoke_int8(self.quantize(features)))
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        return np.stack([self.predict(f) for f in batch]) if len(batch) else np.zeros((0, self.output_shape[-1]), np.float32)
+
+    def selftest(self, x: np.ndarray, expected: list[int], tolerance: int) -> tuple[bool, int]:
+        """Run the bundle's self-test vector; (passed, largest deviation in int8 steps)."""
+        got = self.invoke_int8(x).astype(np.int32)
+        want = np.asarray(expected, dtype=np.int32)
+        if got.shape != want.shape:
+            return False, 255
+        dev = int(np.abs(got - want).max()) if got.size else 0
+        return dev <= tolerance, dev
+
+
+def load_model(bundle, num_threads: int = 1) -> Int8Model:
+    """Load a verified bundle's model and check it against the manifest and its self-test."""
+    model = Int8Model(bundle.model_bytes, num_threads=num_threads)
+    t = bundle.manifest["tensors"]
+    if list(model.input_shape) != list(t["input_shape"]) or list(model.output_shape) != list(t["output_shape"]):
+        raise InterpreterError(
+            f"model tensors {model.input_shape}->{model.output_shape} differ from the manifest "
+            f"{t['input_shape']}->{t['output_shape']}"
+        )
+    st = bundle.manifest["selftest"]
+    ok, dev = model.selftest(bundle.selftest_input, st["output"], st["tolerance"])
+    if not ok:
+        raise InterpreterError(f"self-test failed: output differs by {dev} int8 steps (tolerance {st['tolerance']})")
+    log.info("model %s %s loaded with %s, %d thread(s)", bundle.name, bundle.version, model.backend, num_threads)
+    return model
