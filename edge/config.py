@@ -33,12 +33,20 @@ class LocationConfig(_Section):
 
 
 class ModelConfig(_Section):
-    bundle: Path = DEFAULT_BUNDLE
-    public_key: Path = DEFAULT_PUBLIC_KEY
+    bundle: Optional[Path] = None  # None: the bundled default model
+    public_key: Optional[Path] = None  # None: the bundled default model's key
     models_dir: Optional[Path] = None  # where updates are installed; default <state_dir>/models
     num_threads: int = Field(1, ge=1, le=16)
     overlap_s: Optional[float] = Field(None, ge=0)  # None: window_s - bundle hop_s
     max_bundle_mb: float = Field(32, gt=0, le=512)
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.bundle or DEFAULT_BUNDLE
+
+    @property
+    def public_key_path(self) -> Path:
+        return self.public_key or DEFAULT_PUBLIC_KEY
 
 
 class DetectionConfig(_Section):

@@ -1,0 +1,5 @@
+"""Shared fixtures. Each part keeps its own fixtures in tests/fixtures_<part>.py,
+listed in pytest_plugins below."""
+import pytest
+
+pytest_plugins: list[str] = []
