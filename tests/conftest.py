@@ -2,4 +2,6 @@
 listed in pytest_plugins below."""
 import pytest
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "fixtures_mqtt",
+]

@@ -1,0 +1,144 @@
+"""JSON payloads of the MQTT messages. Their JSON Schemas are in ``edge/schemas/``.
+
+Every payload is a JSON object with ``"schema"`` naming its kind and version,
+so consumers can tell messages apart and evolve with them.
+"""
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from importlib import resources
+from typing import Any, Mapping, Optional
+
+from .topics import Topics
+
+DETECTION_SCHEMA = "dawnchorus/detection/1"
+STATUS_SCHEMA = "dawnchorus/status/1"
+
+#: the stored detection columns every detection message carries
+DETECTION_FIELDS = (
+    "id", "device_id", "source", "start_utc", "end_utc", "offset_s", "end_offset_s",
+    "label", "common_name", "score", "mean_score", "n_windows",
+    "model_version", "model_sha256", "created_utc", "time_source",
+)
+
+#: health numbers (all optional but outbox_depth) in the status message
+HEALTH_FIELDS = (
+    "uptime_s", "windows_processed", "inference_ms", "overflows", "gaps",
+    "disk_free_mb", "model_version", "model_sha256", "outbox_depth", "detections_total",
+)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode(payload: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON; NaN/inf are not JSON and become null."""
+    return json.dumps(_finite(payload), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def location_dict(location: Any) -> dict:
+    """From a ``LocationConfig`` (or None, or a mapping)."""
+    if location is None:
+        return {"name": "", "latitude": None, "longitude": None}
+    get = location.get if isinstance(location, Mapping) else lambda k, d=None: getattr(location, k, d)
+    return {"name": get("name", "") or "", "latitude": get("latitude"), "longitude": get("longitude")}
+
+
+def detection(row: Any, location: Any = None) -> dict:
+    """A detection message from a stored row (mapping) or a ``Detection``."""
+    if not isinstance(row, Mapping):
+        row = row.to_dict()
+    missing = [f for f in ("id", "device_id", "start_utc", "label") if row.get(f) in (None, "")]
+    if missing:
+        raise ValueError(f"detection row lacks {', '.join(missing)}: {dict(row)!r}")
+    out: dict[str, Any] = {"schema": DETECTION_SCHEMA}
+    for f in DETECTION_FIELDS:
+        v = row.get(f)
+        if f == "n_windows" and v is not None:
+            v = int(v)
+        out[f] = v
+    out["location"] = location_dict(location)
+    return out
+
+
+def status(device_id: str, state: str, health: Optional[Mapping[str, Any]] = None,
+           mqtt: Optional[Mapping[str, Any]] = None) -> dict:
+    """``online``/``offline``; with ``health`` it is the periodic health message."""
+    if state not in ("online", "offline"):
+        raise ValueError(f"status state must be online or offline, got {state!r}")
+    out: dict[str, Any] = {"schema": STATUS_SCHEMA, "device_id": device_id, "state": state, "ts": utc_now()}
+    if health is not None:
+        h = {k: health.get(k) for k in HEALTH_FIELDS}
+        h.update({k: v for k, v in health.items() if k not in h and _is_scalar(v)})
+        out["health"] = h
+    if mqtt is not None:
+        out["mqtt"] = dict(mqtt)
+    return out
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def ha_discovery(topics: Topics, location_name: str = "", sw_version: str = "") -> dict[str, dict]:
+    """Home Assistant discovery configs, by config topic: last species and detections count."""
+    device = {
+        "identifiers": [topics.ha_node_id],
+        "name": f"dawnchorus {topics.device_id}" + (f" ({location_name})" if location_name else ""),
+        "manufacturer": "dawnchorus",
+        "model": "passive acoustic bird recorder",
+    }
+    if sw_version:
+        device["sw_version"] = sw_version
+    availability = {
+        "availability_topic": topics.status,
+        "availability_template": "{{ value_json.state }}",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+    }
+    return {
+        topics.ha_last_species: {
+            "name": "Last species",
+            "unique_id": f"{topics.ha_node_id}_last_species",
+            "object_id": f"{topics.ha_node_id}_last_species",
+            "state_topic": topics.detections,
+            "value_template": "{{ value_json.common_name or value_json.label }}",
+            "json_attributes_topic": topics.detections,
+            "json_attributes_template": (
+                "{{ {'label': value_json.label, 'score': value_json.score, "
+                "'start_utc': value_json.start_utc, 'id': value_json.id} | tojson }}"),
+            "icon": "mdi:bird",
+            "device": device,
+            **availability,
+        },
+        topics.ha_detections_count: {
+            "name": "Detections",
+            "unique_id": f"{topics.ha_node_id}_detections_count",
+            "object_id": f"{topics.ha_node_id}_detections_count",
+            "state_topic": topics.status,
+            "value_template": "{{ value_json.health.detections_total if value_json.health is defined else this.state }}",
+            "state_class": "total_increasing",
+            "unit_of_measurement": "detections",
+            "icon": "mdi:counter",
+            "device": device,
+            **availability,
+        },
+    }
+
+
+def load_schema(name: str) -> dict:
+    """A committed JSON Schema: ``detection``, ``status`` or ``ha_discovery``."""
+    return json.loads(resources.files("edge").joinpath("schemas", f"{name}.json").read_text())
