@@ -1,0 +1,156 @@
+"""Fixtures for the model-update tests: a team key pair and real signed bundles.
+
+Bundles are built with ``edge.bundle.build_bundle`` around the real int8
+model of the bundled default (whatever model that is today); the self-test
+expectation is computed by running it. Bad kinds are made by altering a good
+bundle and, where the manifest changes, signing it again with the team key,
+so each is refused for its own reason and not for a broken signature.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+from edge import bundle as B
+from edge.config import DEFAULT_BUNDLE, DEFAULT_PUBLIC_KEY
+from edge.interpreter import Int8Model
+from edge.signing import generate_keypair, key_id, load_private_key, load_public_key
+
+
+@lru_cache(maxsize=1)
+def default_bundle() -> B.Bundle:
+    return B.load_bundle(DEFAULT_BUNDLE, load_public_key(DEFAULT_PUBLIC_KEY))
+
+
+@lru_cache(maxsize=1)
+def _selftest_output() -> tuple[int, ...]:
+    b = default_bundle()
+    return tuple(int(v) for v in Int8Model(b.model_bytes).invoke_int8(b.selftest_input))
+
+
+def make_bundle(private_key, version: str, *, name: str = "test-model", thresholds: float | None = 0.0,
+                selftest_shift: int = 0) -> bytes:
+    """A good bundle around the default model's bytes, signed with ``private_key``.
+
+    Thresholds default to 0 so every window yields detections: the tests look
+    at which model made them, not at what it heard.
+    """
+    d = default_bundle()
+    out = np.clip(np.asarray(_selftest_output()) + selftest_shift, -128, 127)
+    labels = d.labels
+    return B.build_bundle(
+        name=name, version=version, model_bytes=d.model_bytes, labels=labels, frontend=d.frontend,
+        hop_s=d.hop_s,
+        thresholds={lab.label: thresholds for lab in labels} if thresholds is not None else d.thresholds,
+        selftest_input=d.selftest_input, selftest_output=[int(v) for v in out], private_key=private_key,
+        input_shape=d.manifest["tensors"]["input_shape"], output_shape=d.manifest["tensors"]["output_shape"],
+        training={"note": "test bundle"},
+    )
+
+
+def _members(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for n, blob in members.items():
+            zf.writestr(n, blob)
+    return buf.getvalue()
+
+
+def resign(data: bytes, private_key, mutate) -> bytes:
+    """Change the manifest with ``mutate(manifest)`` and sign it again."""
+    members = _members(data)
+    manifest = json.loads(members[B.MANIFEST])
+    mutate(manifest)
+    mbytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    members[B.MANIFEST] = mbytes
+    members[B.SIGNATURE] = json.dumps({
+        "algorithm": "ed25519", "key_id": key_id(private_key.public_key()),
+        "signature": base64.b64encode(private_key.sign(mbytes)).decode()}).encode()
+    return _zip(members)
+
+
+def bad_bundles(private_key, other_key, version: str) -> dict[str, tuple[bytes, str]]:
+    """Each bad kind: (bytes, a phrase its refusal reason must contain)."""
+    good = make_bundle(private_key, version)
+    members = _members(good)
+    unsigned = _zip({n: b for n, b in members.items() if n != B.SIGNATURE})
+    tampered_model = bytearray(members[B.MODEL])
+    tampered_model[len(tampered_model) // 2] ^= 0xFF
+    tampered = _zip({**members, B.MODEL: bytes(tampered_model)})
+
+    def frontend_16k(m):
+        m["frontend"]["sample_rate"] = 16000
+        m["frontend"]["fmax"] = 8000.0
+        n_frames = 1 + (3 * 16000 - m["frontend"]["n_fft"]) // m["frontend"]["hop_length"]
+        m["tensors"]["input_shape"] = [1, m["frontend"]["n_mels"], n_frames, 1]
+
+    def frontend_unknown(m):
+        m["frontend"]["normalization"] = "pcen"
+
+    def input_shape(m):
+        m["tensors"]["input_shape"] = [1, 128, 300, 1]
+
+    def window_shape(m):  # front-end and manifest agree, the model's real input does not
+        m["frontend"]["window_s"] = 2.0
+        m["window_s"] = 2.0
+        m["hop_s"] = 1.0
+        n_frames = 1 + (2 * m["frontend"]["sample_rate"] - m["frontend"]["n_fft"]) // m["frontend"]["hop_length"]
+        m["tensors"]["input_shape"] = [1, m["frontend"]["n_mels"], n_frames, 1]
+
+    def selftest(m):
+        m["selftest"]["output"] = [min(127, v + 60) if v < 60 else v - 60 for v in m["selftest"]["output"]]
+
+    # the self-test input's shape must follow the manifest for the shape cases to reach the interpreter
+    def with_selftest_input(data, shape):
+        mem = _members(data)
+        arr = np.zeros(shape, dtype=np.int8)
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        mem[B.SELFTEST] = buf.getvalue()
+        out = _zip(mem)
+        return resign(out, private_key, lambda m: m["members"].__setitem__(
+            B.SELFTEST, {"sha256": B.sha256_hex(buf.getvalue()), "size": len(buf.getvalue())}))
+
+    wrong_window = resign(good, private_key, window_shape)
+    n_frames = json.loads(_members(wrong_window)[B.MANIFEST])["tensors"]["input_shape"]
+    wrong_window = with_selftest_input(wrong_window, n_frames)
+    wrong_rate = resign(good, private_key, frontend_16k)
+    wrong_rate = with_selftest_input(wrong_rate, json.loads(_members(wrong_rate)[B.MANIFEST])["tensors"]["input_shape"])
+    return {
+        "unsigned": (unsigned, "unsigned"),
+        "other key": (make_bundle(other_key, version), "does not verify"),
+        "tampered model bytes": (tampered, "tampered"),
+        "truncated": (good[: len(good) * 2 // 3], "not a bundle"),
+        "wrong front-end (16 kHz)": (wrong_rate, "sample rate"),
+        "unknown front-end": (resign(good, private_key, frontend_unknown), "normalization"),
+        "wrong input shape": (resign(good, private_key, input_shape), "input shape"),
+        "model input differs from manifest": (wrong_window, "differ from the manifest"),
+        "self-test mismatch": (resign(good, private_key, selftest), "self-test failed"),
+        "not a bundle": (b"<html>502 Bad Gateway</html>", "not a bundle"),
+        "json, not a bundle": (json.dumps({"version": version}).encode(), "not a bundle"),
+    }
+
+
+class Keys:
+    def __init__(self, root):
+        priv, pub = generate_keypair(root / "team")
+        opriv, _ = generate_keypair(root / "other")
+        self.private, self.public = load_private_key(priv), load_public_key(pub)
+        self.other = load_private_key(opriv)
+        self.private_path, self.public_path = priv, pub
+
+
+@pytest.fixture
+def team_keys(tmp_path) -> Keys:
+    return Keys(tmp_path / "keys")
