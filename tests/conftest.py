@@ -4,4 +4,5 @@ import pytest
 
 pytest_plugins: list[str] = [
     "fixtures_mqtt",
+    "fixtures_updates",
 ]
