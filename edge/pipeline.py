@@ -1,0 +1,272 @@
+"""Blocks of samples -> windows -> int8 model scores -> detection events.
+
+Pure logic, no I/O: the caller (replay, the daemon) owns the source, the
+sink and the threads. Samples are framed once: log-mel frames are computed
+as the samples arrive (``LogMel.frames`` on the new samples plus the few
+left over from the last block) and every window - overlapping or not - is
+a slice of that frame sequence, so overlap costs only the per-window
+normalisation and the model call.
+
+A segment is a stretch of contiguous samples. It ends at the end of a file,
+at a block flagged ``discontinuity`` (samples were lost), or at a model
+swap whose front-end differs. At its end the part after the last window is
+covered by one more window aligned to the segment's end, and a segment
+shorter than a window (but at least ``MIN_SEGMENT_S``) is zero-padded to one.
+
+``set_model(bundle, model)`` may be called from any thread; the swap takes
+effect between two windows, open events of the old model are closed first.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from .frontend import LogMel
+from .postprocess import ModelInfo, PostProcessor, SourceInfo, unknown_labels
+from .types import AudioBlock, AudioSource, Detection, DetectionSink
+
+log = logging.getLogger(__name__)
+
+MIN_SEGMENT_S = 1.0
+CHUNK_FRAMES = 256  # frames computed per LogMel.frames call (keeps the work in cache)
+
+
+class PipelineError(ValueError):
+    """Settings the pipeline cannot use with this model."""
+
+
+def window_hop_frames(bundle, overlap_s: float | None) -> int:
+    """Hop between windows in frames, from the overlap (None: the bundle's hop)."""
+    fe = bundle.frontend
+    hop_s = bundle.hop_s if overlap_s is None else fe.window_s - float(overlap_s)
+    if overlap_s is not None and not 0 <= overlap_s < fe.window_s:
+        raise PipelineError(f"overlap {overlap_s} s must be at least 0 and less than the window ({fe.window_s} s)")
+    frames = int(round(hop_s * fe.sample_rate / fe.hop_length))
+    return max(1, frames)
+
+
+class Pipeline:
+    """Feeds one source's blocks through the model; ``begin`` before each source."""
+
+    def __init__(self, bundle, model, *, detection=None, overlap_s: float | None = None,
+                 device_id: str = "recorder", clock=None, strict_labels: bool = True):
+        self.detection = detection
+        self.overlap_s = overlap_s
+        self.device_id = device_id
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._pending: tuple | None = None
+        self.stats = {"frontend_s": 0.0, "invoke_s": 0.0, "post_s": 0.0, "windows": 0, "samples": 0}
+        if detection is not None and strict_labels:
+            unknown = unknown_labels([lab.label for lab in bundle.labels], detection)
+            if unknown:
+                raise PipelineError(f"detection settings name species the model does not know: {unknown}")
+        self._install(bundle, model)
+        self._source = SourceInfo(device_id, "", "replay-time")
+        self._post = self._new_post()
+        self._index = 0  # window count given to post-processing
+        self._reset_segment()
+
+    # -- model -------------------------------------------------------------
+    def _install(self, bundle, model) -> None:
+        self.bundle, self.model = bundle, model
+        self.params = bundle.frontend
+        self.logmel = LogMel(self.params)
+        self.sample_rate = self.params.sample_rate
+        self.hop_frames = window_hop_frames(bundle, self.overlap_s)
+        self.n_frames = self.params.n_frames
+        self.hop_s = self.hop_frames * self.params.hop_length / self.sample_rate
+        self.model_info = ModelInfo.from_bundle(bundle)
+
+    def set_model(self, bundle, model) -> None:
+        """Swap the model between two windows (thread-safe). Same sample rate required."""
+        if bundle.frontend.sample_rate != self.sample_rate:
+            raise PipelineError(
+                f"new model wants {bundle.frontend.sample_rate} Hz, the pipeline runs at {self.sample_rate} Hz: "
+                "reopen the source"
+            )
+        window_hop_frames(bundle, self.overlap_s)  # validates the overlap for the new window
+        with self._lock:
+            self._pending = (bundle, model)
+
+    def _apply_pending(self) -> list[Detection]:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return []
+        out = self._post.close()
+        same_frontend = pending[0].frontend == self.params
+        old = self.bundle.version
+        self._install(*pending)
+        if same_frontend:
+            if self._last_start >= 0:  # keep the frames; the new hop counts from the last window
+                self._next_start = self._last_start + self.hop_frames
+        else:
+            self._reset_segment()
+        self._post = self._new_post()
+        log.info("model swapped: %s -> %s (front-end %s)", old, self.bundle.version,
+                 "kept" if same_frontend else "changed, segment restarted")
+        return out
+
+    def _new_post(self) -> PostProcessor:
+        return PostProcessor(self.model_info, self._source, self.detection, self.clock)
+
+    # -- sources -----------------------------------------------------------
+    def begin(self, source_name: str, time_source: str) -> None:
+        """Start a new source: clears all state (call ``finish`` on the previous one first)."""
+        if self._pending is not None:
+            self._apply_pending()
+        self._source = SourceInfo(self.device_id, source_name, time_source)
+        self._post = self._new_post()
+        self._reset_segment()
+
+    def _reset_segment(self) -> None:
+        cap = self.n_frames + self.hop_frames + CHUNK_FRAMES + 1
+        self._frames = np.empty((cap, self.params.n_mels), dtype=np.float32)
+        self._nbuf = 0  # frames held in self._frames
+        self._frame0 = 0  # segment frame index of self._frames[0]
+        self._residual = np.zeros(0, dtype=np.float32)  # samples not yet framed
+        self._seg_samples = 0
+        self._head = []  # the first samples of a short segment (for zero-padding)
+        self._next_start = 0  # segment frame index where the next window starts
+        self._last_start = -1  # segment frame index of the last window's start
+        self._anchors: list[tuple[int, datetime, float]] = []
+
+    def feed(self, block: AudioBlock) -> list[Detection]:
+        out: list[Detection] = []
+        if self._pending is not None:  # swaps happen between blocks, so between two windows
+            out += self._apply_pending()
+        if block.discontinuity and self._seg_samples:
+            out += self._end_segment()
+        x = np.asarray(block.samples, dtype=np.float32)
+        if not len(x):
+            return out
+        self._anchors.append((self._seg_samples, block.start_utc, block.offset_s))
+        if self._seg_samples < self.params.window_samples:
+            self._head.append(x[: self.params.window_samples - self._seg_samples])
+        self._seg_samples += len(x)
+        self.stats["samples"] += len(x)
+        hop = self.params.hop_length
+        step = CHUNK_FRAMES * hop
+        pos = 0
+        while pos < len(x):
+            chunk = x[pos : pos + step]
+            pos += len(chunk)
+            t0 = time.perf_counter()
+            buf = np.concatenate([self._residual, chunk]) if len(self._residual) else chunk
+            fr = self.logmel.frames(buf)
+            self._residual = buf[len(fr) * hop :].copy()
+            self._append_frames(fr)
+            self.stats["frontend_s"] += time.perf_counter() - t0
+            out += self._run_windows()
+        return out
+
+    def finish(self) -> list[Detection]:
+        """End of the source: the tail window, then every open event."""
+        return self._end_segment()
+
+    def run(self, source: AudioSource, sink: DetectionSink | None, stop: threading.Event | None = None,
+            on_block=None) -> list[Detection]:
+        """Convenience loop: every block of ``source`` through the pipeline into ``sink``."""
+        self.begin(source.name, source.time_source)
+        found: list[Detection] = []
+        for block in source.blocks(stop or threading.Event()):
+            dets = self.feed(block)
+            if dets:
+                found += dets
+                if sink is not None:
+                    sink.handle(dets)
+            if on_block is not None:
+                on_block(block)
+        dets = self.finish()
+        if dets:
+            found += dets
+            if sink is not None:
+                sink.handle(dets)
+        return found
+
+    # -- internals ---------------------------------------------------------
+    def _append_frames(self, fr: np.ndarray) -> None:
+        n = len(fr)
+        if self._nbuf + n > len(self._frames):
+            # drop frames no window can use any more (the tail window may start after the last one)
+            keep_from = max(0, min(self._next_start, self._last_start + 1) - self._frame0)
+            keep_from = min(keep_from, self._nbuf)
+            kept = self._nbuf - keep_from
+            self._frames[:kept] = self._frames[keep_from : self._nbuf]
+            self._frame0 += keep_from
+            self._nbuf = kept
+            if self._nbuf + n > len(self._frames):
+                grown = np.empty((self._nbuf + n + self.n_frames, self._frames.shape[1]), dtype=np.float32)
+                grown[: self._nbuf] = self._frames[: self._nbuf]
+                self._frames = grown
+        self._frames[self._nbuf : self._nbuf + n] = fr
+        self._nbuf += n
+
+    def _run_windows(self) -> list[Detection]:
+        out: list[Detection] = []
+        end = self._frame0 + self._nbuf
+        while True:
+            start = self._next_start
+            if start + self.n_frames > end:
+                return out
+            i = start - self._frame0
+            out += self._score(self._frames[i : i + self.n_frames], start * self.params.hop_length)
+            self._last_start = start
+            self._next_start = start + self.hop_frames
+
+    def _score(self, window_frames: np.ndarray, start_sample: int, features: np.ndarray | None = None) -> list[Detection]:
+        t0 = time.perf_counter()
+        if features is None:
+            features = self.logmel.features(window_frames)
+        t1 = time.perf_counter()
+        scores = self.model.predict(features)
+        t2 = time.perf_counter()
+        offset, utc = self._when(start_sample)
+        dets = self._post.add(self._index, offset, utc, scores)
+        self._index += 1
+        t3 = time.perf_counter()
+        self.stats["frontend_s"] += t1 - t0
+        self.stats["invoke_s"] += t2 - t1
+        self.stats["post_s"] += t3 - t2
+        self.stats["windows"] += 1
+        return dets
+
+    def _when(self, start_sample: int) -> tuple[float, datetime]:
+        a = self._anchors
+        j = len(a) - 1
+        while j > 0 and a[j][0] > start_sample:
+            j -= 1
+        if j > 0:
+            del a[:j]  # later windows start no earlier
+        seg0, utc, off = a[0]
+        d = (start_sample - seg0) / self.sample_rate
+        return off + d, utc + timedelta(seconds=d)
+
+    def _end_segment(self) -> list[Detection]:
+        out: list[Detection] = []
+        end = self._frame0 + self._nbuf
+        if self._last_start >= 0 and end > self._last_start + self.n_frames:
+            # the tail after the last window: one window aligned to the end
+            start = end - self.n_frames
+            i = start - self._frame0
+            if i >= 0:
+                out += self._score(self._frames[i : i + self.n_frames], start * self.params.hop_length)
+        elif self._last_start < 0 and self._seg_samples >= MIN_SEGMENT_S * self.sample_rate:
+            head = np.concatenate(self._head)[: self.params.window_samples]
+            padded = np.zeros(self.params.window_samples, dtype=np.float32)
+            padded[: len(head)] = head
+            t0 = time.perf_counter()
+            feats = self.logmel.window_features(padded)
+            self.stats["frontend_s"] += time.perf_counter() - t0
+            out += self._score(None, 0, features=feats)
+        elif self._seg_samples:
+            log.debug("segment of %.2f s too short for a window", self._seg_samples / self.sample_rate)
+        # events end with their segment: windows either side of a gap are not consecutive
+        out += self._post.close()
+        self._reset_segment()
+        return out

@@ -1,0 +1,204 @@
+"""Audio files as an AudioSource: decode, pick or mix channels, resample, stream.
+
+Anything libsndfile reads (WAV 8/16/24/32-bit integer and 32/64-bit float,
+FLAC, OGG Vorbis/Opus, MP3, AIFF, W64, RF64) at any rate and channel count.
+The file is read in blocks, so memory stays flat however long it is.
+
+The recording's start time comes, in order, from the caller (config or
+command line), from the file name (``YYYYMMDD_HHMMSS`` as written by
+AudioMoth, Song Meter and most recorders, with or without a prefix; or the
+8-hex-digit Unix time of early AudioMoth firmware), else from the replay
+time; ``time_source`` says which. Times in file names are taken as UTC
+(AudioMoth's default).
+
+A file that cannot be used raises ``SourceError`` naming the file and the
+problem: not audio, empty, truncated (header promises more than the file
+holds), or undecodable part-way.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ..types import AudioBlock, AudioSource
+from .resample import StreamResampler
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".w64", ".rf64", ".caf"}
+)
+
+_NAME_TIME = re.compile(
+    r"(?<!\d)(?P<y>(?:19|20)\d{2})-?(?P<mo>[01]\d)-?(?P<d>[0-3]\d)[_T -]"
+    r"(?P<h>[0-2]\d)[-:]?(?P<mi>[0-5]\d)[-:]?(?P<s>[0-5]\d)(?!\d)"
+)
+_HEX_TIME = re.compile(r"^(?P<hex>[0-9A-Fa-f]{8})$")  # early AudioMoth firmware: Unix time in hex
+
+
+class SourceError(ValueError):
+    """An audio file that cannot be used; the message names the file and the problem."""
+
+
+def start_time_from_name(path: str | Path) -> datetime | None:
+    """Recording start (UTC) from a file name, or None."""
+    stem = Path(path).stem
+    m = _NAME_TIME.search(stem)
+    if m:
+        try:
+            return datetime(*(int(m[k]) for k in ("y", "mo", "d", "h", "mi", "s")), tzinfo=timezone.utc)
+        except ValueError:
+            return None
+    m = _HEX_TIME.match(stem)
+    if m:
+        ts = int(m["hex"], 16)
+        if 1420070400 <= ts <= 4102444800:  # 2015..2100
+            return datetime.fromtimestamp(ts, tz=timezone.utc)
+    return None
+
+
+def find_audio_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand paths (files and directories, walked recursively, sorted) into audio files.
+
+    Returns (files, problems): a named file is kept whatever its extension (it
+    is refused later if it is not audio); missing paths become problems.
+    """
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = []
+            for root, dirs, names in os.walk(p):
+                dirs.sort()
+                found += [Path(root) / n for n in sorted(names)
+                          if Path(n).suffix.lower() in AUDIO_EXTENSIONS and not n.startswith(".")]
+            if not found:
+                problems.append((p, "directory holds no audio files"))
+            files += found
+        elif p.exists():
+            files.append(p)
+        else:
+            problems.append((p, "no such file or directory"))
+    return files, problems
+
+
+class FileSource(AudioSource):
+    """Streams one audio file as mono float32 blocks at ``sample_rate``."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        sample_rate: int,
+        *,
+        channel: int | None = None,
+        start_utc: datetime | None = None,
+        block_s: float = 4.0,
+        now: datetime | None = None,
+    ):
+        import soundfile as sf
+
+        self.path = Path(path)
+        self.name = str(self.path.resolve())
+        self.sample_rate = int(sample_rate)
+        self.channel = channel
+        self.block_s = float(block_s)
+        where = str(self.path)
+        try:
+            size = self.path.stat().st_size
+        except OSError as exc:
+            raise SourceError(f"{where}: cannot read ({exc.strerror or exc})") from None
+        if size == 0:
+            raise SourceError(f"{where}: empty file (0 bytes)")
+        try:
+            self._sf = sf.SoundFile(str(self.path))
+        except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+            reason = str(exc).split(": ", 1)[-1] if ":" in str(exc) else str(exc)
+            raise SourceError(f"{where}: not an audio file that can be decoded ({reason})") from None
+        self.file_rate = int(self._sf.samplerate)
+        self.channels = int(self._sf.channels)
+        self.frames = int(self._sf.frames)
+        self.format = f"{self._sf.format}/{self._sf.subtype}"
+        try:
+            if self.frames <= 0:
+                raise SourceError(f"{where}: empty audio (no samples; {self.format}, header only?)")
+            if self.file_rate <= 0:
+                raise SourceError(f"{where}: invalid sample rate {self.file_rate}")
+            info = self._sf.extra_info or ""
+            if re.search(r"^data\s*:.*should be", info, re.M):
+                raise SourceError(
+                    f"{where}: truncated ({self.format}: the header promises more audio than the file holds; "
+                    f"{self.frames / self.file_rate:.1f} s readable)"
+                )
+            if channel is not None and not 0 <= channel < self.channels:
+                raise SourceError(f"{where}: channel {channel} requested but the file has {self.channels}")
+        except SourceError:
+            self._sf.close()
+            raise
+        if start_utc is not None:
+            self.start_utc, self.time_source = start_utc.astimezone(timezone.utc), "config"
+        else:
+            named = start_time_from_name(self.path)
+            if named is not None:
+                self.start_utc, self.time_source = named, "file-name"
+            else:
+                self.start_utc, self.time_source = (now or datetime.now(timezone.utc)), "replay-time"
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.file_rate
+
+    def _mono(self, data: np.ndarray) -> np.ndarray:
+        if data.shape[1] == 1:
+            return data[:, 0]
+        if self.channel is not None:
+            return np.ascontiguousarray(data[:, self.channel])
+        return data.mean(axis=1, dtype=np.float32)
+
+    def blocks(self, stop: threading.Event | None = None) -> Iterator[AudioBlock]:
+        """Yield blocks of about ``block_s`` seconds; SourceError if decoding fails part-way."""
+        where = str(self.path)
+        resampler = StreamResampler(self.file_rate, self.sample_rate) if self.file_rate != self.sample_rate else None
+        block_frames = max(1, int(self.block_s * self.file_rate))
+        out_pos = 0  # output samples yielded
+        read = 0
+        try:
+            while stop is None or not stop.is_set():
+                try:
+                    data = self._sf.read(block_frames, dtype="float32", always_2d=True)
+                except Exception as exc:  # libsndfile/mpg123 errors surface as various types
+                    raise SourceError(f"{where}: undecodable at {read / self.file_rate:.1f} s ({exc})") from None
+                last = len(data) < block_frames
+                read += len(data)
+                mono = self._mono(data) if len(data) else np.zeros(0, np.float32)
+                if resampler is not None:
+                    mono = resampler.process(mono)
+                    if last:
+                        mono = np.concatenate([mono, resampler.flush()])
+                if len(mono):
+                    offset = out_pos / self.sample_rate
+                    yield AudioBlock(mono, self.start_utc + timedelta(seconds=offset), offset)
+                    out_pos += len(mono)
+                if last:
+                    break
+        finally:
+            self.close()
+        if (stop is None or not stop.is_set()) and read < self.frames * 0.99:
+            raise SourceError(
+                f"{where}: truncated ({self.format}: {read / self.file_rate:.1f} s decoded of "
+                f"{self.duration_s:.1f} s the header declares)"
+            )
+
+    def close(self) -> None:
+        if not self._sf.closed:
+            self._sf.close()
+
+    def __repr__(self) -> str:
+        return f"FileSource({self.path}, {self.file_rate} Hz x{self.channels} -> {self.sample_rate} Hz)"
