@@ -11,8 +11,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
+import time
 import zipfile
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +25,7 @@ from edge import bundle as B
 from edge.config import DEFAULT_BUNDLE, DEFAULT_PUBLIC_KEY
 from edge.interpreter import Int8Model
 from edge.signing import generate_keypair, key_id, load_private_key, load_public_key
+from edge.types import AudioBlock
 
 
 @lru_cache(maxsize=1)
@@ -154,3 +159,81 @@ class Keys:
 @pytest.fixture
 def team_keys(tmp_path) -> Keys:
     return Keys(tmp_path / "keys")
+
+
+# -- a device: the parts the daemon wires, assembled for the update tests ---------
+CLIP = Path(__file__).parent / "data" / "train" / "audio" / "Parus_major" / "XC122450.wav"
+
+
+def clip_samples(sample_rate: int) -> np.ndarray:
+    """A real recording (credited in CREDITS.md), decoded by the edge's own file source."""
+    from edge.sources.file import FileSource
+
+    src = FileSource(CLIP, sample_rate, block_s=4.0)
+    try:
+        return np.concatenate([b.samples for b in src.blocks(threading.Event())])
+    finally:
+        src.close()
+
+
+class Feeder:
+    """The daemon's processing thread in small: a recording, looped, fed block by block.
+
+    Blocks are contiguous (no discontinuity), so any audio lost at a model
+    swap shows as a gap between the windows of the old and the new model.
+    ``pace_s`` sleeps between blocks (0: as fast as the pipeline goes).
+    """
+
+    def __init__(self, pipeline, sink, samples: np.ndarray, sample_rate: int, *, block_s: float = 0.5,
+                 pace_s: float = 0.005):
+        self.pipeline, self.sink, self.samples, self.sr = pipeline, sink, samples, sample_rate
+        self.block = int(block_s * sample_rate)
+        self.pace_s = pace_s
+        self.stop_event = threading.Event()
+        self.blocks_fed = 0
+        self.detections: list = []
+        self.first_block_of: dict[str, int] = {}  # model version -> first block after which it ran
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
+
+    def start(self) -> "Feeder":
+        self.pipeline.begin("loop:" + CLIP.name, "clock")
+        self._thread.start()
+        return self
+
+    def _emit(self, dets) -> None:
+        if dets:
+            self.detections += dets
+            if self.sink is not None:
+                self.sink.handle(dets)
+
+    def _run(self) -> None:
+        t0 = datetime.now(timezone.utc)
+        pos = 0
+        try:
+            while not self.stop_event.is_set():
+                chunk = np.take(self.samples, range(pos, pos + self.block), mode="wrap")
+                offset = self.blocks_fed * self.block / self.sr
+                self._emit(self.pipeline.feed(AudioBlock(chunk, t0 + timedelta(seconds=offset), offset)))
+                pos = (pos + self.block) % len(self.samples)
+                self.blocks_fed += 1
+                self.first_block_of.setdefault(self.pipeline.bundle.version, self.blocks_fed)
+                if self.pace_s:
+                    time.sleep(self.pace_s)
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+
+    def wait_blocks(self, n: int, timeout: float = 60.0) -> None:
+        target = self.blocks_fed + n
+        end = time.monotonic() + timeout
+        while self.blocks_fed < target and time.monotonic() < end and self._thread.is_alive():
+            time.sleep(0.01)
+        assert self.blocks_fed >= target, f"feeder stalled at {self.blocks_fed} blocks ({self.error!r})"
+
+    def stop(self) -> list:
+        self.stop_event.set()
+        self._thread.join(30)
+        if self.error:
+            raise self.error
+        self._emit(self.pipeline.finish())
+        return self.detections
