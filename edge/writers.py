@@ -1,0 +1,160 @@
+"""Detection output formats for replay: a readable table, CSV, JSON, Raven selection tables.
+
+Each writer is a DetectionSink with ``begin_source(path)`` / ``end_source()``
+around each file's detections. ``table``, ``csv`` and ``json`` write to one
+stream (standard output or ``--out FILE``); ``raven`` writes one selection
+table per source file into a directory (``--out DIR``, default the current
+one) named ``<stem>.dawnchorus.selection.table.txt``, tab-separated with
+Raven's columns, like BirdNET-Analyzer's ``.BirdNET.selection.table.txt``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import IO
+
+from .store import DETECTION_COLUMNS
+from .types import Detection, DetectionSink
+
+FORMATS = ("table", "csv", "json", "raven")
+
+RAVEN_COLUMNS = (
+    "Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
+    "Common Name", "Species Code", "Confidence", "Mean Confidence", "Windows", "Begin Path", "File Offset (s)",
+    "Begin Date Time (UTC)",
+)
+
+
+class Writer(DetectionSink):
+    def begin_source(self, path: str) -> None:
+        pass
+
+    def end_source(self) -> None:
+        pass
+
+
+class _StreamWriter(Writer):
+    def __init__(self, out: IO[str] | None = None):
+        self.out = out or sys.stdout
+
+    def close(self) -> None:
+        self.out.flush()
+        if self.out not in (sys.stdout, sys.stderr):
+            self.out.close()
+
+
+class TableWriter(_StreamWriter):
+    """Aligned, human-readable rows sorted by time, a heading per file (printed when the file is done)."""
+
+    def __init__(self, out: IO[str] | None = None):
+        super().__init__(out)
+        self._source: str | None = None
+        self._rows: list[Detection] = []
+
+    def begin_source(self, path: str) -> None:
+        self._source, self._rows = path, []
+
+    def handle(self, detections: list[Detection]) -> None:
+        if self._source is None:  # used without begin_source: print as they come
+            self._print(detections)
+        else:
+            self._rows += detections
+
+    def _print(self, rows: list[Detection]) -> None:
+        for d in rows:
+            self.out.write(
+                f"  {d.offset_s:9.1f} {d.end_offset_s:9.1f}  {d.start_utc:<24} {d.score:5.2f} {d.mean_score:5.2f} "
+                f"{d.n_windows:3d}  {d.common_name} ({d.label})\n"
+            )
+        self.out.flush()
+
+    def end_source(self) -> None:
+        if self._source is None:
+            return
+        self.out.write(f"\n{self._source}\n")
+        if not self._rows:
+            self.out.write("  no detections\n")
+        else:
+            self.out.write(f"  {'start':>9} {'end':>9}  {'start (UTC)':<24} {'score':>5} {'mean':>5} {'win':>3}  species\n")
+            self._print(sorted(self._rows, key=lambda d: (d.offset_s, d.label)))
+        self._source, self._rows = None, []
+
+
+class CSVWriter(_StreamWriter):
+    """One row per detection event, the store's columns."""
+
+    def __init__(self, out: IO[str] | None = None):
+        super().__init__(out)
+        self._w = csv.writer(self.out, lineterminator="\n")
+        self._w.writerow(DETECTION_COLUMNS)
+
+    def handle(self, detections: list[Detection]) -> None:
+        for d in detections:
+            self._w.writerow([getattr(d, c) for c in DETECTION_COLUMNS])
+
+
+class JSONWriter(_StreamWriter):
+    """One JSON array of detection objects, written when closed."""
+
+    def __init__(self, out: IO[str] | None = None):
+        super().__init__(out)
+        self._rows: list[dict] = []
+
+    def handle(self, detections: list[Detection]) -> None:
+        self._rows += [d.to_dict() for d in detections]
+
+    def close(self) -> None:
+        json.dump(self._rows, self.out, indent=1)
+        self.out.write("\n")
+        super().close()
+
+
+class RavenWriter(Writer):
+    """One Raven selection table per source file."""
+
+    suffix = ".dawnchorus.selection.table.txt"
+
+    def __init__(self, out_dir: str | Path | None = None, low_hz: float = 0.0, high_hz: float = 16000.0):
+        self.dir = Path(out_dir or ".")
+        self.low_hz, self.high_hz = float(low_hz), float(high_hz)
+        self.written: list[Path] = []
+        self._rows: list[Detection] = []
+        self._source: str | None = None
+
+    def path_for(self, source: str) -> Path:
+        return self.dir / (Path(source).stem + self.suffix)
+
+    def begin_source(self, path: str) -> None:
+        self._source, self._rows = path, []
+
+    def handle(self, detections: list[Detection]) -> None:
+        self._rows += detections
+
+    def end_source(self) -> None:
+        if self._source is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.path_for(self._source)
+        rows = sorted(self._rows, key=lambda d: (d.offset_s, d.label))
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            w.writerow(RAVEN_COLUMNS)
+            for i, d in enumerate(rows, 1):
+                w.writerow([i, "Spectrogram 1", 1, f"{d.offset_s:.3f}", f"{d.end_offset_s:.3f}",
+                            f"{self.low_hz:.1f}", f"{self.high_hz:.1f}", d.common_name, d.label,
+                            f"{d.score:.4f}", f"{d.mean_score:.4f}", d.n_windows, d.source,
+                            f"{d.offset_s:.3f}", d.start_utc])
+        self.written.append(path)
+        self._source, self._rows = None, []
+
+
+def make_writer(fmt: str, out: str | None, *, low_hz: float = 0.0, high_hz: float = 16000.0) -> Writer:
+    """A writer for ``fmt``; ``out`` is a file (a directory for raven), None for standard output."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    if fmt == "raven":
+        return RavenWriter(out, low_hz, high_hz)
+    stream = open(out, "w", newline="") if out else sys.stdout
+    return {"table": TableWriter, "csv": CSVWriter, "json": JSONWriter}[fmt](stream)
