@@ -1,0 +1,381 @@
+"""Publish every stored detection to MQTT, and lose none.
+
+The SQLite store is the outbox. The pipeline commits a detection first; the
+publisher then sends it (QoS 1) and marks it published only when the broker
+acknowledges it (PUBACK: paho's ``on_publish``, matched by message id). What
+is not acknowledged stays unpublished in the store and is sent again after a
+reconnect or a restart, oldest first, at most ``max_backlog_rate`` per second,
+while new detections (``handle()``) go out at once. Delivery is at least once:
+consumers de-duplicate on the detection ``id``.
+
+The status topic is retained: ``online`` with health on connect and every
+``health_interval_s``; ``offline`` as the last will (and on a clean stop).
+
+All store access happens on the publisher's own thread (``mqtt-outbox``).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
+
+from . import payloads
+from .config import Config, MQTTConfig
+from .mqttclient import Handler, MQTTClient
+from .topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class Outbox(Protocol):
+    """What the publisher needs from the store (``edge.store.Store`` has it)."""
+
+    def unpublished(self, limit: int) -> Sequence[Mapping[str, Any]]: ...  # oldest first
+    def mark_published(self, ids: Sequence[str], when: str) -> Any: ...
+    def outbox_depth(self) -> int: ...
+
+
+HealthSource = Union[Callable[[], Mapping[str, Any]], Any, None]
+
+
+class Publisher:
+    """The MQTT side of the daemon: a ``DetectionSink`` and a service (``start``/``stop``).
+
+    ``outbox``: the store, or a zero-argument callable that opens one (called
+    on the publisher's thread: SQLite connections are per thread).
+    ``health``: a callable returning the health numbers, or an object with
+    ``snapshot()``/``as_dict()``/``to_dict()``; merged into the status message.
+    """
+
+    name = "mqtt"
+
+    def __init__(self, cfg: MQTTConfig, device_id: str, outbox: Union[Outbox, Callable[[], Outbox]], *,
+                 location: Any = None, health: HealthSource = None, stop: Optional[threading.Event] = None,
+                 sw_version: str = "", batch: int = 50, max_inflight: int = 100, poll_s: float = 5.0):
+        self.cfg = cfg
+        self.device_id = device_id
+        self.topics = Topics(cfg.prefix, device_id, cfg.homeassistant.discovery_prefix)
+        self.location = location
+        self._outbox_arg = outbox
+        self._outbox: Optional[Outbox] = None
+        self._health = health
+        self.stop_event = stop or threading.Event()
+        self.sw_version = sw_version
+        self._batch = batch
+        self._max_inflight = max_inflight
+        self._poll_s = poll_s
+
+        self._lock = threading.Lock()
+        self._inflight: dict[int, Optional[str]] = {}  # mid -> detection id (None: other messages)
+        self._inflight_ids: set[str] = set()
+        self._early_acks: dict[int, tuple[bool, str]] = {}  # acks that beat publish() returning
+        self._acked: list[str] = []
+        self._refused: set[str] = set()  # refused by the broker (ACL): not retried until reconnect
+        self._live: collections.deque = collections.deque()
+        self._wake = threading.Event()
+        self._just_connected = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._backlog_pending = True
+        self._tokens = 0.0
+        self._last_refill = time.monotonic()
+        self._next_health = 0.0
+        self._last_poll = 0.0
+        self._recent = collections.OrderedDict()  # recently acknowledged ids: no live re-send
+        self._started = time.monotonic()
+        self._drain: Optional[dict] = None
+        #: one entry per reconnect: backlog at connect and seconds until drained
+        self.drains: list[dict] = []
+        self.stats = collections.Counter()
+
+        will = payloads.encode(payloads.status(device_id, "offline"))
+        self.client = MQTTClient(cfg, cfg.client_id or f"dawnchorus-{device_id}", self.stop_event,
+                                 will=(self.topics.status, will), on_connected=self._on_connected,
+                                 on_ack=self._on_ack, on_reset=self._on_reset)
+
+    @classmethod
+    def from_config(cls, config: Config, outbox, **kw) -> "Publisher":
+        return cls(config.mqtt, config.device_id, outbox, location=config.location, **kw)
+
+    # ---- service ---------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mqtt-outbox", daemon=True)
+        self._thread.start()
+        self.client.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Say ``offline``, wait briefly for outstanding acks, record them, disconnect."""
+        self.stop_event.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout + 5)
+        self.client.stop()
+
+    # ---- DetectionSink ---------------------------------------------------
+    def handle(self, detections) -> None:
+        """New detections, already committed to the store: send them now (if connected)."""
+        if detections:
+            self._live.extend(detections)
+            self._wake.set()
+
+    def close(self) -> None:
+        self.stop()
+
+    # ---- API for other parts (model updates) -------------------------------
+    def subscribe(self, topic: str, handler: Handler, max_bytes: Optional[int] = None) -> None:
+        """``handler(topic, payload)`` for each message; see ``MQTTClient.subscribe``."""
+        self.client.subscribe(topic, handler, max_bytes)
+
+    def unsubscribe(self, topic: str) -> None:
+        self.client.unsubscribe(topic)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Optional[int]:
+        """Publish any message (e.g. the retained model report). Sent when connected."""
+        return self._send(topic, payload, qos, retain, None)
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.client.wait_connected(timeout)
+
+    # ---- paho callbacks (network thread) -----------------------------------
+    def _on_connected(self) -> None:
+        self._just_connected.set()
+        self._wake.set()
+
+    def _on_ack(self, mid: int, ok: bool, reason: str) -> None:
+        with self._lock:
+            if mid not in self._inflight:
+                self._early_acks[mid] = (ok, reason)
+                return
+            self._settle(mid, ok, reason)
+        self._wake.set()
+
+    def _on_reset(self) -> None:
+        with self._lock:
+            self._inflight.clear()
+            self._inflight_ids.clear()
+            self._early_acks.clear()
+
+    def _settle(self, mid: int, ok: bool, reason: str) -> None:  # with self._lock held
+        det_id = self._inflight.pop(mid)
+        if det_id is None:
+            return
+        self._inflight_ids.discard(det_id)
+        if ok:
+            self._acked.append(det_id)
+            self._recent[det_id] = None
+            if len(self._recent) > 10000:
+                self._recent.popitem(last=False)
+        else:
+            self._refused.add(det_id)
+            log.error("MQTT: the broker refused detection %s on %s: %s (check the broker's ACL)",
+                      det_id, self.topics.detections, reason)
+
+    # ---- sending ---------------------------------------------------------
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool, det_id: Optional[str]) -> Optional[int]:
+        mid = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if mid is None:
+            return None
+        if qos == 0:
+            return mid
+        with self._lock:
+            self._inflight[mid] = det_id
+            if det_id is not None:
+                self._inflight_ids.add(det_id)
+            early = self._early_acks.pop(mid, None)
+            if early is not None:
+                self._settle(mid, *early)
+        return mid
+
+    def _send_detection(self, row: Any) -> bool:
+        try:
+            msg = payloads.detection(row, self.location)
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.error("MQTT: cannot make a message of a stored detection, skipped: %s", exc)
+            return False
+        det_id = msg["id"]
+        with self._lock:
+            if det_id in self._inflight_ids or det_id in self._refused or det_id in self._recent:
+                return False
+        if self._send(self.topics.detections, payloads.encode(msg), 1, False, det_id) is None:
+            return False
+        self.stats["published"] += 1
+        return True
+
+    # ---- the outbox thread -------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._outbox = self._open_outbox()
+        except Exception:
+            log.exception("MQTT: cannot open the outbox; nothing will be published")
+            return
+        while not self.stop_event.is_set():
+            try:
+                self._step()
+            except Exception:  # noqa: BLE001 - keep publishing whatever went wrong once
+                log.exception("MQTT: error in the outbox loop")
+                self.stop_event.wait(1.0)
+            self._wake.wait(self._next_wait())
+            self._wake.clear()
+        self._shutdown()
+
+    def _open_outbox(self) -> Outbox:
+        o = self._outbox_arg
+        if hasattr(o, "unpublished"):
+            return o
+        return o()
+
+    def _next_wait(self) -> float:
+        if not self.client.connected:
+            return 1.0
+        if self._backlog_pending:
+            return max(0.02, 1.0 / self.cfg.max_backlog_rate)
+        return min(self._poll_s, max(0.05, self._next_health - time.monotonic()))
+
+    def _step(self) -> None:
+        self.client.maintain()
+        self._flush_acks()
+        if not self.client.connected:
+            self._live.clear()  # they are in the store: the backlog sends them after reconnecting
+            return
+        now = time.monotonic()
+        if self._just_connected.is_set():
+            self._just_connected.clear()
+            self._connected_now(now)
+        self._send_live()
+        self._send_backlog(now)
+        if now >= self._next_health:
+            self.publish_health()
+
+    def _connected_now(self, now: float) -> None:
+        with self._lock:
+            self._refused.clear()
+        self._backlog_pending = True
+        self._tokens = 0.0
+        self._last_refill = now
+        depth = self._outbox.outbox_depth()
+        self._drain = {"connected_at": time.time(), "backlog": depth, "drained_s": None} if depth else None
+        if depth:
+            log.info("MQTT: %d detections waiting in the outbox; sending them at up to %g/s",
+                     depth, self.cfg.max_backlog_rate)
+        self.publish_health()
+        if self.cfg.homeassistant.enabled:
+            self._publish_discovery()
+
+    def _send_live(self) -> None:
+        while self._live:
+            with self._lock:
+                if len(self._inflight_ids) >= self._max_inflight:
+                    return
+            self._send_detection(self._live.popleft())
+
+    def _send_backlog(self, now: float) -> None:
+        rate = self.cfg.max_backlog_rate
+        self._tokens = min(max(1.0, rate), self._tokens + (now - self._last_refill) * rate)
+        self._last_refill = now
+        if not self._backlog_pending:
+            if now - self._last_poll < self._poll_s:
+                return
+        self._last_poll = now
+        with self._lock:
+            room = self._max_inflight - len(self._inflight_ids)
+            skip = len(self._inflight_ids) + len(self._refused)
+        if room <= 0 or self._tokens < 1:
+            return
+        rows = self._outbox.unpublished(skip + min(self._batch, room, int(self._tokens)))
+        sent = 0
+        for row in rows:
+            if self._tokens < 1:
+                break
+            if self._send_detection(row):
+                self._tokens -= 1
+                sent += 1
+        self.stats["backlog_sent"] += sent
+        with self._lock:
+            waiting = len(self._inflight_ids)
+        self._backlog_pending = sent > 0 or waiting > 0
+        if not self._backlog_pending and self._drain is not None:
+            self._drain["drained_s"] = round(time.time() - self._drain["connected_at"], 3)
+            self.drains.append(self._drain)
+            log.info("MQTT: outbox drained: %d detections in %.1fs after reconnecting",
+                     self._drain["backlog"], self._drain["drained_s"])
+            self._drain = None
+
+    def _flush_acks(self) -> None:
+        with self._lock:
+            ids, self._acked = self._acked, []
+        if ids:
+            self._outbox.mark_published(ids, payloads.utc_now())
+            self.stats["acked"] += len(ids)
+
+    # ---- status, health, discovery -------------------------------------------
+    def health(self) -> dict:
+        h: dict[str, Any] = {}
+        src = self._health
+        try:
+            if callable(src):
+                h.update(src())
+            elif src is not None:
+                for m in ("snapshot", "as_dict", "to_dict"):
+                    if hasattr(src, m):
+                        h.update(getattr(src, m)())
+                        break
+        except Exception as exc:  # noqa: BLE001 - health is best effort
+            log.warning("MQTT: cannot read the health numbers: %s", exc)
+        h.setdefault("uptime_s", round(time.monotonic() - self._started, 1))
+        if self._outbox is not None:
+            h["outbox_depth"] = int(self._outbox.outbox_depth())
+            if h.get("detections_total") is None and hasattr(self._outbox, "count"):
+                h["detections_total"] = int(self._outbox.count())
+        return h
+
+    def mqtt_stats(self) -> dict:
+        return {"protocol": self.client.protocol, "connects": self.client.connects,
+                "published": self.stats["published"], "acked": self.stats["acked"],
+                "backlog_sent": self.stats["backlog_sent"], "refused": len(self._refused)}
+
+    def publish_health(self) -> None:
+        self._next_health = time.monotonic() + self.cfg.health_interval_s
+        msg = payloads.status(self.device_id, "online", self.health(), self.mqtt_stats())
+        self._send(self.topics.status, payloads.encode(msg), 1, True, None)
+
+    def _publish_discovery(self) -> None:
+        name = getattr(self.location, "name", "") if self.location is not None else ""
+        for topic, config in payloads.ha_discovery(self.topics, name, self.sw_version).items():
+            self._send(topic, payloads.encode(config), 1, True, None)
+
+    def _shutdown(self) -> None:
+        """On stop: offline status, a short wait for acks, record them."""
+        if self.client.connected:
+            self._send(self.topics.status, payloads.encode(payloads.status(self.device_id, "offline")), 1, True, None)
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                with self._lock:
+                    if not self._inflight:
+                        break
+                time.sleep(0.02)
+        self._flush_acks()
+        with self._lock:
+            left = len(self._inflight_ids)
+        if left:
+            log.info("MQTT: stopping with %d detections unacknowledged; they stay in the outbox", left)
+
+
+class StoreThenPublish:
+    """A ``DetectionSink``: commit to the store first, then hand the new detections to the publisher."""
+
+    def __init__(self, store, publisher: Publisher):
+        self.store = store
+        self.publisher = publisher
+
+    def handle(self, detections) -> None:
+        new = self.store.insert(detections)
+        if new:
+            self.publisher.handle(new)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,168 @@
+"""The outbox against a real mosquitto and a real SQLite store: nothing is lost."""
+from __future__ import annotations
+
+import threading
+import time
+
+from edge.publisher import StoreThenPublish
+from edge.store import Store
+from fixtures_mqtt import wait_until
+from mqtt_helpers import make_detections, start_publisher, validate
+
+DET = "dawnchorus/dev1/detections"
+STATUS = "dawnchorus/dev1/status"
+
+
+def test_delivery_qos1_validated_and_marked_published(tmp_path, mqtt_broker, make_collector):
+    col = make_collector(mqtt_broker, ["dawnchorus/+/detections", "dawnchorus/+/status"])
+    col.wait_subscribed()
+    store = Store(tmp_path / "d.db")
+    dets = make_detections(25)
+    pub = start_publisher(mqtt_broker, store, health=lambda: {"windows_processed": 7, "model_version": "test-1"})
+    try:
+        assert pub.wait_connected(10)
+        StoreThenPublish(store, pub).handle(dets)
+        assert col.wait_for(lambda c: len(set(c.ids(DET))) == 25, 20)
+        msgs = [validate("detection", p) for p in col.on(DET)]
+        by_id = {m["id"]: m for m in msgs}
+        for d in dets:
+            m = by_id[d.id]
+            assert (m["label"], m["start_utc"], m["model_sha256"]) == (d.label, d.start_utc, d.model_sha256)
+            assert m["location"]["name"] == "El Yunque"
+        assert wait_until(lambda: store.outbox_depth() == 0, 10)
+        assert all(r["published_utc"] for r in store.detections())
+        status = [validate("status", p) for p in col.on(STATUS)]
+        assert status[0]["state"] == "online"
+        assert status[0]["health"]["windows_processed"] == 7
+        assert "outbox_depth" in status[0]["health"]
+    finally:
+        pub.stop()
+    # a clean stop says offline, retained
+    assert col.wait_for(lambda c: c.json_on(STATUS)[-1]["state"] == "offline", 10)
+
+
+def test_broker_down_at_start_then_up(tmp_path, make_broker, make_collector):
+    broker = make_broker(start=False)
+    store = Store(tmp_path / "d.db")
+    pub = start_publisher(broker, store)
+    try:
+        sink = StoreThenPublish(store, pub)
+        sink.handle(make_detections(30))  # stored while the broker is down
+        time.sleep(1.0)
+        assert store.outbox_depth() == 30 and not pub.connected
+        broker.start()
+        col = make_collector(broker, [DET])
+        col.wait_subscribed()
+        assert pub.wait_connected(15)
+        sink.handle(make_detections(10, start=30))
+        stored = {r["id"] for r in store.detections()}
+        assert col.wait_for(lambda c: set(c.ids(DET)) >= stored, 30)
+        assert wait_until(lambda: store.outbox_depth() == 0, 10)
+    finally:
+        pub.stop()
+
+
+def test_broker_killed_mid_stream_every_stored_id_arrives(tmp_path, mqtt_broker, make_collector):
+    col = make_collector(mqtt_broker, [DET])
+    col.wait_subscribed()
+    time.sleep(1.2)  # the broker saves the collector's session (autosave_interval 1)
+    store = Store(tmp_path / "d.db")
+    pub = start_publisher(mqtt_broker, store)
+    sink = StoreThenPublish(store, pub)
+    stop = threading.Event()
+
+    def produce():
+        i = 0
+        while not stop.is_set() and i < 400:
+            sink.handle(make_detections(4, start=i))
+            i += 4
+            time.sleep(0.02)
+
+    t = threading.Thread(target=produce)
+    try:
+        assert pub.wait_connected(10)
+        t.start()
+        for kill in (True, False, True):
+            time.sleep(0.7)
+            mqtt_broker.restart(down_s=0.5, kill=kill)
+            assert col.wait_for(lambda c: c.client.is_connected(), 10)
+            assert pub.wait_connected(10)
+            time.sleep(1.2)  # let the restored session be saved again before the next crash
+        t.join()
+        stored = {r["id"] for r in store.detections()}
+        assert len(stored) == 400
+        assert col.wait_for(lambda c: set(c.ids(DET)) >= stored, 60), \
+            f"missing {len(stored - set(col.ids(DET)))} of {len(stored)}"
+        assert wait_until(lambda: store.outbox_depth() == 0, 15)
+        assert pub.client.connects >= 4
+    finally:
+        stop.set()
+        pub.stop()
+
+
+def test_restart_resends_unacknowledged_rows(tmp_path, make_broker, make_collector):
+    broker = make_broker(start=False)
+    path = tmp_path / "d.db"
+    store = Store(path)
+    pub = start_publisher(broker, store)
+    StoreThenPublish(store, pub).handle(make_detections(40))
+    pub.stop()  # the daemon stops with everything unacknowledged
+    store.close()
+
+    broker.start()
+    col = make_collector(broker, [DET])
+    col.wait_subscribed()
+    store = Store(path)  # the daemon starts again
+    assert store.outbox_depth() == 40
+    pub = start_publisher(broker, store)
+    try:
+        ids = [r["id"] for r in store.unpublished(100)]
+        assert col.wait_for(lambda c: set(c.ids(DET)) >= set(ids), 20)
+        received = col.ids(DET)
+        assert [i for i in received if i in ids] == ids  # oldest first
+        assert wait_until(lambda: store.outbox_depth() == 0, 10)
+    finally:
+        pub.stop()
+
+
+def test_backlog_is_rate_bounded_and_live_traffic_goes_first(tmp_path, make_broker, make_collector):
+    broker = make_broker(start=False)
+    store = Store(tmp_path / "d.db")
+    store.insert(make_detections(200))  # a backlog from an outage
+    broker.start()
+    col = make_collector(broker, [DET])
+    col.wait_subscribed()
+    pub = start_publisher(broker, store, max_backlog_rate=40)
+    try:
+        assert pub.wait_connected(10)
+        assert col.wait_for(lambda c: len(c.ids(DET)) >= 5, 10)
+        live = make_detections(1, start=1000)
+        StoreThenPublish(store, pub).handle(live)
+        backlog = {r["id"] for r in store.detections() if r["id"] != live[0].id}
+        assert col.wait_for(lambda c: set(c.ids(DET)) >= backlog | {live[0].id}, 30)
+        order = col.ids(DET)
+        # the live detection was not queued behind the backlog
+        assert order.index(live[0].id) < len(order) - 20
+        assert wait_until(lambda: pub.drains, 10)
+        assert pub.drains[0]["backlog"] == 200 and pub.drains[0]["drained_s"] > 0
+    finally:
+        pub.stop()
+
+
+def test_home_assistant_discovery(tmp_path, mqtt_broker, make_collector):
+    col = make_collector(mqtt_broker, ["homeassistant/#", STATUS])
+    col.wait_subscribed()
+    store = Store(tmp_path / "d.db")
+    store.insert(make_detections(3))
+    pub = start_publisher(mqtt_broker, store, homeassistant={"enabled": True})
+    try:
+        topics = ["homeassistant/sensor/dawnchorus_dev1/last_species/config",
+                  "homeassistant/sensor/dawnchorus_dev1/detections_count/config"]
+        assert col.wait_for(lambda c: all(c.on(t) for t in topics), 10)
+        configs = [validate("ha_discovery", col.on(t)[0]) for t in topics]
+        assert configs[0]["state_topic"] == DET
+        assert configs[1]["state_topic"] == STATUS
+        assert col.wait_for(lambda c: any(m.get("health", {}).get("detections_total") == 3
+                                          for m in c.json_on(STATUS)), 10)
+    finally:
+        pub.stop()
