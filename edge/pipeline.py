@@ -14,7 +14,11 @@ covered by one more window aligned to the segment's end, and a segment
 shorter than a window (but at least ``MIN_SEGMENT_S``) is zero-padded to one.
 
 ``set_model(bundle, model)`` may be called from any thread; the swap takes
-effect between two windows, open events of the old model are closed first.
+effect before the next block (so between two windows, and no sample is
+skipped); open events of the old model are closed first. With the same
+front-end the frames already computed are kept and the next window follows
+the last one by the new model's hop; with another front-end the segment
+restarts at that block.
 """
 from __future__ import annotations
 
@@ -61,6 +65,8 @@ class Pipeline:
         self._lock = threading.Lock()
         self._pending: tuple | None = None
         self.stats = {"frontend_s": 0.0, "invoke_s": 0.0, "post_s": 0.0, "windows": 0, "samples": 0}
+        #: optional callable(offset_s, start_utc, scores) called for every window (clips, debugging, tests)
+        self.on_window = None
         if detection is not None and strict_labels:
             unknown = unknown_labels([lab.label for lab in bundle.labels], detection)
             if unknown:
@@ -98,8 +104,11 @@ class Pipeline:
             pending, self._pending = self._pending, None
         if pending is None:
             return []
-        out = self._post.close()
         same_frontend = pending[0].frontend == self.params
+        out: list[Detection] = []
+        if not same_frontend and self._seg_samples:
+            out += self._end_segment()  # the old model covers the old segment's tail
+        out += self._post.close()
         old = self.bundle.version
         self._install(*pending)
         if same_frontend:
@@ -227,6 +236,8 @@ class Pipeline:
         scores = self.model.predict(features)
         t2 = time.perf_counter()
         offset, utc = self._when(start_sample)
+        if self.on_window is not None:
+            self.on_window(offset, utc, scores)
         dets = self._post.add(self._index, offset, utc, scores)
         self._index += 1
         t3 = time.perf_counter()
