@@ -186,9 +186,14 @@ class UpdateService:
             log.warning("update queue full; dropping the bundle from %s (a retained one comes back on reconnect)", origin)
 
     def _worker(self) -> None:
+        was_connected = False
         while not self.stop_event.is_set():
+            connected = bool(getattr(self.publisher, "connected", False))
+            if connected and not was_connected:
+                self.publish_report()  # on every (re)connect: the broker may have lost the retained one
+            was_connected = connected
             try:
-                payload, origin = self._queue.get(timeout=1.0)
+                payload, origin = self._queue.get(timeout=0.5)
             except queue.Empty:
                 self._check_healthy()
                 continue

@@ -162,11 +162,12 @@ def team_keys(tmp_path) -> Keys:
 
 
 # -- a device: the parts the daemon wires, assembled for the update tests ---------
-CLIP = Path(__file__).parent / "data" / "train" / "audio" / "Parus_major" / "XC122450.wav"
+# the demo recording (credited in CREDITS.md)
+CLIP = Path(__file__).resolve().parents[1] / "edge" / "demo" / "XC344036_20161110_130000.ogg"
 
 
 def clip_samples(sample_rate: int) -> np.ndarray:
-    """A real recording (credited in CREDITS.md), decoded by the edge's own file source."""
+    """A real recording, decoded by the edge's own file source."""
     from edge.sources.file import FileSource
 
     src = FileSource(CLIP, sample_rate, block_s=4.0)

@@ -10,7 +10,7 @@ import pytest
 from edge.bundle import parse_bundle
 from edge.config import parse_config
 from edge.modelstore import ModelStore
-from edge.mqttclient import MQTTClient
+from edge.publisher import Publisher
 from edge.pipeline import Pipeline
 from edge.store import Store
 from edge.topics import Topics
@@ -21,7 +21,7 @@ from trainer.push import push_bytes, topic_for
 
 
 class Device:
-    """The parts the daemon wires for updates: model store, pipeline, store, MQTT, update service."""
+    """The parts the daemon wires for updates: model store, pipeline, store, publisher, update service."""
 
     def __init__(self, tmp_path, broker, keys, start_version="1.0", **updates):
         start = tmp_path / "start.bundle"
@@ -39,8 +39,7 @@ class Device:
         self.pipeline = Pipeline(running.bundle, running.model, device_id=self.cfg.device_id)
         self.store = Store(self.cfg.store.path)
         self.topics = Topics(self.cfg.mqtt.prefix, self.cfg.device_id)
-        self.mqtt = MQTTClient(self.cfg.mqtt, "dawnchorus-rec1", self.stop_event,
-                               on_connected=lambda: self.updates.publish_report())
+        self.mqtt = Publisher.from_config(self.cfg, self.store, stop=self.stop_event)
         self.updates = UpdateService(self.cfg, self.models, running, self.pipeline, publisher=self.mqtt,
                                      topics=self.topics, stop_event=self.stop_event,
                                      progress=lambda: self.pipeline.stats["windows"])
