@@ -13,6 +13,9 @@ import sys
 
 COMMANDS = [
     "edge.replay",
+    "edge.run",
+    "edge.checkconfig",
+    "edge.devices",
 ]
 
 

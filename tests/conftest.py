@@ -5,4 +5,6 @@ import pytest
 pytest_plugins: list[str] = [
     "fixtures_mqtt",
     "fixtures_updates",
+    "fixtures_alsa",
+    "fixtures_trainer",
 ]

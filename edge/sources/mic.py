@@ -34,6 +34,12 @@ from .resample import StreamResampler
 
 log = logging.getLogger(__name__)
 
+#: Capture format. 16-bit is what USB and I2S microphones deliver natively (96 dB of
+#: range, ample for detection) and halves the ring buffer; asking PortAudio for float
+#: makes ALSA insert a conversion plugin, which also misbehaves with ALSA's file device.
+DTYPE = "int16"
+MAX_DRIFT_S = 1.0  # block times count samples; re-anchored to the system clock past this
+
 
 class DeviceLost(RuntimeError):
     """The open stream stopped delivering audio."""
@@ -72,6 +78,9 @@ class CaptureListener:
     def audio(self, frames: int) -> None:
         """Called for every block yielded (progress, for health and the watchdog)."""
 
+    def waiting(self, reason: str) -> None:
+        """Called at least once a second while the device is missing and being retried."""
+
 
 def _utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, tz=timezone.utc)
@@ -102,7 +111,7 @@ def supported_rates(index: int, channels: int, rates=(8000, 16000, 22050, 24000,
     ok = []
     for r in rates:
         try:
-            sd.check_input_settings(device=index, channels=channels, dtype="float32", samplerate=r)
+            sd.check_input_settings(device=index, channels=channels, dtype=DTYPE, samplerate=r)
             ok.append(r)
         except Exception:  # PortAudioError or ValueError: not supported
             pass
@@ -129,6 +138,7 @@ class MicSource(AudioSource):
         self.dropped_frames = 0
         self.device_losses = 0
         self.frames_emitted = 0
+        self.reanchors = 0
         self._ring: RingBuffer | None = None
         self._finished = threading.Event()
         self._limit_reached = False
@@ -170,19 +180,19 @@ class MicSource(AudioSource):
         index = int(dev["index"])
         rate = int(cfg.sample_rate or self.sample_rate)
         try:
-            sd.check_input_settings(device=index, channels=cfg.channels, dtype="float32", samplerate=rate)
+            sd.check_input_settings(device=index, channels=cfg.channels, dtype=DTYPE, samplerate=rate)
         except Exception:
             if cfg.sample_rate is not None:
                 raise
             rate = int(dev["default_samplerate"])
-            sd.check_input_settings(device=index, channels=cfg.channels, dtype="float32", samplerate=rate)
-        ring = RingBuffer(int(math.ceil(cfg.ring_buffer_s * rate)), cfg.channels, rate)
+            sd.check_input_settings(device=index, channels=cfg.channels, dtype=DTYPE, samplerate=rate)
+        ring = RingBuffer(int(math.ceil(cfg.ring_buffer_s * rate)), cfg.channels, rate, dtype=np.int16)
         self._ring = ring
         self._finished.clear()
         if self.max_seconds is not None:
             self._limit = int(round(self.max_seconds * rate))
         stream = sd.InputStream(
-            device=index, samplerate=rate, channels=cfg.channels, dtype="float32",
+            device=index, samplerate=rate, channels=cfg.channels, dtype=DTYPE,
             blocksize=max(1, int(round(cfg.block_s * rate))), callback=self._callback,
             finished_callback=self._on_finished,
         )
@@ -231,14 +241,14 @@ class MicSource(AudioSource):
             ring.wait(min(0.25, self.cfg.block_s))
 
     def _mono(self, data: np.ndarray) -> np.ndarray:
+        """int16 frames -> mono float32 in [-1, 1), gain applied."""
         if data.shape[1] == 1:
-            x = data[:, 0]
+            x = data[:, 0].astype(np.float32)
         elif self.cfg.channel is not None:
-            x = np.ascontiguousarray(data[:, self.cfg.channel])
+            x = data[:, self.cfg.channel].astype(np.float32)
         else:
             x = data.mean(axis=1, dtype=np.float32)
-        if self.gain != 1.0:
-            x = x * np.float32(self.gain)
+        x *= np.float32(self.gain / 32768.0)
         return x
 
     def blocks(self, stop: threading.Event) -> Iterator[AudioBlock]:
@@ -256,7 +266,10 @@ class MicSource(AudioSource):
                 if failures == 1 or failures % 10 == 0:
                     log.warning("audio device %s unavailable (%s); retrying in %.0f s (attempt %d)",
                                 self.name, exc, backoff, failures)
-                stop.wait(backoff)
+                deadline = time.monotonic() + backoff
+                while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                    self.listener.waiting(lost_reason)
+                    stop.wait(min(1.0, left))
                 backoff = min(backoff * 2, self.cfg.retry_max_s)
                 continue
             failures, backoff, self.info = 0, self.cfg.retry_initial_s, info
@@ -281,6 +294,7 @@ class MicSource(AudioSource):
     def _segment(self, stream, ring, info: DeviceInfo, stop, pending_gap, gap_reason) -> Iterator[AudioBlock]:
         resampler = StreamResampler(info.capture_rate, info.target_rate) if info.resampled else None
         seg_in = seg_out = 0  # input frames read / output samples emitted since the segment began
+        anchor = None  # (wall time, seg_out) that block times count from
         disc = pending_gap is not None
         for chunk in self._chunks(stream, ring, stop):
             if pending_gap is not None:
@@ -295,10 +309,19 @@ class MicSource(AudioSource):
                 self.listener.gap(_utc(start), _utc(end), why, chunk.lost_before)
                 resampler = StreamResampler(info.capture_rate, info.target_rate) if info.resampled else None
                 seg_in = seg_out = 0
+                anchor = None
                 disc = True
             x = self._mono(chunk.data)
-            # time of the first output sample: its input position relative to this chunk
-            t0 = chunk.start_time + ((seg_out * info.capture_rate / info.target_rate) - seg_in) / info.capture_rate
+            # time of the first output sample: its input position relative to this chunk,
+            # by sample count from an anchor, re-anchored when the device clock drifts > 1 s
+            t_clock = chunk.start_time + ((seg_out * info.capture_rate / info.target_rate) - seg_in) / info.capture_rate
+            if anchor is None:
+                anchor = (t_clock, seg_out)
+            t0 = anchor[0] + (seg_out - anchor[1]) / info.target_rate
+            if abs(t_clock - t0) > MAX_DRIFT_S:
+                self.reanchors += 1
+                log.debug("device clock drifted %.2f s from the system clock; re-anchored", t0 - t_clock)
+                anchor, t0 = (t_clock, seg_out), t_clock
             seg_in += len(x)
             if resampler is not None:
                 x = resampler.process(x)

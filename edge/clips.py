@@ -1,0 +1,162 @@
+"""Optional WAV clips of detection events, within a disk budget.
+
+``ClipWriter`` keeps the last few tens of seconds of pipeline audio (int16,
+preallocated) indexed by stream offset. Each detection event handed to it
+(``handle``) becomes one 16-bit mono WAV covering the event plus
+``padding_s`` either side, written once the audio after the event has
+arrived (``add_audio``), or at ``flush()`` with what there is.
+
+Files are ``<dir>/<YYYY-MM-DD>/<YYYYmmddTHHMMSSZ>_<label>_<id8>.wav``. After
+each write, the oldest clips go first until the total is within
+``max_disk_mb``. Only ``.wav`` files under the clips directory are ever
+deleted: the database never is.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import wave
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from .types import AudioBlock, Detection, DetectionSink
+
+log = logging.getLogger(__name__)
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class ClipWriter(DetectionSink):
+    def __init__(self, directory: str | Path, sample_rate: int, *, padding_s: float = 1.0,
+                 max_disk_mb: float = 1024, history_s: float = 60.0):
+        self.dir = Path(directory)
+        self.rate = int(sample_rate)
+        self.padding_s = float(padding_s)
+        self.budget = int(max_disk_mb * 1e6)
+        self.capacity = int((history_s + 2 * padding_s) * self.rate)
+        self._hist = np.zeros(self.capacity, dtype=np.int16)
+        self._end = 0  # stream sample index one past the newest sample held
+        self._pending: list[Detection] = []
+        self.written = 0
+        self.deleted = 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._files: deque[tuple[float, str, int]] = deque()  # (mtime, path, size), oldest first
+        self._total = 0
+        self._scan()
+
+    def _scan(self) -> None:
+        found = []
+        for root, _dirs, names in os.walk(self.dir):
+            for n in names:
+                if n.endswith(".wav"):
+                    p = os.path.join(root, n)
+                    try:
+                        st = os.stat(p)
+                    except OSError:
+                        continue
+                    found.append((st.st_mtime, p, st.st_size))
+        found.sort()
+        self._files = deque(found)
+        self._total = sum(f[2] for f in found)
+        self._enforce_budget()
+
+    # -- audio -------------------------------------------------------------------
+    def add_audio(self, block: AudioBlock) -> None:
+        x = np.asarray(block.samples)
+        start = int(round(block.offset_s * self.rate))
+        if len(x) >= self.capacity:
+            x, start = x[-self.capacity:], start + len(x) - self.capacity
+        q = np.clip(x * 32767.0, -32768, 32767).astype(np.int16)
+        i = start % self.capacity
+        first = min(len(q), self.capacity - i)
+        self._hist[i:i + first] = q[:first]
+        self._hist[:len(q) - first] = q[first:]
+        self._end = start + len(q)
+        if self._pending:
+            self._write_ready(final=False)
+
+    def _slice(self, a: int, b: int) -> np.ndarray:
+        a = max(a, self._end - self.capacity, 0)
+        b = min(b, self._end)
+        if b <= a:
+            return np.zeros(0, np.int16)
+        idx = np.arange(a, b) % self.capacity
+        return self._hist[idx]
+
+    # -- events ------------------------------------------------------------------
+    def handle(self, detections: list[Detection]) -> None:
+        self._pending.extend(detections)
+        self._write_ready(final=False)
+
+    def flush(self) -> None:
+        self._write_ready(final=True)
+
+    def _write_ready(self, final: bool) -> None:
+        keep = []
+        for d in self._pending:
+            a = int((d.offset_s - self.padding_s) * self.rate)
+            b = int((d.end_offset_s + self.padding_s) * self.rate)
+            if b > self._end and not final:
+                keep.append(d)
+                continue
+            try:
+                self._write(d, self._slice(a, b))
+            except OSError as exc:
+                log.error("cannot write the clip of detection %s: %s", d.id, exc)
+        self._pending = keep
+
+    def _write(self, d: Detection, samples: np.ndarray) -> None:
+        if not len(samples):
+            log.warning("no audio left for the clip of detection %s", d.id)
+            return
+        try:
+            when = datetime.fromisoformat(d.start_utc.replace("Z", "+00:00"))
+            stamp, day = when.strftime("%Y%m%dT%H%M%SZ"), when.strftime("%Y-%m-%d")
+        except ValueError:
+            stamp, day = "unknown", "unknown"
+        sub = self.dir / day
+        sub.mkdir(parents=True, exist_ok=True)
+        path = sub / f"{stamp}_{_SAFE.sub('_', d.label)}_{d.id[:8]}.wav"
+        tmp = path.with_suffix(".wav.part")
+        with wave.open(str(tmp), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(self.rate)
+            w.writeframes(samples.astype("<i2").tobytes())
+        os.replace(tmp, path)
+        size = path.stat().st_size
+        self._files.append((path.stat().st_mtime, str(path), size))
+        self._total += size
+        self.written += 1
+        log.debug("clip %s (%.1f s)", path, len(samples) / self.rate)
+        self._enforce_budget()
+
+    def _enforce_budget(self) -> None:
+        while self._total > self.budget and self._files:
+            _mtime, p, size = self._files.popleft()
+            try:
+                os.unlink(p)
+                self.deleted += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("cannot delete old clip %s: %s", p, exc)
+                break
+            self._total -= size
+            parent = os.path.dirname(p)
+            if parent != str(self.dir):
+                try:
+                    os.rmdir(parent)  # only when empty
+                except OSError:
+                    pass
+
+    @property
+    def disk_bytes(self) -> int:
+        return self._total
+
+    def close(self) -> None:
+        self.flush()
