@@ -7,4 +7,5 @@ pytest_plugins: list[str] = [
     "fixtures_updates",
     "fixtures_alsa",
     "fixtures_trainer",
+    "fixtures_replay",
 ]
