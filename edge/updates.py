@@ -39,6 +39,7 @@ from .signing import SigningKeyError, load_public_key
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+REPORT_SCHEMA = "dawnchorus/model/1"  # edge/schemas/model.json
 
 
 class UpdateError(RuntimeError):
@@ -297,8 +298,9 @@ class UpdateService:
             return e and {k: e.get(k) for k in ("name", "version", "sha256", "since_utc")}
 
         return {
+            "schema": REPORT_SCHEMA,
             "device_id": self.cfg.device_id,
-            "utc": utc_now(),
+            "ts": utc_now(),
             "active": brief(st.get("active")),
             "previous": brief(st.get("previous")),
             "healthy": st.get("healthy"),

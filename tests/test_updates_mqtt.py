@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import threading
 
+import jsonschema
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
 from edge.bundle import parse_bundle
 from edge.config import parse_config
 from edge.modelstore import ModelStore
+from edge.payloads import load_schema
 from edge.publisher import Publisher
 from edge.pipeline import Pipeline
 from edge.store import Store
@@ -75,8 +77,14 @@ def device(tmp_path, mqtt_broker, team_keys):
             d.stop()
 
 
-def _reports(collector, topic):
-    return collector.json_on(topic)
+REPORT = jsonschema.Draft202012Validator(load_schema("model"))
+
+
+def _check_reports(collector, topic):
+    reports = collector.json_on(topic)
+    for r in reports:
+        REPORT.validate(r)
+    return reports
 
 
 def test_good_push_swaps_model_without_losing_audio(device, mqtt_broker, make_collector, team_keys):
@@ -110,7 +118,7 @@ def test_good_push_swaps_model_without_losing_audio(device, mqtt_broker, make_co
     assert first_new_start == pytest.approx(last_old_start + hop, abs=1e-3)
     assert min(d.offset_s for d in dets if d.model_version == "2.0") > max(d.offset_s for d in dets if d.model_version == "1.0")
 
-    last = reports.json_on(topic)[-1]
+    last = _check_reports(reports, topic)[-1]
     assert last["active"]["version"] == "2.0" and last["active"]["sha256"] == sha2
     assert last["previous"]["version"] == "1.0"
     assert last["last_update"]["origin"] == "dawnchorus/models/stable"
@@ -143,7 +151,7 @@ def test_each_bad_bundle_is_refused_and_the_old_model_keeps_detecting(device, mq
     dets = dev.stop()
     assert dets and {d.model_version for d in dets} == {"1.0"}
     assert not list(models_dir_for(dev.cfg).glob("*.bundle"))
-    assert reports.json_on(topic)[-1]["active"]["version"] == "1.0"
+    assert _check_reports(reports, topic)[-1]["active"]["version"] == "1.0"
 
 
 def test_same_version_ignored_older_refused_unless_allowed(device, team_keys):

@@ -8,12 +8,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from edge.bundle import parse_bundle
 from edge.config import DEFAULT_BUNDLE, parse_config
 from edge.modelstore import STATE_NAME, ModelStore, entry_for
-from edge.updates import compare_versions, resolve_startup
+from edge.payloads import load_schema
+from edge.updates import UpdateService, compare_versions, resolve_startup
 from fixtures_updates import make_bundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,6 +131,9 @@ def test_crash_loop_after_swap_rolls_back(tmp_path, team_keys):
     assert store.active["version"] == "1.0" and store.previous is None
     assert store.is_refused("2.0", b2.sha256)
     assert "crash loop" in store.state["rollbacks"][-1]["reason"]
+    report = UpdateService(cfg, store, running, None, public_key=team_keys.public).report()
+    jsonschema.validate(report, load_schema("model"))
+    assert report["active"]["version"] == "1.0" and report["last_rollback"]["from"]["version"] == "2.0"
 
 
 def test_clean_stops_and_old_crashes_do_not_count(tmp_path, team_keys):
