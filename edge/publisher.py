@@ -68,7 +68,7 @@ class Publisher:
         self._poll_s = poll_s
 
         self._lock = threading.Lock()
-        self._inflight: dict[int, Optional[str]] = {}  # mid -> detection id (None: other messages)
+        self._inflight: dict[int, tuple[Optional[str], str]] = {}  # mid -> (detection id or None, topic)
         self._inflight_ids: set[str] = set()
         self._early_acks: dict[int, tuple[bool, str]] = {}  # acks that beat publish() returning
         self._acked: list[str] = []
@@ -161,7 +161,15 @@ class Publisher:
             self._early_acks.clear()
 
     def _settle(self, mid: int, ok: bool, reason: str) -> None:  # with self._lock held
-        det_id = self._inflight.pop(mid)
+        det_id, topic = self._inflight.pop(mid)
+        if not ok:
+            self.stats["refused"] += 1
+            n = self.stats["refused"]
+            # mosquitto also drops the connection after a refusal: say it once, then now and then
+            log.log(logging.ERROR if n == 1 or n % 100 == 0 else logging.DEBUG,
+                    "MQTT: the broker refused %s on %s: %s (%d refusals so far; check the broker's ACL "
+                    "allows this device to write under %s/); refused detections stay in the outbox",
+                    f"detection {det_id}" if det_id else "the message", topic, reason, n, self.topics.base)
         if det_id is None:
             return
         self._inflight_ids.discard(det_id)
@@ -172,8 +180,6 @@ class Publisher:
                 self._recent.popitem(last=False)
         else:
             self._refused.add(det_id)
-            log.error("MQTT: the broker refused detection %s on %s: %s (check the broker's ACL)",
-                      det_id, self.topics.detections, reason)
 
     # ---- sending ---------------------------------------------------------
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool, det_id: Optional[str]) -> Optional[int]:
@@ -183,7 +189,7 @@ class Publisher:
         if qos == 0:
             return mid
         with self._lock:
-            self._inflight[mid] = det_id
+            self._inflight[mid] = (det_id, topic)
             if det_id is not None:
                 self._inflight_ids.add(det_id)
             early = self._early_acks.pop(mid, None)
@@ -336,7 +342,7 @@ class Publisher:
     def mqtt_stats(self) -> dict:
         return {"protocol": self.client.protocol, "connects": self.client.connects,
                 "published": self.stats["published"], "acked": self.stats["acked"],
-                "backlog_sent": self.stats["backlog_sent"], "refused": len(self._refused)}
+                "backlog_sent": self.stats["backlog_sent"], "refused": self.stats["refused"]}
 
     def publish_health(self) -> None:
         self._next_health = time.monotonic() + self.cfg.health_interval_s

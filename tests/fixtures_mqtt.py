@@ -149,7 +149,7 @@ class Collector:
 
     def __init__(self, broker: Broker, topics: list[str], *, qos: int = 1, client_id: Optional[str] = None,
                  username: Optional[str] = None, password: Optional[str] = None, tls_ca: Optional[Path] = None,
-                 persistent: bool = True):
+                 tls_cert: Optional[tuple[Path, Path]] = None, persistent: bool = True):
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, bytes, bool]] = []
@@ -162,7 +162,8 @@ class Collector:
         if username:
             self.client.username_pw_set(username, password)
         if tls_ca:
-            self.client.tls_set(ca_certs=str(tls_ca))
+            cert, key = (str(tls_cert[0]), str(tls_cert[1])) if tls_cert else (None, None)
+            self.client.tls_set(ca_certs=str(tls_ca), certfile=cert, keyfile=key)
         self.client.reconnect_delay_set(0.1, 1)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
