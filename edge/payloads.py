@@ -25,7 +25,7 @@ DETECTION_FIELDS = (
 
 #: health numbers (all optional but outbox_depth) in the status message
 HEALTH_FIELDS = (
-    "uptime_s", "windows_processed", "inference_ms", "overflows", "gaps",
+    "uptime_s", "windows_processed", "inference_latency_ms", "overflows", "gaps",
     "disk_free_mb", "model_version", "model_sha256", "outbox_depth", "detections_total",
 )
 

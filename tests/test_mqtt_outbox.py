@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
+from edge.health import Health
 from edge.publisher import StoreThenPublish
 from edge.store import Store
 from fixtures_mqtt import wait_until
@@ -18,7 +19,10 @@ def test_delivery_qos1_validated_and_marked_published(tmp_path, mqtt_broker, mak
     col.wait_subscribed()
     store = Store(tmp_path / "d.db")
     dets = make_detections(25)
-    pub = start_publisher(mqtt_broker, store, health=lambda: {"windows_processed": 7, "model_version": "test-1"})
+    health = Health("dev1", tmp_path)  # the daemon's health object
+    health.note_windows(7, 0.0012)
+    health.note_model("test-1", "ab" * 32)
+    pub = start_publisher(mqtt_broker, store, health=health.snapshot)
     try:
         assert pub.wait_connected(10)
         StoreThenPublish(store, pub).handle(dets)
@@ -34,6 +38,8 @@ def test_delivery_qos1_validated_and_marked_published(tmp_path, mqtt_broker, mak
         status = [validate("status", p) for p in col.on(STATUS)]
         assert status[0]["state"] == "online"
         assert status[0]["health"]["windows_processed"] == 7
+        assert status[0]["health"]["model_version"] == "test-1"
+        assert status[0]["health"]["inference_latency_ms"] > 0 and status[0]["health"]["disk_free_mb"] > 0
         assert "outbox_depth" in status[0]["health"]
     finally:
         pub.stop()
