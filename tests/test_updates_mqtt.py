@@ -203,3 +203,35 @@ def test_push_says_when_the_broker_limit_is_too_small(make_broker, team_keys):
     cfg = parse_config({"mqtt": {"host": old.host, "port": old.port, "protocol": "3.1.1"}})
     with pytest.raises(PushError, match="message_size_limit"):
         push_bytes(data, cfg, topic_for(cfg, None, None), team_keys.public, timeout=10)
+
+
+def test_push_without_read_access_is_acknowledged_but_not_verified(make_broker, team_keys, tmp_path):
+    acl = tmp_path / "push.acl"
+    acl.write_text("topic write dawnchorus/models/#\n")  # anonymous: may push, may not read back
+    broker = make_broker("acl", acl_file=acl)
+    cfg = parse_config({"mqtt": {"host": broker.host, "port": broker.port}})
+    res = push_bytes(make_bundle(team_keys.private, "1.0"), cfg, topic_for(cfg, None, None), team_keys.public,
+                     timeout=20)
+    assert res.verified is False
+
+
+def test_push_command_line(mqtt_broker, team_keys, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "push.yaml"
+    cfg.write_text(f"mqtt:\n  host: {mqtt_broker.host}\n  port: {mqtt_broker.port}\n"
+                   f"model:\n  public_key: {team_keys.public_path}\n")
+    good, bad = tmp_path / "good.bundle", tmp_path / "other.bundle"
+    good.write_bytes(make_bundle(team_keys.private, "4.0"))
+    bad.write_bytes(make_bundle(team_keys.other, "4.0"))
+
+    def push(*args):
+        return subprocess.run([sys.executable, "-m", "trainer", "push", *args, "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=120)
+
+    refused = push(str(bad))
+    assert refused.returncode == 1 and "refusing to push" in refused.stderr and "does not verify" in refused.stderr
+    ok = push(str(good), "--device", "rec9")
+    assert ok.returncode == 0, ok.stderr
+    assert "dawnchorus/rec9/model/set" in ok.stdout and "acknowledged, read back" in ok.stdout

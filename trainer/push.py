@@ -112,18 +112,31 @@ def _read_back(client, topic: str, data: bytes, state: dict, where: str, timeout
             state["read_back"] = hashlib.sha256(msg.payload).hexdigest()
             got.set()
 
-    client.on_message = on_message
+    def on_subscribe(c, userdata, mid, reason_codes, props):
+        state["suback"] = reason_codes[0] if reason_codes else None
+
+    state["suback"] = None
+    client.on_message, client.on_subscribe = on_message, on_subscribe
     client.subscribe(topic, qos=1)
     end = time.monotonic() + timeout
     while not got.wait(0.1) and time.monotonic() < end and state["disconnect_rc"] is None:
-        pass
+        if state["suback"] is not None and not state.get("suback_at"):
+            # the retained message follows the SUBACK; allow twice the upload time to come back
+            state["suback_at"] = time.monotonic()
+            end = min(end, state["suback_at"] + 2.0 + 2 * state.get("upload_s", 0.0))
+        if state["suback"] is not None and state["suback"].is_failure:
+            log.warning("cannot read %s back (the broker refused the subscription: %s; give the pushing "
+                        "account read access, or use --no-verify); the broker acknowledged the bundle",
+                        topic, state["suback"])
+            state["verified"] = False
+            return
     if not got.is_set():
         if state["disconnect_rc"] is not None:
             raise PushError(f"the broker {where} closed the connection after the bundle ({state['disconnect_rc']}) "
                             "without keeping it; it probably limits message size: raise mosquitto's "
                             f"message_size_limit / max_packet_size (this bundle is {len(data)} bytes)")
-        log.warning("could not read the retained bundle back from %s within %.0f s (no read permission?); "
-                    "the broker acknowledged it", topic, timeout)
+        log.warning("could not read the retained bundle back from %s (no read permission? give the pushing "
+                    "account read access, or use --no-verify); the broker acknowledged it", topic)
         state["verified"] = False
         return
     if state["read_back"] != want:
@@ -186,11 +199,13 @@ def push_bytes(data: bytes, cfg: Config, topic: str, public_key, *, timeout: flo
         if max_packet is None:
             log.info("broker %s states no maximum packet size (%s); sending %d bytes",
                      where, "MQTT 3.1.1" if not mqtt5 else "none given", size)
+        t_publish = time.monotonic()
         info = client.publish(topic, data, qos=1, retain=True)
         if info.rc != 0:
             raise PushError(f"cannot publish to {where}: error {info.rc}")
         if not done.wait(timeout):
             raise PushError(f"no PUBACK from {where} within {timeout:g} s: the bundle may not have been delivered")
+        state["upload_s"] = time.monotonic() - t_publish
         rc = state["puback_rc"]
         if rc is None:
             raise PushError(f"the broker {where} closed the connection before acknowledging the bundle "
