@@ -77,6 +77,40 @@ class AudioConfig(_Section):
     retry_initial_s: float = Field(1.0, gt=0)
     retry_max_s: float = Field(60.0, gt=0)
 
+    @field_validator("device")
+    @classmethod
+    def _device_not_blank(cls, v):
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("device must be an index, part of a device name, or null for the default input")
+        if isinstance(v, int) and v < 0:
+            raise ValueError("a device index is 0 or more (python -m edge devices lists them)")
+        return v
+
+    @field_validator("channel")
+    @classmethod
+    def _channel_in_range(cls, v, info):
+        channels = info.data.get("channels")
+        if v is not None and channels is not None and v >= channels:
+            raise ValueError(f"channel {v} does not exist with channels: {channels} "
+                             f"(numbered from 0: allowed 0..{channels - 1}, or null to mix all down)")
+        return v
+
+    @field_validator("retry_max_s")
+    @classmethod
+    def _retry_order(cls, v, info):
+        first = info.data.get("retry_initial_s")
+        if first is not None and v < first:
+            raise ValueError(f"must be at least retry_initial_s ({first})")
+        return v
+
+    @field_validator("ring_buffer_s")
+    @classmethod
+    def _ring_holds_blocks(cls, v, info):
+        block = info.data.get("block_s")
+        if block is not None and v < 2 * block:
+            raise ValueError(f"must hold at least two blocks (block_s is {block})")
+        return v
+
 
 class StoreConfig(_Section):
     path: Path = DEFAULT_STATE_DIR / "detections.db"

@@ -18,6 +18,7 @@ hold all of it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -30,22 +31,24 @@ REPO = Path(__file__).resolve().parent.parent
 
 def to_s16(samples: np.ndarray) -> bytes:
     x = np.asarray(samples, dtype=np.float32)
-    return np.clip(np.round(x * 32767), -32768, 32767).astype("<i2").tobytes()
+    return np.clip(np.round(x * 32768), -32768, 32767).astype("<i2").tobytes()
 
 
 def pcm_block(name: str, infile: Path | str, rate: int, channels: int = 1, description: str = "") -> str:
+    # the helper PCMs' names must not contain ``name``: devices are matched by part of their name
+    slave = "s" + hashlib.sha1(name.encode()).hexdigest()[:10]
     return f"""
-pcm.{name}_null {{ type null }}
-pcm.{name}_file {{
+pcm.{slave}n {{ type null }}
+pcm.{slave}f {{
     type file
-    slave.pcm "{name}_null"
+    slave.pcm "{slave}n"
     file "/dev/null"
     infile "{infile}"
     format "raw"
 }}
 pcm.{name} {{
     type plug
-    slave {{ pcm "{name}_file" format S16_LE rate {rate} channels {channels} }}
+    slave {{ pcm "{slave}f" format S16_LE rate {rate} channels {channels} }}
     hint {{ show on description "{description or name}" }}
 }}
 """
@@ -82,3 +85,99 @@ def alsa_device(tmp_path):
         return alsa_env(conf), name
 
     return make
+
+
+# -- a clocked capture device: a PulseAudio null sink's monitor -----------------------
+# The file device has no clock. Where a test needs audio at the real rate (device
+# loss mid-stream, SIGTERM while listening, the watchdog), a private PulseAudio
+# server with a null sink gives one: the test plays into the sink with pacat, and
+# the daemon captures its monitor through ALSA's pulse plugin, PortAudio and
+# sounddevice, the same path as any ALSA device.
+import shutil
+import signal
+import subprocess
+import time
+
+
+class PulseServer:
+    def __init__(self, root: Path, rate: int = 32000):
+        self.root = root
+        self.rate = rate
+        self.socket = root / "native"
+        self.proc: subprocess.Popen | None = None
+        self.players: list[subprocess.Popen] = []
+        self.conf = root / "asound-pulse.conf"
+        self.conf.write_text(f"""
+pcm.dcpulse {{
+    type pulse
+    server "unix:{self.socket}"
+    device "dc.monitor"
+    hint {{ show on description "dawnchorus test pulse monitor" }}
+}}
+""")
+
+    @property
+    def env(self) -> dict:
+        return alsa_env(self.conf)
+
+    def start(self) -> None:
+        env = dict(os.environ, PULSE_RUNTIME_PATH=str(self.root), HOME=str(self.root), XDG_RUNTIME_DIR=str(self.root))
+        self.proc = subprocess.Popen(
+            ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no", "--log-target=stderr",
+             "--disable-shm=yes", "-L", f"module-native-protocol-unix socket={self.socket} auth-anonymous=1",
+             "-L", f"module-null-sink sink_name=dc rate={self.rate} channels=1"],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(self.root / "pulse.log", "ab"))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.socket.exists() and subprocess.run(
+                    ["pactl", "-s", f"unix:{self.socket}", "info"], capture_output=True).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"pulseaudio did not start; see {self.root / 'pulse.log'}")
+
+    def play(self, samples: np.ndarray) -> subprocess.Popen:
+        """Play mono float samples into the null sink at the real rate (pacat paces them)."""
+        p = subprocess.Popen(["pacat", "--playback", "-s", f"unix:{self.socket}", "-d", "dc", "--format=s16le",
+                              f"--rate={self.rate}", "--channels=1", "--raw"],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p.stdin.write(to_s16(samples))
+        p.stdin.close()
+        self.players.append(p)
+        return p
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+        if self.socket.exists():
+            self.socket.unlink()
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        for p in self.players:
+            if p.poll() is None:
+                p.kill()
+        if self.proc is not None:
+            self.resume()
+        self.kill()
+
+
+@pytest.fixture
+def pulse_server(tmp_path):
+    for tool in ("pulseaudio", "pacat", "pactl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (apt-get install pulseaudio pulseaudio-utils)")
+    if not SYSTEM_ALSA_CONF.exists():
+        pytest.skip(f"no {SYSTEM_ALSA_CONF}")
+    root = tmp_path / "pulse"
+    root.mkdir()
+    server = PulseServer(root)
+    server.start()
+    yield server
+    server.close()

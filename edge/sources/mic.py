@@ -298,8 +298,8 @@ class MicSource(AudioSource):
         disc = pending_gap is not None
         for chunk in self._chunks(stream, ring, stop):
             if pending_gap is not None:
-                self.listener.gap(_utc(pending_gap), _utc(chunk.start_time), gap_reason,
-                                  int(max(0.0, chunk.start_time - pending_gap) * info.target_rate))
+                end = max(chunk.start_time, pending_gap)  # a clockless device can "start" before it was found
+                self.listener.gap(_utc(pending_gap), _utc(end), gap_reason, int((end - pending_gap) * info.target_rate))
                 pending_gap = None
             if chunk.lost_before is not None:  # overflow: start a new segment, never stitch
                 end = chunk.start_time
