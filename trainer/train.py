@@ -1,0 +1,298 @@
+"""Training: split, head on cached backbone features, fine-tune, evaluate, quantize, bundle.
+
+``run(data, out_dir, cfg)`` is what ``python -m trainer train`` does; the
+bench calls the same function with its own split so that every figure comes
+from one code path.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.frontend import LogMel
+
+from .augment import WindowSampler
+from .config import TrainConfig
+from .data import Dataset, FrameCache, Windows, eval_windows, features_batch, grouped_folds, grouped_split, read_dataset
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dawnchorus" / "features"
+
+
+@dataclass
+class Prepared:
+    ds: Dataset
+    frames: dict[str, np.ndarray]
+    logmel: LogMel
+    train: Dataset
+    val: Dataset
+    val_windows: Windows
+    x_val: np.ndarray
+
+
+@dataclass
+class Result:
+    prepared: Prepared
+    parts: object
+    history: list[dict] = field(default_factory=list)
+    float_scores: np.ndarray | None = None
+    int8_scores: np.ndarray | None = None
+    float_metrics: dict | None = None
+    int8_metrics: dict | None = None
+    model_bytes: bytes | None = None
+    bundle_path: Path | None = None
+    timings: dict = field(default_factory=dict)
+
+
+def prepare(data: str | Path | Dataset, cfg: TrainConfig, split: tuple[list[str], list[str]] | None = None,
+            progress: bool = True) -> Prepared:
+    frontend = cfg.frontend.params()
+    ds = data if isinstance(data, Dataset) else read_dataset(data)
+    cache = FrameCache(frontend, cfg.data.cache_dir or default_cache_dir())
+    frames = cache.load(ds, progress=progress)
+    if split is None:
+        if cfg.data.folds > 1:
+            val_ids = grouped_folds(ds, cfg.data.folds, cfg.train.seed)[0]
+            train_ids = [r.id for r in ds.recordings if r.id not in set(val_ids)]
+        else:
+            train_ids, val_ids = grouped_split(ds, cfg.data.val_fraction, cfg.train.seed)
+    else:
+        train_ids, val_ids = split
+    train, val = ds.subset(train_ids), ds.subset(val_ids)
+    missing = sorted(set(ds.classes) - {r.label for r in train.recordings})
+    if missing:
+        from .data import DatasetError
+
+        raise DatasetError(f"class(es) with no training recording after the split: {missing}")
+    logmel = LogMel(frontend)
+    vw = eval_windows(val, frames, frontend, cfg.data.eval_hop_s)
+    sel = None
+    if cfg.train.max_val_windows and len(vw) > cfg.train.max_val_windows:
+        sel = np.sort(np.random.default_rng(cfg.train.seed).choice(len(vw), cfg.train.max_val_windows, replace=False))
+        vw = Windows(vw.rec_ids, vw.starts[sel], vw.rec_index[sel], vw.y[sel])
+    x_val = features_batch(logmel, frames, vw)
+    log.info("split: %d training and %d validation recordings, %d validation windows",
+             len(train.recordings), len(val.recordings), len(vw))
+    return Prepared(ds, frames, logmel, train, val, vw, x_val)
+
+
+def _quick_auc(y: np.ndarray, s: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    aucs = [roc_auc_score(y[:, j], s[:, j]) for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def _quick_top1(p: Prepared, s: np.ndarray) -> float:
+    from .evaluate import recording_scores
+
+    rs = recording_scores(s, p.val_windows.rec_index, len(p.val_windows.rec_ids))
+    idx = p.ds.index()
+    by_id = {r.id: r for r in p.val.recordings}
+    want = np.array([idx[by_id[r].label] for r in p.val_windows.rec_ids])
+    return float(np.mean(rs.argmax(1) == want))
+
+
+class _Prefetch:
+    """Draws training batches on a background thread (one stop event ends it)."""
+
+    def __init__(self, sampler: WindowSampler, batch_size: int, depth: int = 3):
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, args=(sampler, batch_size), daemon=True, name="prefetch")
+        self.t.start()
+
+    def _run(self, sampler, bs):
+        while not self.stop.is_set():
+            b = sampler.batch(bs)
+            while not self.stop.is_set():
+                try:
+                    self.q.put(b, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+
+    def get(self):
+        return self.q.get()
+
+    def close(self):
+        self.stop.set()
+        self.t.join(timeout=5)
+
+
+def _loss(cfg: TrainConfig):
+    import keras
+
+    if cfg.train.loss == "focal":
+        return keras.losses.BinaryFocalCrossentropy(label_smoothing=cfg.train.label_smoothing)
+    return keras.losses.BinaryCrossentropy(label_smoothing=cfg.train.label_smoothing)
+
+
+def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[object, list[dict]]:
+    import keras
+
+    from .model import build_model, calibrate_batchnorm, set_trainable
+
+    t = cfg.train
+    parts = build_model(cfg.model, p.logmel.params.input_shape, len(p.ds.classes), seed=t.seed)
+    sampler = WindowSampler(p.train, p.frames, p.logmel, cfg.augment, cfg.data.energy_percentile,
+                            t.balanced_sampling, t.seed)
+    history: list[dict] = []
+    if cfg.model.weights == "none":
+        calibrate_batchnorm(parts, (sampler.batch(t.batch_size, augment=False)[0] for _ in range(30)))
+        set_trainable(parts, cfg.model.mode, cfg.model.finetune_blocks)
+
+    if t.head_epochs:
+        t0 = time.time()
+        n = t.head_windows_per_recording * len(p.train.recordings)
+        xs, ys = zip(*(sampler.sample(augment=True) for _ in range(n)))
+        emb = parts.embedder.predict(np.stack(xs), batch_size=64, verbose=0)
+        emb_val = parts.embedder.predict(p.x_val, batch_size=64, verbose=0)
+        parts.head.compile(optimizer=keras.optimizers.Adam(t.head_learning_rate), loss=_loss(cfg))
+        parts.head.fit(emb, np.stack(ys), batch_size=64, epochs=t.head_epochs, verbose=0, shuffle=True)
+        s = parts.head.predict(emb_val, batch_size=256, verbose=0)
+        row = {"stage": "head", "epoch": 0, "val_macro_roc_auc": _quick_auc(p.val_windows.y, s),
+               "val_recording_top1": _quick_top1(p, s), "seconds": round(time.time() - t0, 1)}
+        history.append(row)
+        log.info("head on %d cached windows: val macro ROC-AUC %.3f, top-1 %.3f (%.0f s)", n,
+                 row["val_macro_roc_auc"], row["val_recording_top1"], row["seconds"])
+
+    if cfg.model.mode == "frozen" or t.epochs == 0:
+        return parts, history
+
+    set_trainable(parts, cfg.model.mode, cfg.model.finetune_blocks)
+    total = t.epochs * t.steps_per_epoch
+    sched = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=t.learning_rate * 0.1 if t.warmup_steps else t.learning_rate,
+        decay_steps=max(1, total - t.warmup_steps), alpha=0.01,
+        warmup_target=t.learning_rate if t.warmup_steps else None, warmup_steps=t.warmup_steps)
+    parts.model.compile(optimizer=keras.optimizers.AdamW(sched, weight_decay=t.weight_decay), loss=_loss(cfg))
+    best, best_auc, bad = None, -1.0, 0
+    pre = _Prefetch(sampler, t.batch_size)
+    try:
+        for epoch in range(1, t.epochs + 1):
+            t0 = time.time()
+            losses = []
+            steps = range(t.steps_per_epoch)
+            if progress:
+                from tqdm import tqdm
+
+                steps = tqdm(steps, desc=f"epoch {epoch}/{t.epochs}", unit="step", leave=False)
+            for _ in steps:
+                x, y = pre.get()
+                losses.append(float(parts.model.train_on_batch(x, y)))
+                if progress:
+                    steps.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            row = {"stage": "finetune", "epoch": epoch, "loss": float(np.mean(losses))}
+            if t.early_stopping_patience or t.validate_every_epoch or epoch == t.epochs:
+                s = parts.model.predict(p.x_val, batch_size=64, verbose=0)
+                row["val_macro_roc_auc"] = _quick_auc(p.val_windows.y, s)
+                row["val_recording_top1"] = _quick_top1(p, s)
+            row["seconds"] = round(time.time() - t0, 1)
+            history.append(row)
+            log.info("epoch %d/%d loss %.4f val macro ROC-AUC %s top-1 %s (%.0f s)", epoch, t.epochs, row["loss"],
+                     f"{row.get('val_macro_roc_auc', float('nan')):.3f}", f"{row.get('val_recording_top1', float('nan')):.3f}",
+                     row["seconds"])
+            if t.early_stopping_patience:
+                auc = row["val_macro_roc_auc"]
+                if auc > best_auc:
+                    best_auc, best, bad = auc, parts.model.get_weights(), 0
+                else:
+                    bad += 1
+                    if bad >= t.early_stopping_patience:
+                        log.info("early stop: no better validation ROC-AUC for %d epochs", bad)
+                        break
+    finally:
+        pre.close()
+    if best is not None:
+        parts.model.set_weights(best)
+        log.info("restored the best epoch (val macro ROC-AUC %.3f)", best_auc)
+    return parts, history
+
+
+def evaluate_both(res: Result, cfg: TrainConfig) -> None:
+    """Quantize, then score float and int8 with the same metric code."""
+    from .evaluate import compute_metrics, score_int8, score_keras
+    from .quantize import quantize_int8
+
+    p = res.prepared
+    idx = p.ds.index()
+    by_id = {r.id: r for r in p.val.recordings}
+    primary = [idx[by_id[r].label] for r in p.val_windows.rec_ids]
+    t0 = time.time()
+    res.float_scores = score_keras(res.parts.model, p.x_val)
+    res.float_metrics = compute_metrics(p.val_windows.y, res.float_scores, p.val_windows.rec_index,
+                                        p.val_windows.rec_ids, primary, p.ds.classes)
+    sampler = WindowSampler(p.train, p.frames, p.logmel, cfg.augment, cfg.data.energy_percentile, True,
+                            cfg.train.seed + 1)
+    rep = np.stack([sampler.sample(augment=False)[0] for _ in range(cfg.quantize.representative_windows)])
+    t1 = time.time()
+    res.model_bytes = quantize_int8(res.parts.model, rep)
+    res.timings["quantize_s"] = round(time.time() - t1, 1)
+    res.int8_scores = score_int8(res.model_bytes, p.x_val)
+    res.int8_metrics = compute_metrics(p.val_windows.y, res.int8_scores, p.val_windows.rec_index,
+                                       p.val_windows.rec_ids, primary, p.ds.classes)
+    res.timings["evaluate_s"] = round(time.time() - t0, 1)
+
+
+def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, private_key=None,
+        split: tuple[list[str], list[str]] | None = None, progress: bool = True, write_plots: bool = True) -> Result:
+    from .bundle import write_bundle
+    from .evaluate import summary
+    from .report import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    p = prepare(data, cfg, split=split, progress=progress)
+    t1 = time.time()
+    parts, history = fit(p, cfg, progress=progress)
+    t2 = time.time()
+    res = Result(p, parts, history)
+    evaluate_both(res, cfg)
+    res.timings.update(prepare_s=round(t1 - t0, 1), train_s=round(t2 - t1, 1))
+    m_f, m_q = res.float_metrics, res.int8_metrics
+    drop = {"macro_roc_auc": m_f["macro_roc_auc"] - m_q["macro_roc_auc"],
+            "recording_top1_accuracy": m_f["recording_top1_accuracy"] - m_q["recording_top1_accuracy"]}
+    log.info("float: %s", json.dumps(summary(m_f)))
+    log.info("int8:  %s  (drop %s)", json.dumps(summary(m_q)), json.dumps(drop))
+    if private_key is None:
+        private_key = _key_for(out, cfg)
+    training = {"dataset": p.ds.summary(), "n_train_recordings": len(p.train.recordings),
+                "n_val_recordings": len(p.val.recordings), "split": "recordist-grouped per species, stratified",
+                "config": json.loads(cfg.model_dump_json()), "history": history, "teacher": None}
+    metrics = {"validation": summary(m_q), "validation_float": summary(m_f), "int8_drop": drop}
+    bundle_path = out / f"{cfg.bundle.name}.bundle"
+    res.bundle_path = write_bundle(
+        bundle_path, model_bytes=res.model_bytes, classes=p.ds.classes, names=p.ds.names,
+        frontend=p.logmel.params, hop_s=cfg.bundle.hop_s, thresholds=m_q["thresholds"],
+        selftest_features=p.x_val[0], private_key=private_key, name=cfg.bundle.name,
+        version=cfg.bundle.version, training=training, metrics=metrics)
+    res.timings["total_s"] = round(time.time() - t0, 1)
+    write_report(out, m_q, m_f, history, p, res.float_scores, res.int8_scores, timings=res.timings, plots=write_plots)
+    return res
+
+
+def _key_for(out: Path, cfg: TrainConfig):
+    from edge.signing import generate_keypair, load_private_key
+
+    if cfg.bundle.signing_key:
+        return load_private_key(cfg.bundle.signing_key)
+    key_dir = out / "key"
+    if not (key_dir / "signing.key").exists():
+        generate_keypair(key_dir)
+        log.warning("no bundle.signing_key given: signed with a new key pair in %s (public key: %s)",
+                    key_dir, key_dir / "signing.pub")
+    return load_private_key(key_dir / "signing.key")
