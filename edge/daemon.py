@@ -75,9 +75,10 @@ def mqtt_service(ctx: DaemonContext):
 
 
 def updates_service(ctx: DaemonContext):
+    # Always made, even without MQTT: it also clears the crash-loop counter once a swapped-in
+    # model is healthy and records clean stops (which are not crashes). It subscribes to the
+    # model topics only with MQTT on and updates.enabled.
     pub = ctx.services.get("mqtt")
-    if not ctx.cfg.updates.enabled or pub is None:  # bundles arrive over MQTT
-        return None
     from .updates import UpdateService
 
     return UpdateService(ctx.cfg, ctx.model_store, ctx.running, ctx.pipeline, publisher=pub,

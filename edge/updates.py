@@ -157,6 +157,7 @@ class UpdateService:
         self._run_started = clock()
         self._progress_at_start = progress() if progress else 0
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()  # stop() must not set the daemon's shared stop event
         self.results: list[UpdateResult] = []
 
     # lifecycle
@@ -170,7 +171,7 @@ class UpdateService:
             self.publish_report()
 
     def stop(self) -> None:
-        self.stop_event.set()
+        self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.store.record_clean_stop()
@@ -188,7 +189,7 @@ class UpdateService:
 
     def _worker(self) -> None:
         was_connected = False
-        while not self.stop_event.is_set():
+        while not (self.stop_event.is_set() or self._stopping.is_set()):
             connected = bool(getattr(self.publisher, "connected", False))
             if connected and not was_connected:
                 self.publish_report()  # on every (re)connect: the broker may have lost the retained one
