@@ -34,6 +34,17 @@ log = logging.getLogger(__name__)
 _UNSUPPORTED_PROTOCOL = {1, 132}
 
 
+class _QuietRetries(logging.Filter):
+    """paho logs an ERROR line on every retry while the broker is down; our own lines say it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_paho_log = logging.getLogger(__name__ + ".paho")
+_paho_log.addFilter(_QuietRetries())
+
+
 class MQTTSetupError(ValueError):
     """The MQTT settings cannot be used (unreadable password file, missing TLS file, ...)."""
 
@@ -123,7 +134,7 @@ class MQTTClient:
         proto = mqtt.MQTTv5 if self.protocol == "5" else mqtt.MQTTv311
         kw = {} if proto == mqtt.MQTTv5 else {"clean_session": True}
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto, **kw)
-        c.enable_logger(logging.getLogger(__name__ + ".paho"))
+        c.enable_logger(_paho_log)
         c.suppress_exceptions = True
         c.max_inflight_messages_set(self._max_inflight)
         c.reconnect_delay_set(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
