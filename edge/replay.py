@@ -23,14 +23,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .config import PACKAGE_DIR, Config, ConfigError, load_config
 from .postprocess import ID_NAMESPACE, iso_utc
 from .sources import AUDIO_EXTENSIONS, FileSource, SourceError, find_audio_files
 from .writers import FORMATS
 
 log = logging.getLogger(__name__)
 
+PACKAGE_DIR = Path(__file__).resolve().parent
 DEMO_DIR = PACKAGE_DIR / "demo"
+# edge.config's defaults, used when no --config is given: importing pydantic for the
+# configuration costs about 18 MB of the replay's 100 MB budget (a test keeps them equal).
+DEFAULTS = {"bundle": PACKAGE_DIR / "models" / "default.bundle", "public_key": PACKAGE_DIR / "models" / "default.pub",
+            "num_threads": 1, "overlap_s": None, "device_id": "recorder", "max_bundle_mb": 32.0}
 PROGRESS_MIN_S = 300.0  # show a progress bar for files longer than this (on a terminal)
 
 
@@ -71,7 +75,7 @@ class ReplayStats:
         return self.audio_s / self.wall_s if self.wall_s > 0 else float("inf")
 
 
-def _settings(pipeline) -> dict:
+def _effort_settings(pipeline) -> dict:
     d = pipeline.detection
     return {
         "window_s": pipeline.params.window_s, "hop_s": pipeline.hop_s,
@@ -151,7 +155,7 @@ def replay_file(path: Path, pipeline, store, writer, stats: ReplayStats, *, star
         stats.files_ok += 1
     stats.audio_s += done_s
     if store is not None and done_s > 0:
-        settings = _settings(pipeline)
+        settings = _effort_settings(pipeline)
         key = "\x1f".join((pipeline.device_id, source.name, pipeline.bundle.sha256, json.dumps(settings, sort_keys=True)))
         store.open_effort(
             id=str(uuid.uuid5(ID_NAMESPACE, key)), device_id=pipeline.device_id, source=source.name,
@@ -215,11 +219,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _settings(args) -> dict | None:
+    """Defaults, then --config, then the command line; None (after a message) if the config is bad."""
+    s = dict(DEFAULTS, detection=None, store=None)
+    if args.config:
+        from .config import ConfigError, load_config
+
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return None
+        s.update(bundle=cfg.model.bundle_path, public_key=cfg.model.public_key_path, num_threads=cfg.model.num_threads,
+                 overlap_s=cfg.model.overlap_s, device_id=cfg.device_id, max_bundle_mb=cfg.model.max_bundle_mb,
+                 detection=cfg.detection, store=cfg.store.path if "path" in cfg.store.model_fields_set else None)
+    for key, value in (("bundle", args.bundle), ("public_key", args.public_key), ("num_threads", args.threads),
+                       ("overlap_s", args.overlap), ("device_id", args.device_id)):
+        if value is not None:
+            s[key] = value
+    return s
+
+
 def run(args) -> int:
-    try:
-        cfg = load_config(args.config) if args.config else Config()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    cfg = _settings(args)
+    if cfg is None:
         return 2
     from .bundle import BundleError, load_bundle
     from .interpreter import InterpreterError, load_model
@@ -227,11 +250,7 @@ def run(args) -> int:
     from .signing import SigningKeyError, load_public_key
     from .writers import make_writer
 
-    bundle_path = args.bundle or cfg.model.bundle_path
-    key_path = args.public_key or cfg.model.public_key_path
-    threads = args.threads or cfg.model.num_threads
-    overlap = args.overlap if args.overlap is not None else cfg.model.overlap_s
-    device_id = args.device_id or cfg.device_id
+    threads = cfg["num_threads"]
     start_utc = None
     if args.start_time:
         try:
@@ -241,9 +260,11 @@ def run(args) -> int:
                   file=sys.stderr)
             return 2
     try:
-        bundle = load_bundle(bundle_path, load_public_key(key_path), max_bytes=int(cfg.model.max_bundle_mb * 2**20))
+        bundle = load_bundle(cfg["bundle"], load_public_key(cfg["public_key"]),
+                             max_bytes=int(cfg["max_bundle_mb"] * 2**20))
         model = load_model(bundle, num_threads=threads)
-        pipeline = Pipeline(bundle, model, detection=cfg.detection, overlap_s=overlap, device_id=device_id)
+        pipeline = Pipeline(bundle, model, detection=cfg["detection"], overlap_s=cfg["overlap_s"],
+                            device_id=cfg["device_id"])
     except (BundleError, SigningKeyError, InterpreterError, PipelineError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -262,7 +283,7 @@ def run(args) -> int:
     if not args.no_db:
         from .store import Store, StoreError
 
-        db_path = args.db or (cfg.store.path if "path" in cfg.store.model_fields_set else default_db_path())
+        db_path = args.db or cfg["store"] or default_db_path()
         try:
             store = Store(db_path)
         except StoreError as exc:

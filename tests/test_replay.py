@@ -185,3 +185,14 @@ def test_demo_replay_with_default_model(tmp_path):
     if row is not None and row["predicted"] in labelled:
         # the evaluation found this recording's species: replay must find it too
         assert row["predicted"] in detected, (row, sorted(detected))
+
+
+def test_replay_defaults_are_the_configs():
+    """replay avoids importing the configuration (pydantic) without --config; its defaults must not drift."""
+    from edge.config import Config
+    from edge.replay import DEFAULTS
+
+    c = Config()
+    assert DEFAULTS == {"bundle": c.model.bundle_path, "public_key": c.model.public_key_path,
+                        "num_threads": c.model.num_threads, "overlap_s": c.model.overlap_s,
+                        "device_id": c.device_id, "max_bundle_mb": c.model.max_bundle_mb}
