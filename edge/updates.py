@@ -213,8 +213,9 @@ class UpdateService:
             return
         if self._progress is not None and self._progress() <= self._progress_at_start:
             return
-        self.store.mark_healthy()
-        self.publish_report()
+        with self._lock:
+            self.store.mark_healthy()
+            self.publish_report()
 
     # the flow
     def process(self, payload: bytes, origin: str) -> UpdateResult:

@@ -212,3 +212,29 @@ def test_corrupt_state_file_is_kept_aside(tmp_path, team_keys):
                                       ("0.0.1", "0.1", -1), ("20240601-2", "20240601-10", -1)])
 def test_version_order(a, b, want):
     assert compare_versions(a, b) == want
+
+
+def test_swapped_model_becomes_healthy_only_with_progress(tmp_path, team_keys):
+    import threading
+    import time
+
+    cfg = _cfg(tmp_path, team_keys, crash_loop_window_s=0.3)
+    store = ModelStore(cfg.state_dir / "models")
+    _install(store, team_keys, "1.0")
+    _install(store, team_keys, "2.0")  # just swapped: not healthy yet
+    running = resolve_startup(cfg, store)
+    windows = {"n": 0}
+    svc = UpdateService(cfg, store, running, None, public_key=team_keys.public, stop_event=threading.Event(),
+                        progress=lambda: windows["n"])
+    svc.start()
+    try:
+        time.sleep(1.5)
+        assert not store.state["healthy"], "no windows processed: not healthy"
+        windows["n"] = 5
+        deadline = time.monotonic() + 10
+        while not store.state["healthy"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.state["healthy"] and store.state["starts"] == []
+    finally:
+        svc.stop()
+    assert json.loads((store.dir / STATE_NAME).read_text())["healthy"] is True
