@@ -82,7 +82,9 @@ def status(device_id: str, state: str, health: Optional[Mapping[str, Any]] = Non
     out: dict[str, Any] = {"schema": STATUS_SCHEMA, "device_id": device_id, "state": state, "ts": utc_now()}
     if health is not None:
         h = {k: health.get(k) for k in HEALTH_FIELDS}
-        h.update({k: v for k, v in health.items() if k not in h and _is_scalar(v)})
+        extra = {("daemon_state" if k == "state" else k): v for k, v in health.items()
+                 if k not in h and k != "device_id" and _is_scalar(v)}
+        h.update(extra)
         out["health"] = h
     if mqtt is not None:
         out["mqtt"] = dict(mqtt)

@@ -385,3 +385,31 @@ class StoreThenPublish:
 
     def close(self) -> None:
         pass
+
+
+def start_for_replay(cfg: MQTTConfig, device_id: str, db_path, location: Any = None) -> Publisher:
+    """A publisher that drains the replay's store (its own connection); raises MQTTSetupError."""
+    from .store import Store
+
+    pub = Publisher(cfg, device_id, lambda: Store(db_path), location=location, poll_s=0.5)
+    pub.start()
+    return pub
+
+
+def drain_and_stop(pub: Publisher, timeout_s: float) -> int:
+    """Wait until the outbox is empty (or ``timeout_s``), stop; returns how many are left for next time."""
+    end = time.monotonic() + timeout_s
+    left = -1
+    while time.monotonic() < end:
+        outbox = pub._outbox
+        if outbox is not None and pub.connected:
+            left = outbox.outbox_depth()
+            if left == 0:
+                break
+        time.sleep(0.2)
+    pub.stop()
+    if left != 0:
+        log.warning("MQTT: %s detections not yet acknowledged after %gs; they stay in the store's outbox and are "
+                    "sent by the next replay --mqtt or daemon using this store", "some" if left < 0 else left,
+                    timeout_s)
+    return left

@@ -215,13 +215,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--channel", type=int, metavar="N", help="use channel N (from 0) instead of mixing all down")
     p.add_argument("--config", type=Path, help="edge configuration file (detection settings, model, store, device id)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--mqtt", action="store_true",
+                   help="also publish the detections to the broker in --config's mqtt section (as when mqtt.enabled)")
+    p.add_argument("--mqtt-wait", type=float, default=60.0, metavar="S",
+                   help="wait at most S seconds at the end for the broker to acknowledge everything (default 60)")
     p.set_defaults(func=run)
     return p
 
 
 def _settings(args) -> dict | None:
     """Defaults, then --config, then the command line; None (after a message) if the config is bad."""
-    s = dict(DEFAULTS, detection=None, store=None)
+    s = dict(DEFAULTS, detection=None, store=None, mqtt=None, location=None)
     if args.config:
         from .config import ConfigError, load_config
 
@@ -232,7 +236,8 @@ def _settings(args) -> dict | None:
             return None
         s.update(bundle=cfg.model.bundle_path, public_key=cfg.model.public_key_path, num_threads=cfg.model.num_threads,
                  overlap_s=cfg.model.overlap_s, device_id=cfg.device_id, max_bundle_mb=cfg.model.max_bundle_mb,
-                 detection=cfg.detection, store=cfg.store.path if "path" in cfg.store.model_fields_set else None)
+                 detection=cfg.detection, store=cfg.store.path if "path" in cfg.store.model_fields_set else None,
+                 mqtt=cfg.mqtt, location=cfg.location)
     for key, value in (("bundle", args.bundle), ("public_key", args.public_key), ("num_threads", args.threads),
                        ("overlap_s", args.overlap), ("device_id", args.device_id)):
         if value is not None:
@@ -296,6 +301,20 @@ def run(args) -> int:
         print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
+    publisher = None  # MQTT (edge.publisher): drains the store's outbox while the replay fills it
+    if getattr(args, "mqtt", False) and cfg["mqtt"] is None:
+        print("error: --mqtt needs --config FILE with an mqtt section (host, port, ...)", file=sys.stderr)
+        return 2
+    if store is not None and cfg["mqtt"] is not None and (args.mqtt or cfg["mqtt"].enabled):
+        from .mqttclient import MQTTSetupError
+        from .publisher import start_for_replay
+
+        try:
+            publisher = start_for_replay(cfg["mqtt"], cfg["device_id"], db_path, cfg["location"])
+        except MQTTSetupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
     progress = not args.no_progress and sys.stderr.isatty()
     stop = threading.Event()
     t0 = time.perf_counter()
@@ -311,6 +330,10 @@ def run(args) -> int:
     finally:
         stats.wall_s = time.perf_counter() - t0
         writer.close()
+        if publisher is not None:
+            from .publisher import drain_and_stop
+
+            drain_and_stop(publisher, args.mqtt_wait)
         if store is not None:
             store.close()
     print(summary(stats, bundle=bundle, pipeline=pipeline, db_path=db_path, threads=threads, writer=writer),

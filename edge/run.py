@@ -44,12 +44,13 @@ def main(args) -> int:
     setup_logging(cfg.logging.level, getattr(args, "verbose", 0))
     from .daemon import Daemon
     from .store import StoreError
+    from .mqttclient import MQTTSetupError
     from .updates import UpdateError
 
     daemon = Daemon(cfg, duration_s=args.duration)
     daemon.install_signals()
     try:
         return daemon.run()
-    except (StoreError, UpdateError) as exc:
+    except (StoreError, UpdateError, MQTTSetupError) as exc:
         log.error("cannot start: %s", exc)
         return 1
