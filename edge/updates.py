@@ -166,8 +166,10 @@ class UpdateService:
         self._thread.start()
         if self.publisher is not None and self.topics is not None:
             if self.cfg.updates.enabled:
+                # up to 4x the limit reaches us, so that an oversized bundle is refused with a report
+                # (beyond that the MQTT client drops it with a log line)
                 for topic in (self.topics.model_channel(self.cfg.updates.channel), self.topics.model_set):
-                    self.publisher.subscribe(topic, self._on_message, self.max_bytes)
+                    self.publisher.subscribe(topic, self._on_message, 4 * self.max_bytes)
             self.publish_report()
 
     def stop(self) -> None:

@@ -40,7 +40,7 @@ def _selftest_output() -> tuple[int, ...]:
 
 
 def make_bundle(private_key, version: str, *, name: str = "test-model", thresholds: float | None = 0.0,
-                selftest_shift: int = 0) -> bytes:
+                selftest_shift: int = 0, padding_bytes: int = 0) -> bytes:
     """A good bundle around the default model's bytes, signed with ``private_key``.
 
     Thresholds default to 0 so every window yields detections: the tests look
@@ -55,7 +55,7 @@ def make_bundle(private_key, version: str, *, name: str = "test-model", threshol
         thresholds={lab.label: thresholds for lab in labels} if thresholds is not None else d.thresholds,
         selftest_input=d.selftest_input, selftest_output=[int(v) for v in out], private_key=private_key,
         input_shape=d.manifest["tensors"]["input_shape"], output_shape=d.manifest["tensors"]["output_shape"],
-        training={"note": "test bundle"},
+        training={"note": "test bundle", "padding": "x" * padding_bytes},
     )
 
 

@@ -25,12 +25,12 @@ from trainer.push import push_bytes, topic_for
 class Device:
     """The parts the daemon wires for updates: model store, pipeline, store, publisher, update service."""
 
-    def __init__(self, tmp_path, broker, keys, start_version="1.0", **updates):
+    def __init__(self, tmp_path, broker, keys, start_version="1.0", max_bundle_mb=32, **updates):
         start = tmp_path / "start.bundle"
         start.write_bytes(make_bundle(keys.private, start_version))
         self.cfg = parse_config({
             "device_id": "rec1", "state_dir": str(tmp_path / "state"),
-            "model": {"bundle": str(start), "public_key": str(keys.public_path)},
+            "model": {"bundle": str(start), "public_key": str(keys.public_path), "max_bundle_mb": max_bundle_mb},
             "store": {"path": str(tmp_path / "state" / "detections.db")},
             "mqtt": {"enabled": True, "host": broker.host, "port": broker.port, "reconnect_min_s": 0.2},
             "updates": {"channel": "stable", **updates},
@@ -152,6 +152,18 @@ def test_each_bad_bundle_is_refused_and_the_old_model_keeps_detecting(device, mq
     assert dets and {d.model_version for d in dets} == {"1.0"}
     assert not list(models_dir_for(dev.cfg).glob("*.bundle"))
     assert _check_reports(reports, topic)[-1]["active"]["version"] == "1.0"
+
+
+def test_oversized_bundle_refused_with_a_report(device, mqtt_broker, make_collector, team_keys):
+    dev = device(max_bundle_mb=3)  # the real model's bundle is about 2.8 MB
+    topic = dev.topics.model
+    reports = make_collector(mqtt_broker, [topic])
+    reports.wait_subscribed()
+    big = make_bundle(team_keys.private, "2.0", padding_bytes=1_000_000)
+    mqtt_publish.single(dev.topics.model_set, big, qos=1, hostname=mqtt_broker.host, port=mqtt_broker.port)
+    assert reports.wait_for(lambda c: (_check_reports(c, topic)[-1]["last_update"] or {}).get("result") == "refused", 20)
+    assert "exceeds the limit" in reports.json_on(topic)[-1]["last_update"]["reason"]
+    assert dev.pipeline.bundle.version == "1.0"
 
 
 def test_same_version_ignored_older_refused_unless_allowed(device, team_keys):
