@@ -115,3 +115,84 @@ def test_protocol_311_only(tmp_path, mqtt_broker, make_collector):
         assert "(p2," in line  # mosquitto's log: p2 = MQTT 3.1.1, p5 = MQTT 5
     finally:
         pub.stop()
+
+
+class _V311OnlyProxy:
+    """A TCP proxy in front of mosquitto that answers an MQTT 5 CONNECT like a 3.1.1-only broker
+    (CONNACK 'unacceptable protocol version') and forwards everything else."""
+
+    def __init__(self, broker):
+        import socket
+        import threading
+
+        self.broker = broker
+        self.v5_refused = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.host = "127.0.0.1"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            head = b""
+            while len(head) < 16:
+                chunk = conn.recv(64)
+                if not chunk:
+                    break
+                head += chunk
+            i = 1
+            while head[i] & 0x80:
+                i += 1
+            level = head[i + 1 + 2 + 4]
+            if level == 5:
+                self.v5_refused += 1
+                conn.sendall(b"\x20\x02\x00\x01")
+                conn.close()
+                continue
+            up = socket.create_connection((self.broker.host, self.broker.port))
+            up.sendall(head)
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+
+
+def test_protocol_auto_falls_back_to_311(tmp_path, mqtt_broker, make_collector, caplog):
+    proxy = _V311OnlyProxy(mqtt_broker)
+    store = Store(tmp_path / "d.db")
+    col = make_collector(mqtt_broker, ["dawnchorus/dev1/detections"])
+    col.wait_subscribed()
+    pub = start_publisher(proxy, store, protocol="auto")
+    try:
+        assert pub.wait_connected(15)
+        assert proxy.v5_refused >= 1 and pub.client.protocol == "3.1.1"
+        assert any("does not speak MQTT 5" in r.getMessage() for r in caplog.records)
+        StoreThenPublish(store, pub).handle(make_detections(5))
+        assert col.wait_for(lambda c: len(c.on("dawnchorus/dev1/detections")) == 5, 10)
+    finally:
+        pub.stop()
+        proxy.close()
