@@ -196,7 +196,7 @@ class Daemon:
                 self.sinks.append(svc)
             log.info("service %s started", name)
         self.source = MicSource(cfg.audio, self.pipeline.sample_rate, _Capture(self), max_seconds=self.duration_s)
-        grace = max(10.0, 3 * max(cfg.audio.block_s, self.pipeline.hop_s))
+        grace = 4 * max(cfg.audio.block_s, self.pipeline.hop_s, 0.5)  # no audio or window for this long: stalled
         self.watchdog = Watchdog(self.notifier, self.health.progressing, self.health.summary, self.stop_event,
                                  status_s=cfg.status_interval_s, grace_s=grace)
         self.watchdog.start()

@@ -56,9 +56,10 @@ class Health:
     def note_audio(self, frames: int, rate: int) -> None:
         self.audio_frames += frames
         self.audio_s += frames / rate
-        self.last_audio = self._clock()
-        if self.state != "stopping":
+        self.last_audio = now = self._clock()
+        if self.state not in ("listening", "stopping"):
             self.state = "listening"
+            self.last_window = now  # a new segment needs a window's worth of audio before its first window
 
     def note_windows(self, n: int, seconds_each: float) -> None:
         if n <= 0:

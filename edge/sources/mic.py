@@ -264,7 +264,7 @@ class MicSource(AudioSource):
                 if lost_since is None:
                     lost_since, lost_reason = time.time(), f"device unavailable: {exc}"
                 if failures == 1 or failures % 10 == 0:
-                    log.warning("audio device %s unavailable (%s); retrying in %.0f s (attempt %d)",
+                    log.warning("audio device %s unavailable (%s); retrying in %.1f s (attempt %d)",
                                 self.name, exc, backoff, failures)
                 deadline = time.monotonic() + backoff
                 while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
