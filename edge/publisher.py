@@ -110,6 +110,8 @@ class Publisher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout + 5)
+        if self._outbox is not None:
+            self._shutdown(timeout)  # here, not on the thread: the daemon's last detections come after the stop event
         self.client.stop()
 
     # ---- DetectionSink ---------------------------------------------------
@@ -202,6 +204,10 @@ class Publisher:
             msg = payloads.detection(row, self.location)
         except (ValueError, TypeError, AttributeError) as exc:
             log.error("MQTT: cannot make a message of a stored detection, skipped: %s", exc)
+            bad = row.get("id") if isinstance(row, Mapping) else getattr(row, "id", None)
+            if bad:
+                with self._lock:
+                    self._refused.add(bad)  # not again until the next connection
             return False
         det_id = msg["id"]
         with self._lock:
@@ -227,7 +233,6 @@ class Publisher:
                 self.stop_event.wait(1.0)
             self._wake.wait(self._next_wait())
             self._wake.clear()
-        self._shutdown()
 
     def _open_outbox(self) -> Outbox:
         o = self._outbox_arg
@@ -354,11 +359,13 @@ class Publisher:
         for topic, config in payloads.ha_discovery(self.topics, name, self.sw_version).items():
             self._send(topic, payloads.encode(config), 1, True, None)
 
-    def _shutdown(self) -> None:
-        """On stop: offline status, a short wait for acks, record them."""
+    def _shutdown(self, timeout: float) -> None:
+        """On stop: the last live detections, offline status, a short wait for acks, record them."""
         if self.client.connected:
+            self._max_inflight += len(self._live)
+            self._send_live()
             self._send(self.topics.status, payloads.encode(payloads.status(self.device_id, "offline")), 1, True, None)
-            end = time.monotonic() + 2.0
+            end = time.monotonic() + min(timeout, 3.0)
             while time.monotonic() < end:
                 with self._lock:
                     if not self._inflight:

@@ -71,6 +71,9 @@ PUBLISHER_PROCESS = textwrap.dedent("""
     pub = Publisher(cfg, "dev1", Store({db!r}), health=lambda: {{"windows_processed": 1}})
     pub.start()
     pub.wait_connected(10)
+    while pub.stats["published"] == 0 and pub._next_health == 0.0:  # the online status is on its way
+        time.sleep(0.05)
+    time.sleep(0.5)
     print("connected", flush=True)
     threading.Event().wait()
 """)

@@ -5,10 +5,10 @@ import threading
 import time
 
 from edge.health import Health
-from edge.publisher import StoreThenPublish
+from edge.publisher import Publisher, StoreThenPublish
 from edge.store import Store
 from fixtures_mqtt import wait_until
-from mqtt_helpers import make_detections, start_publisher, validate
+from mqtt_helpers import make_detections, mqtt_config, start_publisher, validate
 
 DET = "dawnchorus/dev1/detections"
 STATUS = "dawnchorus/dev1/status"
@@ -172,3 +172,21 @@ def test_home_assistant_discovery(tmp_path, mqtt_broker, make_collector):
                                           for m in c.json_on(STATUS)), 10)
     finally:
         pub.stop()
+
+
+def test_detections_after_the_stop_event_still_go_out_on_stop(tmp_path, mqtt_broker, make_collector):
+    """The daemon sets the one stop event, flushes the pipeline's last events, then stops the services."""
+    col = make_collector(mqtt_broker, [DET])
+    col.wait_subscribed()
+    store = Store(tmp_path / "d.db")
+    stop = threading.Event()
+    pub = Publisher(mqtt_config(mqtt_broker), "dev1", store, stop=stop)
+    pub.start()
+    assert pub.wait_connected(10)
+    stop.set()
+    time.sleep(0.3)
+    last = make_detections(3)
+    StoreThenPublish(store, pub).handle(last)
+    pub.stop()
+    assert store.outbox_depth() == 0
+    assert col.wait_for(lambda c: set(c.ids(DET)) == {d.id for d in last}, 10)
