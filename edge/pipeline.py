@@ -111,6 +111,10 @@ class Pipeline:
         out += self._post.close()
         old = self.bundle.version
         self._install(*pending)
+        if self.detection is not None:
+            unknown = unknown_labels(self.model_info.labels, self.detection)
+            if unknown:
+                log.warning("detection settings name species model %s does not know: %s", self.bundle.version, unknown)
         if same_frontend:
             if self._last_start >= 0:  # keep the frames; the new hop counts from the last window
                 self._next_start = self._last_start + self.hop_frames
