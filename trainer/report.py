@@ -142,3 +142,24 @@ def write_report(out: Path, m_int8: dict, m_float: dict, history, prepared, floa
         write_plots(out, m_int8, prepared.ds.classes, prepared.val_windows.y, int8_scores, history)
     log.info("report in %s", out)
     return path
+
+
+def markdown(m_int8: dict, m_float: dict | None = None, anchor: dict | None = None) -> str:
+    """The evaluation as Markdown tables (overall, then per class for the int8 model)."""
+    cols = ("macro_roc_auc", "macro_average_precision", "cmap_padded", "recording_top1_accuracy")
+    lines = ["| model | macro ROC-AUC | macro AP | cmAP (padded) | recording top-1 |", "|---|---|---|---|---|"]
+    for name, m in (("float (Keras)", m_float), ("int8 (LiteRT, what the recorder runs)", m_int8),
+                    ("anchor: BirdNET V2.4 embeddings + logistic regression", anchor)):
+        if m:
+            lines.append(f"| {name} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
+    lines += ["", "| species | windows | recordings | ROC-AUC | AP | F1 @0.5 | threshold | P / R / F1 @threshold |",
+              "|---|---|---|---|---|---|---|---|"]
+
+    def f(v):
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+    for r in m_int8["per_class"]:
+        lines.append(f"| {r['label']} | {r['support_windows']} | {r.get('support_recordings', '')} | {f(r['roc_auc'])} | "
+                     f"{f(r['average_precision'])} | {f(r['f1_at_0.5'])} | {r['threshold']:.2f} | "
+                     f"{f(r['precision_at_threshold'])} / {f(r['recall_at_threshold'])} / {f(r['f1_at_threshold'])} |")
+    return "\n".join(lines) + "\n"
