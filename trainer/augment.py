@@ -39,7 +39,7 @@ class WindowSampler:
     """Draws augmented training batches (features, targets) from cached frames."""
 
     def __init__(self, ds: Dataset, frames: dict[str, np.ndarray], logmel: LogMel, aug: AugmentSection,
-                 energy_percentile: float, balanced: bool, seed: int):
+                 energy_percentile: float, balanced: bool, seed: int, teacher=None, jitter_frames: int = 10):
         self.ds, self.frames, self.logmel, self.aug = ds, frames, logmel, aug
         self.nf = logmel.params.n_frames
         self.rng = np.random.default_rng(seed)
@@ -52,6 +52,13 @@ class WindowSampler:
             by_class.setdefault(r.label, []).append(i)
         self.by_class = [np.array(v) for v in by_class.values()]
         self.balanced = balanced
+        self.teacher, self.jitter = teacher, jitter_frames
+        if teacher is not None:  # train only on windows the teacher has seen
+            self.recs = [r for r in self.recs if r.id in teacher.starts]
+            by_class = {}
+            for i, r in enumerate(self.recs):
+                by_class.setdefault(r.label, []).append(i)
+            self.by_class = [np.array(v) for v in by_class.values()]
         self._noise_bank = self._white_noise_frames()
         self._background = self._quiet_windows()
 
@@ -79,14 +86,19 @@ class WindowSampler:
             return int(cls[self.rng.integers(len(cls))])
         return int(self.rng.integers(len(self.recs)))
 
-    def raw_window(self, i: int) -> np.ndarray:
+    def raw_window(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         rid = self.recs[i].id
         f = self.padded[rid]
+        if self.teacher is not None:
+            k = self.rng.integers(len(self.teacher.starts[rid]))
+            s = int(self.teacher.starts[rid][k]) + int(self.rng.integers(-self.jitter, self.jitter + 1))
+            s = int(np.clip(s, 0, len(f) - self.nf))
+            return f[s:s + self.nf].astype(np.float32), self.teacher.standardized(self.teacher.index[rid][k])
         s = int(self.starts[rid][self.rng.integers(len(self.starts[rid]))])
         if self.aug.enabled and self.aug.time_shift_frames:
             j = self.aug.time_shift_frames
             s = int(np.clip(s + self.rng.integers(-j, j + 1), 0, len(f) - self.nf))
-        return f[s:s + self.nf].astype(np.float32)
+        return f[s:s + self.nf].astype(np.float32), None
 
     def _noisy(self, w: np.ndarray) -> np.ndarray:
         a, rng = self.aug, self.rng
@@ -113,20 +125,22 @@ class WindowSampler:
             x[f0:f0 + w, :] = 0.0
         return x
 
-    def sample(self, augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, augment: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         i = self._pick_recording()
-        w = self.raw_window(i)
+        w, t = self.raw_window(i)
         aug = augment and self.aug.enabled
         if aug:
             w = self._noisy(w)
         x = self.logmel.features(w)
         if aug:
             x = self._masks(x)
-        return x, self.targets[self.recs[i].id]
+        return x, self.targets[self.recs[i].id], t
 
-    def batch(self, size: int, augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        xs, ys = zip(*(self.sample(augment) for _ in range(size)))
+    def batch(self, size: int, augment: bool = True):
+        """(features, targets, teacher embeddings or None)."""
+        xs, ys, ts = zip(*(self.sample(augment) for _ in range(size)))
         x, y = np.stack(xs), np.stack(ys)
+        t = np.stack(ts) if self.teacher is not None else None
         a = self.aug
         if augment and a.enabled and a.mixup_prob > 0:
             perm = self.rng.permutation(size)
@@ -135,4 +149,6 @@ class WindowSampler:
             lam = np.where(do, lam, 1.0).astype(np.float32)
             x = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[perm]
             y = np.where(do[:, None], np.maximum(y, y[perm]), y)
-        return x.astype(np.float32), y.astype(np.float32)
+            if t is not None:
+                t = lam[:, None] * t + (1 - lam[:, None]) * t[perm]
+        return x.astype(np.float32), y.astype(np.float32), t

