@@ -266,3 +266,12 @@ def test_train_command_refuses_bad_config(train_data, tmp_path, capsys):
     rc = main(["train", "--data", str(train_data), "--out", str(tmp_path / "o"), "--config", str(cfg),
                "--cache-dir", str(tmp_path / "c"), "-q"])
     assert rc == 2 and "nonexistent.weights.h5 is not a file" in capsys.readouterr().err
+
+
+def test_example_config_documents_the_defaults():
+    from pathlib import Path
+
+    from trainer.config import TrainConfig
+
+    example = Path(__file__).parent.parent / "trainer.example.yaml"
+    assert load_train_config(example) == TrainConfig()
