@@ -179,12 +179,18 @@ def test_demo_replay_with_default_model(tmp_path):
 
     if not bundle.manifest.get("metrics"):
         pytest.skip(f"default model {bundle.version} carries no evaluation (interim, untrained): species not checked")
-    detected = {d["label"] for d in data}
-    assert detected & labelled, f"none of the labelled species {sorted(labelled)} detected: {sorted(detected)}"
+    best: dict[str, float] = {}
+    for d in data:
+        best[d["label"]] = max(best.get(d["label"], 0.0), d["score"])
+    ranked = sorted(best, key=lambda k: -best[k])
     row = _evaluated_prediction(info["xeno_canto_id"])
-    if row is not None and row["predicted"] in labelled:
-        # the evaluation found this recording's species: replay must find it too
-        assert row["predicted"] in detected, (row, sorted(detected))
+    if row is not None:
+        # the recording was in the model's hold-out: replay must agree with what the evaluation found
+        assert row["predicted"] in ranked[:3], (row, ranked)
+    else:
+        # a training recording (not in the hold-out): its labelled species must lead the detections
+        assert ranked[0] in labelled, (ranked, sorted(labelled))
+        assert len(set(ranked[:3]) & labelled) >= 2, (ranked[:3], sorted(labelled))
 
 
 def test_replay_defaults_are_the_configs():
