@@ -225,7 +225,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _settings(args) -> dict | None:
     """Defaults, then --config, then the command line; None (after a message) if the config is bad."""
-    s = dict(DEFAULTS, detection=None, store=None, mqtt=None, location=None)
+    s = dict(DEFAULTS, detection=None, store=None, mqtt=None, location=None, channel=None)
     if args.config:
         from .config import ConfigError, load_config
 
@@ -239,7 +239,7 @@ def _settings(args) -> dict | None:
                  detection=cfg.detection, store=cfg.store.path if "path" in cfg.store.model_fields_set else None,
                  mqtt=cfg.mqtt, location=cfg.location)
     for key, value in (("bundle", args.bundle), ("public_key", args.public_key), ("num_threads", args.threads),
-                       ("overlap_s", args.overlap), ("device_id", args.device_id)):
+                       ("overlap_s", args.overlap), ("device_id", args.device_id), ("channel", args.channel)):
         if value is not None:
             s[key] = value
     return s
@@ -322,7 +322,7 @@ def run(args) -> int:
         for path in files:
             if stop.is_set():
                 break
-            replay_file(path, pipeline, store, writer, stats, start_utc=start_utc, channel=args.channel,
+            replay_file(path, pipeline, store, writer, stats, start_utc=start_utc, channel=cfg["channel"],
                         realtime=args.realtime, progress=progress, stop=stop)
     except KeyboardInterrupt:
         stop.set()
