@@ -54,9 +54,30 @@ pcm.{name} {{
 """
 
 
-def alsa_env(conf: Path, base: dict | None = None) -> dict:
+def core_alsa_conf(dest: Path) -> Path:
+    """The system alsa.conf without its first hook, which pulls in every installed plugin's
+    configuration (/etc/alsa/conf.d: a52, jack, oss, lavrate, ...) and /etc/asound.conf:
+    ALSA as a recorder with no desktop plugins has it. PortAudio opens every PCM defined
+    when it starts, so each plugin defined costs the process its libraries."""
+    text = SYSTEM_ALSA_CONF.read_text()
+    start = text.index("@hooks [")
+    depth, i = 0, start
+    while True:
+        c = text[i]
+        depth += c == "["
+        depth -= c == "]"
+        i += 1
+        if c == "]" and depth == 0:
+            break
+    dest.write_text(text[:start] + text[i:])
+    return dest
+
+
+def alsa_env(conf: Path, base: dict | None = None, core: Path | None = None) -> dict:
+    """Environment for a child process whose ALSA sees ``conf`` on top of the system's
+    configuration (or of ``core``, a configuration from ``core_alsa_conf``)."""
     env = dict(os.environ if base is None else base)
-    env["ALSA_CONFIG_PATH"] = f"{SYSTEM_ALSA_CONF}:{conf}"
+    env["ALSA_CONFIG_PATH"] = f"{core or SYSTEM_ALSA_CONF}:{conf}"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -120,6 +141,10 @@ pcm.dcpulse {{
     @property
     def env(self) -> dict:
         return alsa_env(self.conf)
+
+    def core_env(self) -> dict:
+        """As ``env``, without the system's plugin configurations (see ``core_alsa_conf``)."""
+        return alsa_env(self.conf, core=core_alsa_conf(self.root / "alsa-core.conf"))
 
     def start(self) -> None:
         env = dict(os.environ, PULSE_RUNTIME_PATH=str(self.root), HOME=str(self.root), XDG_RUNTIME_DIR=str(self.root))
