@@ -279,7 +279,7 @@ class Daemon:
         self.health.note_audio(len(block.samples), self.pipeline.sample_rate)
         src = self.source
         self.health.overflows = src.live_overflows
-        self.health.dropped_frames = src.dropped_frames
+        self.health.dropped_frames = src.live_dropped_frames
         self.health.device_losses = src.device_losses
 
     def loop(self) -> None:

@@ -49,7 +49,6 @@ class Health:
         self.last_audio = 0.0
         self.last_window = 0.0
         self.last_waiting = 0.0
-        self.outbox_depth = None  # set by a publisher, if any
         self._lock = threading.Lock()  # only for the few multi-field updates
 
     # -- writers -----------------------------------------------------------------
@@ -137,8 +136,10 @@ class Health:
             "disk_free_mb": None if (free := self.disk_free_mb()) is None else round(free, 1),
             "model_version": self.model_version,
             "model_sha256": self.model_sha256,
-            "last_detection": self.last_detection,
-            "outbox_depth": self.outbox_depth,
+            # flat scalars: the MQTT status schema allows no nested objects
+            "last_label": (self.last_detection or {}).get("label"),
+            "last_common_name": (self.last_detection or {}).get("common_name"),
+            "last_detection_utc": (self.last_detection or {}).get("start_utc"),
         }
 
     def summary(self) -> str:

@@ -228,3 +228,19 @@ def test_health_snapshot_has_the_status_numbers(tmp_path):
     assert snap["windows_processed"] == 2 and snap["gaps"] == 1 and snap["disk_free_mb"] > 0
     assert snap["inference_latency_ms"] == pytest.approx(4.0)
     assert "2 windows" in h.summary()
+
+
+def test_health_snapshot_fits_the_mqtt_status_schema(tmp_path):
+    import json
+
+    import jsonschema
+
+    from edge.config import PACKAGE_DIR
+
+    schema = json.loads((PACKAGE_DIR / "schemas" / "status.json").read_text())["properties"]["health"]
+    h = Health("rec-1", tmp_path)
+    h.note_audio(32000, 32000)
+    h.note_detections([_det(1, 0.0, 3.0)])
+    snap = dict(h.snapshot(), outbox_depth=0)  # the publisher adds its outbox depth
+    jsonschema.validate(snap, schema)
+    assert snap["last_label"] == "Turdus_merula" and snap["detections"] == 1

@@ -345,5 +345,10 @@ class MicSource(AudioSource):
         ring = self._ring
         return self.overflows + self.driver_overflows + ((ring.overflows + ring.driver_overflows) if ring else 0)
 
+    @property
+    def live_dropped_frames(self) -> int:
+        ring = self._ring
+        return self.dropped_frames + (ring.dropped_frames if ring else 0)
+
     def close(self) -> None:
         pass
