@@ -275,3 +275,29 @@ def test_example_config_documents_the_defaults():
 
     example = Path(__file__).parent.parent / "trainer.example.yaml"
     assert load_train_config(example) == TrainConfig()
+
+
+def test_distilled_tiny_run_names_its_teacher(train_data, tmp_path):
+    """Optional BirdNET teacher (soft window labels): the bundle says it was distilled."""
+    pytest.importorskip("tensorflow")
+    from trainer.birdnet import birdnet_model_path
+
+    try:
+        birdnet_model_path()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    from fixtures_trainer import TINY_CONFIG
+    from trainer.train import run
+
+    from edge.signing import generate_keypair, load_private_key
+
+    cfg = parse_train_config({**TINY_CONFIG, "distill": {"teacher": "birdnet", "hop_s": 0.5}})
+    cfg.data.cache_dir = tmp_path / "cache"
+    priv, pub = generate_keypair(tmp_path / "keys")
+    res = run(train_data, tmp_path / "out", cfg, private_key=load_private_key(priv), progress=False, write_plots=False)
+    t = res.prepared.teacher
+    assert t.emb.shape[1] == 1024 and t.soft.shape == (len(t.emb), 3)
+    assert np.all((t.soft >= 0) & (t.soft <= 1))
+    b = load_bundle(res.bundle_path, load_public_key(pub))
+    assert "BirdNET V2.4" in b.manifest["training"]["teacher"]
+    load_model(b)

@@ -86,14 +86,15 @@ class WindowSampler:
             return int(cls[self.rng.integers(len(cls))])
         return int(self.rng.integers(len(self.recs)))
 
-    def raw_window(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def raw_window(self, i: int) -> tuple[np.ndarray, int | None]:
+        """A training crop and, when there is a teacher, its row in the teacher's targets."""
         rid = self.recs[i].id
         f = self.padded[rid]
         if self.teacher is not None:
             k = self.rng.integers(len(self.teacher.starts[rid]))
             s = int(self.teacher.starts[rid][k]) + int(self.rng.integers(-self.jitter, self.jitter + 1))
             s = int(np.clip(s, 0, len(f) - self.nf))
-            return f[s:s + self.nf].astype(np.float32), self.teacher.standardized(self.teacher.index[rid][k])
+            return f[s:s + self.nf].astype(np.float32), int(self.teacher.index[rid][k])
         s = int(self.starts[rid][self.rng.integers(len(self.starts[rid]))])
         if self.aug.enabled and self.aug.time_shift_frames:
             j = self.aug.time_shift_frames
@@ -127,20 +128,25 @@ class WindowSampler:
 
     def sample(self, augment: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         i = self._pick_recording()
-        w, t = self.raw_window(i)
+        w, row = self.raw_window(i)
+        y, t = self.targets[self.recs[i].id], None
+        if row is not None and self.teacher.soft is not None:
+            y = self.teacher.soft[row]  # teacher-informed window labels
+        elif row is not None:
+            t = self.teacher.standardized(row)
         aug = augment and self.aug.enabled
         if aug:
             w = self._noisy(w)
         x = self.logmel.features(w)
         if aug:
             x = self._masks(x)
-        return x, self.targets[self.recs[i].id], t
+        return x, y, t
 
     def batch(self, size: int, augment: bool = True):
         """(features, targets, teacher embeddings or None)."""
         xs, ys, ts = zip(*(self.sample(augment) for _ in range(size)))
         x, y = np.stack(xs), np.stack(ys)
-        t = np.stack(ts) if self.teacher is not None else None
+        t = np.stack(ts) if ts[0] is not None else None
         a = self.aug
         if augment and a.enabled and a.mixup_prob > 0:
             perm = self.rng.permutation(size)

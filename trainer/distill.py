@@ -33,6 +33,7 @@ class TeacherTargets:
     emb: np.ndarray  # (n, 1024) raw teacher embeddings
     mean: np.ndarray
     std: np.ndarray
+    soft: np.ndarray | None = None  # (n, n_classes) teacher-informed window labels ("scores" target)
 
     def standardized(self, rows) -> np.ndarray:
         return ((self.emb[rows] - self.mean) / self.std).astype(np.float32)
@@ -99,3 +100,30 @@ def build_targets(ds: Dataset, frames, frontend, hop_s: float, percentile: float
     log.info("teacher targets: %d windows from %d recordings", len(items), len(starts))
     return TeacherTargets({k: np.array(v) for k, v in starts.items()}, {k: np.array(v) for k, v in index.items()},
                           emb, mean, std)
+
+
+def add_soft_labels(tt: TeacherTargets, ds: Dataset, items_rec: list[str], label_weight: float, seed: int = 0,
+                    folds: int = 5) -> None:
+    """Window labels from the teacher: out-of-fold logistic-regression probabilities on its embeddings
+    (folds grouped by recording, so no window is scored by a classifier that saw its recording),
+    mixed with the recording's labels."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+    from sklearn.preprocessing import StandardScaler
+
+    by_id = {r.id: r for r in ds.recordings}
+    y = np.stack([ds.targets(by_id[rid]) for rid in items_rec])
+    groups = np.array(items_rec)
+    p = np.zeros_like(y)
+    for tr, te in GroupKFold(n_splits=min(folds, len(set(items_rec)))).split(tt.emb, y, groups):
+        sc = StandardScaler().fit(tt.emb[tr])
+        xtr, xte = sc.transform(tt.emb[tr]), sc.transform(tt.emb[te])
+        for j in range(y.shape[1]):
+            if 0 < y[tr, j].sum() < len(tr):
+                lr = LogisticRegression(C=0.1, max_iter=2000, class_weight="balanced").fit(xtr, y[tr, j])
+                p[te, j] = lr.predict_proba(xte)[:, 1]
+            else:
+                p[te, j] = y[tr, j].mean()
+    tt.soft = (label_weight * y + (1 - label_weight) * p).astype(np.float32)
+    agree = float(np.mean((p * y).sum(1) / np.maximum(y.sum(1), 1)))
+    log.info("teacher window labels: mean out-of-fold probability of the recording's labels %.2f", agree)

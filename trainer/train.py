@@ -155,17 +155,23 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[object, l
         cache = Path(cfg.data.cache_dir or default_cache_dir()).parent / "teacher"
         p.teacher = build_targets(p.train, p.frames, p.logmel.params, d.hop_s, cfg.data.energy_percentile, cache,
                                   d.num_threads, progress)
-        log.info("teacher embeddings in %.0f s", time.time() - t0)
+        if d.target == "scores":
+            from .distill import add_soft_labels
+
+            rows = sorted((k, rid) for rid, ks in p.teacher.index.items() for k in ks)
+            add_soft_labels(p.teacher, p.train, [rid for _, rid in rows], d.label_weight, seed=t.seed)
+        log.info("teacher targets in %.0f s", time.time() - t0)
     teacher = p.teacher if d.teacher != "none" else None
+    embed_teacher = teacher is not None and d.target == "embedding"
     parts = build_model(cfg.model, p.logmel.params.input_shape, len(p.ds.classes), seed=t.seed,
-                        distill_dim=teacher.emb.shape[1] if teacher is not None else 0)
+                        distill_dim=teacher.emb.shape[1] if embed_teacher else 0)
     sampler = WindowSampler(p.train, p.frames, p.logmel, cfg.augment, cfg.data.energy_percentile,
                             t.balanced_sampling, t.seed, teacher=teacher, jitter_frames=d.jitter_frames)
-    losses_ = [_loss(cfg), "mse"] if teacher is not None else _loss(cfg)
-    weights_ = [1.0, d.weight] if teacher is not None else None
+    losses_ = [_loss(cfg), "mse"] if embed_teacher else _loss(cfg)
+    weights_ = [1.0, d.weight] if embed_teacher else None
 
     def targets(y, tt):
-        return [y, tt] if teacher is not None else y
+        return [y, tt] if embed_teacher else y
 
     def first(out):
         return out[0] if isinstance(out, (list, tuple)) else out
@@ -182,7 +188,7 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[object, l
         emb = parts.embedder.predict(np.stack(xs), batch_size=64, verbose=0)
         emb_val = parts.embedder.predict(p.x_val, batch_size=64, verbose=0)
         parts.head.compile(optimizer=keras.optimizers.Adam(t.head_learning_rate), loss=losses_, loss_weights=weights_)
-        parts.head.fit(emb, targets(np.stack(ys), np.stack(ts) if teacher is not None else None), batch_size=64,
+        parts.head.fit(emb, targets(np.stack(ys), np.stack(ts) if embed_teacher else None), batch_size=64,
                        epochs=t.head_epochs, verbose=0, shuffle=True)
         s = first(parts.head.predict(emb_val, batch_size=256, verbose=0))
         row = {"stage": "head", "epoch": 0, "val_macro_roc_auc": _quick_auc(p.val_windows.y, s),
@@ -296,7 +302,7 @@ def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, pr
     training = {"dataset": p.ds.summary(), "n_train_recordings": len(p.train.recordings),
                 "n_val_recordings": len(p.val.recordings), "split": "recordist-grouped per species, stratified",
                 "config": json.loads(cfg.model_dump_json()), "history": history,
-                "teacher": None if cfg.distill.teacher == "none" else _teacher_name()}
+                "teacher": None if cfg.distill.teacher == "none" else f"{_teacher_name()}, target: {cfg.distill.target}"}
     metrics = {"validation": summary(m_q), "validation_float": summary(m_f), "int8_drop": drop}
     bundle_path = out / f"{cfg.bundle.name}.bundle"
     res.bundle_path = write_bundle(
