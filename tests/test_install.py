@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +13,15 @@ REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "deploy" / "install.sh"
 
 
+def offline_env() -> dict:
+    """This interpreter's packages visible to the scratch virtualenv (which, with --offline,
+    sees only the base interpreter's): where the tests run in a virtualenv of their own."""
+    paths = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    return dict(os.environ, PYTHON=sys.executable, PYTHONPATH=os.pathsep.join(paths))
+
+
 def install(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHON=sys.executable)
+    env = offline_env()
     r = subprocess.run(["bash", str(INSTALL), "--root", str(root), *args], env=env, capture_output=True, text=True,
                        timeout=timeout)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -47,9 +54,10 @@ def test_lays_down_code_venv_config_and_unit(scratch):
         assert f"skipped (--root): {skipped}" in r.stdout
     # the installed package runs from the virtualenv, not from this checkout
     out = subprocess.run([str(py), "-c", "import edge, sys; print(edge.__file__)"], capture_output=True, text=True,
-                         cwd=root)
+                         cwd=root, env=offline_env())
     assert out.returncode == 0 and str(opt / "venv") in out.stdout, out.stderr
-    chk = subprocess.run([str(py), "-m", "edge", "check-config", str(cfg)], capture_output=True, text=True, cwd=root)
+    chk = subprocess.run([str(py), "-m", "edge", "check-config", str(cfg)], capture_output=True, text=True, cwd=root,
+                         env=offline_env())
     assert chk.returncode == 0, chk.stderr
 
 
