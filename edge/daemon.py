@@ -323,8 +323,8 @@ class Daemon:
             self.store.close()
         self.notifier.close()
         h = self.health
-        log.info("stopped after %.0f s: %d windows, %d detections, %d overflows, %d gaps", h.uptime_s(), h.windows,
-                 h.detections, h.overflows, h.gaps)
+        log.info("stopped after %.0f s: %d windows, %d detections, %d overflows, %d gaps, %d samples (%.1f s) of audio",
+                 h.uptime_s(), h.windows, h.detections, h.overflows, h.gaps, h.audio_frames, h.audio_s)
 
     def run(self) -> int:
         """Set up, process until stopped (or the duration is captured), shut down in order."""
