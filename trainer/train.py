@@ -310,6 +310,16 @@ def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, pr
         frontend=p.logmel.params, hop_s=cfg.bundle.hop_s, thresholds=m_q["thresholds"],
         selftest_features=p.x_val[0], private_key=private_key, name=cfg.bundle.name,
         version=cfg.bundle.version, training=training, metrics=metrics)
+    try:  # the float model, for later analysis or re-quantization
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # Keras's numpy-2 __array__ notice, per weight
+            parts.model.save(out / "model.keras")
+    except Exception as exc:  # noqa: BLE001 - a report extra, never fatal
+        log.warning("could not save the Keras model: %s", exc)
+    np.save(out / "validation_scores_float.npy", res.float_scores)
+    np.save(out / "validation_scores_int8.npy", res.int8_scores)
     res.timings["total_s"] = round(time.time() - t0, 1)
     write_report(out, m_q, m_f, history, p, res.float_scores, res.int8_scores, timings=res.timings, plots=write_plots)
     return res
