@@ -42,6 +42,10 @@ FORMAT = "dawnchorus-bundle"
 FORMAT_VERSION = 1
 MANIFEST, MODEL, SELFTEST, SIGNATURE = "manifest.json", "model.tflite", "selftest_input.npy", "signature.json"
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+# "probability": the model ends in a sigmoid. "logit": the edge applies the
+# sigmoid after dequantizing, which keeps int8 resolution for small scores
+# (a sigmoid quantized to 1/256 steps flattens every score below 0.004).
+OUTPUT_KINDS = ("probability", "logit")
 
 
 class BundleError(ValueError):
@@ -129,6 +133,7 @@ def build_bundle(
     metrics: dict | None = None,
     selftest_tolerance: int = 2,
     extra: dict | None = None,
+    output_kind: str = "probability",
 ) -> bytes:
     """Assemble and sign a bundle; returns its bytes. Pure: no TensorFlow."""
     frontend.validate()
@@ -145,7 +150,8 @@ def build_bundle(
         "hop_s": float(hop_s),
         "thresholds": {k: float(v) for k, v in thresholds.items()},
         "tensors": {"input_shape": list(input_shape), "input_dtype": "int8",
-                    "output_shape": list(output_shape), "output_dtype": "int8"},
+                    "output_shape": list(output_shape), "output_dtype": "int8",
+                    "output_kind": output_kind},
         "selftest": {"output": [int(v) for v in selftest_output], "tolerance": int(selftest_tolerance)},
         "training": training or {},
         "metrics": metrics or {},
@@ -205,6 +211,8 @@ def _check_shapes(m: dict, frontend: FrontendParams) -> None:
         raise BundleError(f"model output shape {t.get('output_shape')} does not match {len(m['labels'])} labels")
     if t.get("input_dtype") != "int8" or t.get("output_dtype") != "int8":
         raise BundleError("only full-integer int8 models (int8 input and output) are supported")
+    if t.get("output_kind", "probability") not in OUTPUT_KINDS:
+        raise BundleError(f"model output kind {t.get('output_kind')!r} is not one of {OUTPUT_KINDS}")
     hop = float(m["hop_s"])
     if not 0 < hop <= frontend.window_s:
         raise BundleError(f"hop_s {hop} must be in (0, window_s={frontend.window_s}]")

@@ -45,7 +45,10 @@ class Int8Model:
     Quantization uses the tensors' own scale and zero point.
     """
 
-    def __init__(self, model_bytes: bytes, num_threads: int = 1):
+    def __init__(self, model_bytes: bytes, num_threads: int = 1, output_kind: str = "probability"):
+        if output_kind not in ("probability", "logit"):
+            raise InterpreterError(f"unknown output kind {output_kind!r}")
+        self.output_kind = output_kind
         cls, self.backend = interpreter_class()
         try:
             self._interp = cls(model_content=model_bytes, num_threads=int(num_threads))
@@ -72,7 +75,11 @@ class Int8Model:
         return np.clip(q, -128, 127).astype(np.int8)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
-        return (q.astype(np.float32) - self.out_zero) * self.out_scale
+        """Scores in 0..1 from the int8 output (the sigmoid applied here for logit models)."""
+        y = (q.astype(np.float32) - self.out_zero) * self.out_scale
+        if self.output_kind == "logit":
+            y = 1.0 / (1.0 + np.exp(-y))
+        return y
 
     def invoke_int8(self, x: np.ndarray) -> np.ndarray:
         """Run one int8 input of the model's input shape (batch included); int8 output row."""
@@ -99,8 +106,8 @@ class Int8Model:
 
 def load_model(bundle, num_threads: int = 1) -> Int8Model:
     """Load a verified bundle's model and check it against the manifest and its self-test."""
-    model = Int8Model(bundle.model_bytes, num_threads=num_threads)
     t = bundle.manifest["tensors"]
+    model = Int8Model(bundle.model_bytes, num_threads=num_threads, output_kind=t.get("output_kind", "probability"))
     if list(model.input_shape) != list(t["input_shape"]) or list(model.output_shape) != list(t["output_shape"]):
         raise InterpreterError(
             f"model tensors {model.input_shape}->{model.output_shape} differ from the manifest "
