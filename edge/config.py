@@ -149,6 +149,7 @@ class MQTTConfig(_Section):
     tls: Optional[TLSConfig] = None
     health_interval_s: float = Field(60, ge=1)
     max_backlog_rate: float = Field(50, gt=0)  # re-sent detections per second after an outage
+    resend_window_s: float = Field(60, ge=0)  # after an unclean connection loss, re-send what was acked this recently; 0: off
     reconnect_min_s: float = Field(1, gt=0)
     reconnect_max_s: float = Field(120, gt=0)
     max_message_kb: int = Field(64, ge=1)  # larger messages on subscribed topics are dropped (model topics excepted)

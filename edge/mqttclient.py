@@ -85,7 +85,10 @@ class MQTTClient:
     Callbacks given by the owner run on paho's network thread and must be
     quick: ``on_connected()`` after each accepted CONNACK, ``on_ack(mid, ok,
     reason)`` for each acknowledged QoS 1 publish, ``on_reset()`` when the
-    underlying client is replaced (in-flight messages are gone).
+    underlying client is replaced (in-flight messages are gone),
+    ``on_lost(unclean)`` when an established connection ends; ``unclean`` is
+    True unless this side asked for it or the broker closed it with a
+    DISCONNECT packet (a crashed broker, a dropped link).
     """
 
     def __init__(self, cfg: MQTTConfig, client_id: str, stop: threading.Event, *,
@@ -93,6 +96,7 @@ class MQTTClient:
                  on_connected: Callable[[], None] = lambda: None,
                  on_ack: Callable[[int, bool, str], None] = lambda mid, ok, reason: None,
                  on_reset: Callable[[], None] = lambda: None,
+                 on_lost: Callable[[bool], None] = lambda unclean: None,
                  max_inflight: int = 20, dispatch_queue: int = 64):
         self.cfg = cfg
         self.client_id = client_id
@@ -101,6 +105,7 @@ class MQTTClient:
         self._on_connected = on_connected
         self._on_ack = on_ack
         self._on_reset = on_reset
+        self._on_lost = on_lost
         self._max_inflight = max_inflight
         self._password = read_password(cfg)
         _check_tls_files(cfg)
@@ -273,9 +278,18 @@ class MQTTClient:
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
         self._connected.clear()
-        if was and not self.stop_event.is_set():
-            log.warning("MQTT: disconnected from %s:%d (%s); reconnecting", self.cfg.host, self.cfg.port,
-                        reason_code.getName() if hasattr(reason_code, "getName") else reason_code)
+        if not was:
+            return
+        asked = self._stopping or self.stop_event.is_set() or self._fallback.is_set()
+        from_server = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+        if not asked:
+            log.warning("MQTT: disconnected from %s:%d (%s%s); reconnecting", self.cfg.host, self.cfg.port,
+                        reason_code.getName() if hasattr(reason_code, "getName") else reason_code,
+                        ", the broker said so" if from_server else "")
+        try:
+            self._on_lost(not asked and not from_server)
+        except Exception:  # noqa: BLE001
+            log.exception("MQTT: error in on_disconnect")
 
     def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
         try:

@@ -8,6 +8,13 @@ reconnect or a restart, oldest first, at most ``max_backlog_rate`` per second,
 while new detections (``handle()``) go out at once. Delivery is at least once:
 consumers de-duplicate on the detection ``id``.
 
+A PUBACK is not the end of the story: a broker that crashes can lose messages
+it acknowledged but had not yet delivered or saved. So after a connection loss
+this side did not ask for (no DISCONNECT from the broker either), the
+detections acknowledged in the last ``resend_window_s`` seconds of that
+connection (counted back from its last acknowledgement) go back to the outbox
+(``Store.requeue_published_since``) and the backlog sends them again.
+
 The status topic is retained: ``online`` with health on connect and every
 ``health_interval_s``; ``offline`` as the last will (and on a clean stop).
 
@@ -19,6 +26,7 @@ import collections
 import logging
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
 
 from . import payloads
@@ -34,6 +42,7 @@ class Outbox(Protocol):
 
     def unpublished(self, limit: int) -> Sequence[Mapping[str, Any]]: ...  # oldest first
     def mark_published(self, ids: Sequence[str], when: str) -> Any: ...
+    def requeue_published_since(self, since_utc: str) -> Sequence[str]: ...
     def outbox_depth(self) -> int: ...
 
 
@@ -84,6 +93,8 @@ class Publisher:
         self._last_poll = 0.0
         self._recent = collections.OrderedDict()  # recently acknowledged ids: no live re-send
         self._started = time.monotonic()
+        self._last_ack_wall: Optional[float] = None  # time.time() of the broker's last acknowledgement
+        self._requeue_since: Optional[float] = None  # set on an unclean loss: re-send what was acked since
         self._drain: Optional[dict] = None
         #: one entry per reconnect: backlog at connect and seconds until drained
         self.drains: list[dict] = []
@@ -92,7 +103,7 @@ class Publisher:
         will = payloads.encode(payloads.status(device_id, "offline"))
         self.client = MQTTClient(cfg, cfg.client_id or f"dawnchorus-{device_id}", self.stop_event,
                                  will=(self.topics.status, will), on_connected=self._on_connected,
-                                 on_ack=self._on_ack, on_reset=self._on_reset)
+                                 on_ack=self._on_ack, on_reset=self._on_reset, on_lost=self._on_lost)
 
     @classmethod
     def from_config(cls, config: Config, outbox, **kw) -> "Publisher":
@@ -150,6 +161,8 @@ class Publisher:
 
     def _on_ack(self, mid: int, ok: bool, reason: str) -> None:
         with self._lock:
+            if ok:
+                self._last_ack_wall = time.time()
             if mid not in self._inflight:
                 self._early_acks[mid] = (ok, reason)
                 return
@@ -161,6 +174,17 @@ class Publisher:
             self._inflight.clear()
             self._inflight_ids.clear()
             self._early_acks.clear()
+
+    def _on_lost(self, unclean: bool) -> None:
+        """The connection ended (network thread). Unclean: the broker may have lost what it acknowledged."""
+        window = self.cfg.resend_window_s
+        with self._lock:
+            if not unclean or window <= 0 or self._last_ack_wall is None:
+                return
+            since = min(self._last_ack_wall, time.time()) - window
+            if self._requeue_since is None or since < self._requeue_since:
+                self._requeue_since = since
+        self._wake.set()
 
     def _settle(self, mid: int, ok: bool, reason: str) -> None:  # with self._lock held
         det_id, topic = self._inflight.pop(mid)
@@ -249,7 +273,11 @@ class Publisher:
 
     def _step(self) -> None:
         self.client.maintain()
+        with self._lock:  # taken before the flush: the lost connection's acks are already in _acked
+            requeue_since, self._requeue_since = self._requeue_since, None
         self._flush_acks()
+        if requeue_since is not None:
+            self._requeue(requeue_since)
         if not self.client.connected:
             self._live.clear()  # they are in the store: the backlog sends them after reconnecting
             return
@@ -261,6 +289,19 @@ class Publisher:
         self._send_backlog(now)
         if now >= self._next_health:
             self.publish_health()
+
+    def _requeue(self, since: float) -> None:
+        """Back to the outbox: what was acknowledged since ``since`` (wall clock) on a connection lost uncleanly."""
+        since_utc = datetime.fromtimestamp(since, timezone.utc).isoformat(timespec="milliseconds")
+        ids = self._outbox.requeue_published_since(since_utc.replace("+00:00", "Z"))
+        with self._lock:
+            for i in ids:
+                self._recent.pop(i, None)
+        self.stats["requeued"] += len(ids)
+        if ids:
+            log.info("MQTT: the connection dropped without a goodbye; the %d detections the broker acknowledged in "
+                     "its last %gs go back to the outbox and are sent again (a crashed broker can lose acknowledged "
+                     "messages; consumers de-duplicate on id)", len(ids), self.cfg.resend_window_s)
 
     def _connected_now(self, now: float) -> None:
         with self._lock:
@@ -347,7 +388,8 @@ class Publisher:
     def mqtt_stats(self) -> dict:
         return {"protocol": self.client.protocol, "connects": self.client.connects,
                 "published": self.stats["published"], "acked": self.stats["acked"],
-                "backlog_sent": self.stats["backlog_sent"], "refused": self.stats["refused"]}
+                "backlog_sent": self.stats["backlog_sent"], "refused": self.stats["refused"],
+                "requeued": self.stats["requeued"]}
 
     def publish_health(self) -> None:
         self._next_health = time.monotonic() + self.cfg.health_interval_s

@@ -195,6 +195,26 @@ class Store(DetectionSink):
                 raise
         return n
 
+    def requeue_published_since(self, since_utc: str) -> list[str]:
+        """Put detections marked published at or after ``since_utc`` back in the outbox; returns their ids.
+
+        For re-sending what a crashed broker acknowledged but may have lost
+        (``mqtt.resend_window_s``). ``since_utc`` is an ISO UTC time in the
+        format of ``published_utc`` (compared as text).
+        """
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [r[0] for r in self.db.execute(
+                    "SELECT id FROM detections WHERE published_utc >= ? ORDER BY seq", [since_utc]).fetchall()]
+                if ids:
+                    self.db.execute("UPDATE detections SET published_utc = NULL WHERE published_utc >= ?", [since_utc])
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+        return ids
+
     def outbox_depth(self) -> int:
         with self._lock:
             return int(self.db.execute("SELECT count(*) FROM detections WHERE published_utc IS NULL").fetchone()[0])

@@ -136,6 +136,24 @@ class Broker:
             time.sleep(down_s)
         self.start()
 
+    def _saved_stamp(self):
+        try:
+            st = (self.dir / "persist" / "mosquitto.db").stat()  # written as .new, then renamed over
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def wait_saved(self, timeout: float = 10.0) -> None:
+        """Wait until the broker writes its persistence file again.
+
+        mosquitto is single-threaded: a save that completes after this call
+        starts holds everything the broker had acknowledged before it (a
+        SUBACK received, say), so a SIGKILL after it cannot lose that.
+        """
+        before = self._saved_stamp()
+        if not wait_until(lambda: self._saved_stamp() != before, timeout, 0.02):
+            raise TimeoutError(f"mosquitto did not save its state within {timeout}s")
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

@@ -98,6 +98,20 @@ def test_outbox_oldest_first_and_acknowledgement(tmp_path):
     assert {r["id"]: r["published_utc"] for r in s.detections()}["id-5"] == "2024-05-01T07:00:00.000Z"
 
 
+def test_requeue_published_since_puts_recent_acknowledgements_back_in_the_outbox(tmp_path):
+    s = Store(tmp_path / "d.db")
+    s.insert([det(i) for i in (1, 2, 3, 4, 5)])
+    s.mark_published(["id-1", "id-4"], when="2024-05-01T07:00:00.000Z")
+    s.mark_published(["id-2"], when="2024-05-01T07:00:30.000Z")
+    s.mark_published(["id-3"], when="2024-05-01T07:01:00.000Z")
+    assert s.outbox_depth() == 1  # id-5 never acknowledged
+    assert s.requeue_published_since("2024-05-01T07:00:30.000Z") == ["id-2", "id-3"]  # inclusive, by seq
+    assert [r["id"] for r in s.unpublished(10)] == ["id-2", "id-3", "id-5"]  # oldest first again
+    assert s.requeue_published_since("2024-05-01T07:00:30.000Z") == []
+    pub = {r["id"]: r["published_utc"] for r in s.detections()}
+    assert pub["id-1"] == pub["id-4"] == "2024-05-01T07:00:00.000Z"
+
+
 def test_detection_queries(tmp_path):
     s = Store(tmp_path / "d.db")
     s.insert([det(1, "Aa_one"), det(2, "Bb_two"), det(3, "Aa_one"), det(70, "Bb_two")])
