@@ -299,7 +299,10 @@ class Daemon:
                 self.notifier.ready(self.health.summary())
                 log.info("ready: audio flowing, model %s %s loaded", p.bundle.name, p.bundle.version)
             self._effort_tick()
-        dets = p.finish()
+        w0, i0 = p.stats["windows"], p.stats["invoke_s"]
+        dets = p.finish()  # the last segment's tail window
+        if p.stats["windows"] > w0:
+            self.health.note_windows(p.stats["windows"] - w0, (p.stats["invoke_s"] - i0) / (p.stats["windows"] - w0))
         if dets or self._unstored:
             self._emit(dets)
 

@@ -5,7 +5,9 @@ array, or, when the reader has fallen a whole buffer behind, drops the block
 and remembers where (a gap marker). It never blocks, never allocates on the
 normal path and never overwrites unread audio. The processing thread calls
 ``read``, which never returns audio spanning a gap: a read stops at a gap
-marker, and the next read reports the frames lost before it.
+marker, and the next read reports the frames lost before it. Frames lost at
+the very end (the stream stopped while the ring was full, so no audio follows
+them) are collected with ``take_trailing_loss`` once everything is read.
 
 Positions are counted in frames written since creation (Python ints; a
 plain attribute store is atomic under the GIL, and each counter has one
@@ -111,3 +113,21 @@ class RingBuffer:
         t = stamp_time - (stamp_pos - r) / self.rate
         self._r = r + n
         return Chunk(out, r, t, lost)
+
+    def take_trailing_loss(self) -> tuple[float, int] | None:
+        """Once all audio is read: the loss after the last frame, which no read can report.
+
+        Returns (wall-clock time of the first lost frame, frames lost; 0 for
+        a driver overflow alone) and forgets it; None if nothing was lost
+        there or audio is still unread.
+        """
+        r = self._r
+        if self._w != r or not self._gaps:
+            return None
+        lost = 0
+        while self._gaps:
+            lost += self._gaps.popleft()[1]
+        stamp_time, stamp_pos = self._stamp
+        if stamp_pos == 0:  # nothing was ever written: the loss ends now
+            return time.time() - lost / self.rate, lost
+        return stamp_time - (stamp_pos - r) / self.rate, lost

@@ -47,6 +47,22 @@ def test_ring_overflow_drops_block_and_marks_the_gap():
     assert after.lost_before == 400 and set(after.data[:, 0]) == {3}
 
 
+def test_ring_trailing_loss_is_reported_once_everything_is_read():
+    """The stream stops while the ring is full: the drops after the last frame are a gap too."""
+    ring = RingBuffer(1000, rate=100)
+    assert ring.take_trailing_loss() is None
+    t0 = time.time()
+    for k in range(2):
+        assert ring.write(np.full((400, 1), k, np.float32))
+    t1 = time.time()
+    assert not ring.write(np.full((400, 1), 2, np.float32)) and not ring.write(np.full((300, 1), 3, np.float32))
+    assert ring.take_trailing_loss() is None  # audio still unread: it comes first
+    assert len(ring.read(10_000).data) == 800 and ring.read(10) is None
+    when, lost = ring.take_trailing_loss()
+    assert lost == 700 == ring.dropped_frames and t0 <= when <= t1  # from the end of the last frame read
+    assert ring.take_trailing_loss() is None and ring.read(10) is None  # reported once
+
+
 def test_ring_read_stops_at_a_driver_overflow():
     ring = RingBuffer(1000, rate=100)
     ring.write(np.zeros((100, 1), np.float32))

@@ -285,6 +285,7 @@ class MicSource(AudioSource):
                 log.warning("audio device %s lost (%s); reopening", info.name, exc)
             finally:
                 self._close(stream)
+                self._trailing_gap(ring, info)
                 self._collect(ring)
                 self._ring = None
                 self.listener.closed(info, datetime.now(timezone.utc), lost_reason if lost_since else "stopped")
@@ -303,10 +304,7 @@ class MicSource(AudioSource):
                 pending_gap = None
             if chunk.lost_before is not None:  # overflow: start a new segment, never stitch
                 end = chunk.start_time
-                start = end - chunk.lost_before / info.capture_rate
-                why = "ring buffer overflow" if chunk.lost_before else "driver overflow"
-                log.warning("%s: %d frames lost before %s", why, chunk.lost_before, _utc(end).isoformat())
-                self.listener.gap(_utc(start), _utc(end), why, chunk.lost_before)
+                self._overflow_gap(end - chunk.lost_before / info.capture_rate, chunk.lost_before, info)
                 resampler = StreamResampler(info.capture_rate, info.target_rate) if info.resampled else None
                 seg_in = seg_out = 0
                 anchor = None
@@ -333,6 +331,19 @@ class MicSource(AudioSource):
             self.listener.audio(len(x))
             yield AudioBlock(x, _utc(t0), offset, disc)
             disc = False
+
+    def _overflow_gap(self, start: float, lost: int, info: DeviceInfo) -> None:
+        end = start + lost / info.capture_rate
+        why = "ring buffer overflow" if lost else "driver overflow"
+        log.warning("%s: %d frames lost from %s, after stream sample %d", why, lost, _utc(start).isoformat(),
+                    self.frames_emitted)
+        self.listener.gap(_utc(start), _utc(end), why, lost)
+
+    def _trailing_gap(self, ring: RingBuffer, info: DeviceInfo) -> None:
+        """An overflow at the end of the stream (the ring was full when it stopped) is a gap too."""
+        loss = ring.take_trailing_loss()
+        if loss is not None:
+            self._overflow_gap(loss[0], loss[1], info)
 
     def _collect(self, ring: RingBuffer) -> None:
         self.overflows += ring.overflows
