@@ -227,6 +227,32 @@ def test_push_without_read_access_is_acknowledged_but_not_verified(make_broker, 
     assert res.verified is False
 
 
+def test_example_acl_lets_the_trainer_push_and_read_back(make_broker, team_keys, tmp_path):
+    """deploy/mosquitto/dawnchorus.acl: the trainer account pushes to a channel and to one device,
+    and reads each retained bundle back (verified); a device account may do neither."""
+    import shutil
+
+    from fixtures_mqtt import REPO, make_password_file
+    from trainer.push import PushError
+
+    acl = tmp_path / "dawnchorus.acl"
+    shutil.copy(REPO / "deploy" / "mosquitto" / "dawnchorus.acl", acl)
+    pw = make_password_file(tmp_path / "passwd", {"trainer": "pwt", "rec7": "pw7"})
+    broker = make_broker("example-acl", password_file=pw, acl_file=acl)
+    (tmp_path / "pwt").write_text("pwt")
+    (tmp_path / "pw7").write_text("pw7")
+    base = {"host": broker.host, "port": broker.port, "protocol": "5"}
+    trainer = parse_config({"mqtt": {**base, "username": "trainer", "password_file": str(tmp_path / "pwt")}})
+    for device in (None, "rec7"):
+        res = push_bytes(make_bundle(team_keys.private, "5.0"), trainer, topic_for(trainer, None, device),
+                         team_keys.public, timeout=20)
+        assert res.verified is True, res.topic
+    device = parse_config({"mqtt": {**base, "username": "rec7", "password_file": str(tmp_path / "pw7")}})
+    with pytest.raises(PushError):
+        push_bytes(make_bundle(team_keys.private, "6.0"), device, topic_for(device, None, None), team_keys.public,
+                   timeout=20)
+
+
 def test_push_command_line(mqtt_broker, team_keys, tmp_path):
     import subprocess
     import sys
