@@ -17,8 +17,10 @@ the store is closed.
 Effort: a row per listening session (device, capture rate, model, settings)
 opened when the device opens and closed when it closes (its end time is
 also refreshed every ``status_interval_s``, so a crash leaves it at most that
-stale); a new row when the model changes. Gaps (device loss, overflows) go
-to the ``gaps`` table as the source reports them.
+stale); a new row when the model changes (its version or its bytes: a new
+version with the same network, e.g. new thresholds, is a new session too).
+Gaps (device loss, overflows) go to the ``gaps`` table as the source
+reports them.
 """
 from __future__ import annotations
 
@@ -218,7 +220,7 @@ class Daemon:
     def open_effort(self, at: datetime) -> None:
         b = self.pipeline.bundle
         self.effort_id = str(uuid.uuid4())
-        self._effort_model = b.sha256
+        self._effort_model = (b.version, b.sha256)
         self._effort_touched = time.monotonic()
         try:
             self.store.open_effort(id=self.effort_id, device_id=self.cfg.device_id, source=self.source_name,
@@ -239,11 +241,12 @@ class Daemon:
     def _effort_tick(self) -> None:
         if self.effort_id is None:
             return
-        if self.pipeline.bundle.sha256 != self._effort_model:  # a model update: a new session
+        b = self.pipeline.bundle
+        if (b.version, b.sha256) != self._effort_model:  # a model update: a new session
             now = datetime.now(timezone.utc)
             self.close_effort(now)
             self.open_effort(now)
-            self.health.note_model(self.pipeline.bundle.version, self.pipeline.bundle.sha256)
+            self.health.note_model(b.version, b.sha256)
         elif time.monotonic() - self._effort_touched > self.cfg.status_interval_s:
             self._effort_touched = time.monotonic()
             try:

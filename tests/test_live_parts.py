@@ -260,3 +260,49 @@ def test_health_snapshot_fits_the_mqtt_status_schema(tmp_path):
     snap = dict(h.snapshot(), outbox_depth=0)  # the publisher adds its outbox depth
     jsonschema.validate(snap, schema)
     assert snap["last_label"] == "Turdus_merula" and snap["detections"] == 1
+
+
+# -- effort: a new listening session per model ----------------------------------------------
+def test_new_model_version_with_the_same_network_starts_a_new_effort_row(tmp_path):
+    """A bundle with a new version but the same model bytes (new thresholds, say) swapped in while
+    listening: the session closes and a new one opens with the new version; health follows."""
+    from edge.bundle import load_bundle
+    from edge.config import parse_config
+    from edge.daemon import Daemon
+    from edge.interpreter import load_model
+    from edge.pipeline import Pipeline
+    from edge.signing import load_public_key
+    from edge.store import Store
+    from fixtures_replay import make_tone_bundle, tone_bursts
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    key = load_public_key(make_tone_bundle(keys, "1.0.0").parent / "signing.pub")
+    b1 = load_bundle(keys / "tones-1.0.0.bundle", key)
+    b2 = load_bundle(make_tone_bundle(keys, "1.1.0"), key)
+    assert b2.sha256 == b1.sha256 and b2.version != b1.version  # same network, new version
+    cfg = parse_config({"device_id": "rec1", "state_dir": str(tmp_path / "state"),
+                        "store": {"path": str(tmp_path / "state" / "d.db")}})
+    d = Daemon(cfg)
+    d.store = Store(cfg.store.path)
+    d.pipeline = Pipeline(b1, load_model(b1), device_id="rec1")
+    d.pipeline.begin("mic", "clock")
+    d.health.note_model(b1.version, b1.sha256)
+    d.open_effort(datetime.now(timezone.utc))
+    x = tone_bursts(1200.0, 2)
+    sr = d.pipeline.sample_rate
+    d.pipeline.feed(AudioBlock(x[:sr], datetime.now(timezone.utc), 0.0))
+    d._effort_tick()
+    assert len(d.store.effort()) == 1  # same model: same session
+    d.pipeline.set_model(b2, load_model(b2))  # what the update service does
+    d.pipeline.feed(AudioBlock(x[sr:2 * sr], datetime.now(timezone.utc), 1.0))  # applied between blocks
+    d._effort_tick()
+    effort = d.store.effort()
+    assert [e["model_version"] for e in effort] == ["1.0.0", "1.1.0"]
+    assert effort[0]["end_utc"] and effort[1]["end_utc"] is None
+    assert effort[0]["model_sha256"] == effort[1]["model_sha256"] == b1.sha256
+    assert d.health.model_version == "1.1.0"
+    d._effort_tick()
+    assert len(d.store.effort()) == 2  # and only once
+    d.close_effort()
+    d.store.close()
