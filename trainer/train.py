@@ -303,7 +303,8 @@ def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, pr
                 "n_val_recordings": len(p.val.recordings), "split": "recordist-grouped per species, stratified",
                 "config": json.loads(cfg.model_dump_json()), "history": history,
                 "teacher": None if cfg.distill.teacher == "none" else f"{_teacher_name()}, target: {cfg.distill.target}"}
-    metrics = {"validation": summary(m_q), "validation_float": summary(m_f), "int8_drop": drop}
+    metrics = {**summary(m_q), "evaluated_on": "hold-out (recordist-grouped), int8 model",
+               "float": summary(m_f), "int8_drop": drop}
     bundle_path = out / f"{cfg.bundle.name}.bundle"
     res.bundle_path = write_bundle(
         bundle_path, model_bytes=res.model_bytes, classes=p.ds.classes, names=p.ds.names,
