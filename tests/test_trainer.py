@@ -198,6 +198,7 @@ def test_tiny_run_writes_a_bundle_the_edge_verifies_and_runs(tiny_run, train_dat
     b = load_bundle(tiny_run.bundle_path, pub)
     model = load_model(b, num_threads=1)  # also runs the self-test vector
     assert b.manifest["training"]["n_train_recordings"] + b.manifest["training"]["n_val_recordings"] == 9
+    assert b.manifest["tensors"]["output_kind"] == "logit"  # the edge applies the sigmoid
     assert b.manifest["metrics"]["n_recordings"] == 3
     # the edge's scores on a window equal the trainer's int8 evaluation of that window
     res = tiny_run.result

@@ -23,8 +23,8 @@ def selftest_vector(model: Int8Model, features: np.ndarray) -> tuple[np.ndarray,
 def write_bundle(path: str | Path, *, model_bytes: bytes, classes: list[str], names: dict[str, tuple[str, str]],
                  frontend: FrontendParams, hop_s: float, thresholds: dict[str, float], selftest_features: np.ndarray,
                  private_key, name: str = "dawnchorus", version: str | None = None, training: dict | None = None,
-                 metrics: dict | None = None, extra: dict | None = None) -> Path:
-    model = Int8Model(model_bytes, num_threads=1)
+                 metrics: dict | None = None, extra: dict | None = None, output_kind: str = "probability") -> Path:
+    model = Int8Model(model_bytes, num_threads=1, output_kind=output_kind)
     x, out = selftest_vector(model, selftest_features)
     labels = [Label(label=c, scientific_name=names.get(c, (c.replace("_", " "), ""))[0],
                     common_name=names.get(c, ("", ""))[1]) for c in classes]
@@ -32,7 +32,8 @@ def write_bundle(path: str | Path, *, model_bytes: bytes, classes: list[str], na
     data = build_bundle(name=name, version=version, model_bytes=model_bytes, labels=labels, frontend=frontend,
                         hop_s=hop_s, thresholds=thresholds, selftest_input=x, selftest_output=out,
                         private_key=private_key, input_shape=list(model.input_shape),
-                        output_shape=list(model.output_shape), training=training, metrics=metrics, extra=extra)
+                        output_shape=list(model.output_shape), training=training, metrics=metrics, extra=extra,
+                        output_kind=output_kind)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(p.suffix + ".tmp")

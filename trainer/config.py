@@ -117,6 +117,10 @@ class TrainSection(_Section):
 
 class QuantizeSection(_Section):
     representative_windows: int = Field(300, ge=10)
+    # logit: the int8 model ends before the sigmoid and the edge applies it after
+    # dequantizing (small scores keep their resolution; a sigmoid quantized to
+    # 1/256 steps flattens them and costs per-recording top-1); probability: sigmoid inside.
+    output_kind: Literal["logit", "probability"] = "logit"
 
 
 class DistillSection(_Section):

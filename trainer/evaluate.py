@@ -128,9 +128,9 @@ def score_keras(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
 
 
-def score_int8(model_bytes: bytes, x: np.ndarray, num_threads: int = 2) -> np.ndarray:
+def score_int8(model_bytes: bytes, x: np.ndarray, num_threads: int = 2, output_kind: str = "probability") -> np.ndarray:
     """Scores of a full-integer model through the edge's interpreter (same quantize/dequantize)."""
     from edge.interpreter import Int8Model
 
-    m = Int8Model(model_bytes, num_threads=num_threads)
+    m = Int8Model(model_bytes, num_threads=num_threads, output_kind=output_kind)
     return np.stack([m.predict(f) for f in x]) if len(x) else np.zeros((0, m.output_shape[-1]), np.float32)

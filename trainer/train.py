@@ -268,9 +268,9 @@ def evaluate_both(res: Result, cfg: TrainConfig) -> None:
                             cfg.train.seed + 1)
     rep = np.stack([sampler.sample(augment=False)[0] for _ in range(cfg.quantize.representative_windows)])
     t1 = time.time()
-    res.model_bytes = quantize_int8(res.parts.model, rep)
+    res.model_bytes = quantize_int8(res.parts.model, rep, cfg.quantize.output_kind)
     res.timings["quantize_s"] = round(time.time() - t1, 1)
-    res.int8_scores = score_int8(res.model_bytes, p.x_val)
+    res.int8_scores = score_int8(res.model_bytes, p.x_val, output_kind=cfg.quantize.output_kind)
     res.int8_metrics = compute_metrics(p.val_windows.y, res.int8_scores, p.val_windows.rec_index,
                                        p.val_windows.rec_ids, primary, p.ds.classes)
     res.timings["evaluate_s"] = round(time.time() - t0, 1)
@@ -310,7 +310,7 @@ def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, pr
         bundle_path, model_bytes=res.model_bytes, classes=p.ds.classes, names=p.ds.names,
         frontend=p.logmel.params, hop_s=cfg.bundle.hop_s, thresholds=m_q["thresholds"],
         selftest_features=p.x_val[0], private_key=private_key, name=cfg.bundle.name,
-        version=cfg.bundle.version, training=training, metrics=metrics)
+        version=cfg.bundle.version, training=training, metrics=metrics, output_kind=cfg.quantize.output_kind)
     try:  # the float model, for later analysis or re-quantization
         import warnings
 
