@@ -142,16 +142,16 @@ def test_bad_bundle_and_missing_path(tmp_path, tone_bundle_path):
 
 # -- the bundled demo with the bundled default model -------------------------------------------
 
-def _default_bundle():
+def _default_bundle(name: str = "default"):
     from edge.bundle import load_bundle
     from edge.signing import load_public_key
 
-    return load_bundle(MODELS / "default.bundle", load_public_key(MODELS / "default.pub"))
+    return load_bundle(MODELS / f"{name}.bundle", load_public_key(MODELS / "default.pub"))
 
 
-def _evaluated_prediction(recording_id: str) -> dict | None:
-    """The default model's evaluation row for a recording, if its evaluation (predictions csv) has one."""
-    for path in sorted(MODELS.rglob("*predictions*.csv")):
+def _evaluated_prediction(recording_id: str, name: str = "default") -> dict | None:
+    """A shipped model's evaluation row for a recording, if its evaluation (predictions csv) has one."""
+    for path in sorted(MODELS.rglob(f"{name}_predictions*.csv")):
         with path.open() as fh:
             for row in csv.DictReader(fh):
                 if recording_id in (row.get("recording") or ""):
@@ -159,14 +159,16 @@ def _evaluated_prediction(recording_id: str) -> dict | None:
     return None
 
 
-def test_demo_replay_with_default_model(tmp_path):
+@pytest.mark.parametrize("name", ["default", "fast"])
+def test_demo_replay_with_shipped_models(tmp_path, name):
     credits = json.loads((DEMO / "credits.json").read_text())
     (demo_name, info), = credits.items()
-    bundle = _default_bundle()
+    bundle = _default_bundle(name)
     known = {lab.label for lab in bundle.labels}
     labelled = ({info["primary_label"], *info["secondary_labels"]}) & known
     db = tmp_path / "demo.db"
-    r = replay("--db", db, "--format", "json", "--out", tmp_path / "demo.json")
+    chosen = [] if name == "default" else ["--bundle", MODELS / f"{name}.bundle"]
+    r = replay(*chosen, "--db", db, "--format", "json", "--out", tmp_path / "demo.json")
     assert r.returncode == 0, r.stderr
     assert f"store: {db}" in r.stderr and "x realtime" in r.stderr
     data = json.loads((tmp_path / "demo.json").read_text())
@@ -174,7 +176,7 @@ def test_demo_replay_with_default_model(tmp_path):
     assert all(d["time_source"] == "file-name" and d["start_utc"] >= "2016-11-10T13:00:00" for d in data)
     assert all(d["model_sha256"] == bundle.sha256 for d in data)
     assert len(rows(db)) == len(data)
-    again = replay("--db", db, "--format", "csv")
+    again = replay(*chosen, "--db", db, "--format", "csv")
     assert "0 new detection(s)" in again.stderr and len(rows(db)) == len(data)
 
     if not bundle.manifest.get("metrics"):
@@ -183,7 +185,7 @@ def test_demo_replay_with_default_model(tmp_path):
     for d in data:
         best[d["label"]] = max(best.get(d["label"], 0.0), d["score"])
     ranked = sorted(best, key=lambda k: -best[k])
-    row = _evaluated_prediction(info["xeno_canto_id"])
+    row = _evaluated_prediction(info["xeno_canto_id"], name)
     if row is not None:
         # the recording was in the model's hold-out: replay must agree with what the evaluation found
         assert row["predicted"] in ranked[:3], (row, ranked)
