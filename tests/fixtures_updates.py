@@ -13,7 +13,6 @@ import io
 import json
 import threading
 import time
-import zipfile
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +25,7 @@ from edge.config import DEFAULT_BUNDLE, DEFAULT_PUBLIC_KEY
 from edge.interpreter import Int8Model
 from edge.signing import generate_keypair, key_id, load_private_key, load_public_key
 from edge.types import AudioBlock
+from bundle_tools import members, rezip
 
 
 @lru_cache(maxsize=1)
@@ -56,20 +56,11 @@ def make_bundle(private_key, version: str, *, name: str = "test-model", threshol
         selftest_input=d.selftest_input, selftest_output=[int(v) for v in out], private_key=private_key,
         input_shape=d.manifest["tensors"]["input_shape"], output_shape=d.manifest["tensors"]["output_shape"],
         training={"note": "test bundle", "padding": "x" * padding_bytes},
+        output_kind=d.manifest["tensors"].get("output_kind", "probability"),
     )
 
 
-def _members(data: bytes) -> dict[str, bytes]:
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        return {n: zf.read(n) for n in zf.namelist()}
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for n, blob in members.items():
-            zf.writestr(n, blob)
-    return buf.getvalue()
+_members, _zip = members, rezip
 
 
 def resign(data: bytes, private_key, mutate) -> bytes:
