@@ -5,7 +5,6 @@ import base64
 import hashlib
 import io
 import json
-import zipfile
 
 import numpy as np
 import pytest
@@ -13,19 +12,10 @@ import pytest
 from edge.bundle import MANIFEST, MODEL, SELFTEST, SIGNATURE, BundleError, load_bundle, parse_bundle
 from edge.interpreter import InterpreterError, load_model
 from edge.signing import generate_keypair, key_id, load_private_key, load_public_key
+from bundle_tools import members, rezip
 
 
-def _members(data: bytes) -> dict[str, bytes]:
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        return {n: zf.read(n) for n in zf.namelist()}
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for n, b in members.items():
-            zf.writestr(n, b)
-    return buf.getvalue()
+_members, _zip = members, rezip
 
 
 def _resign(data: bytes, private_key, mutate=None, members=None) -> bytes:

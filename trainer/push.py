@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import sys
 import threading
 import time
@@ -72,15 +71,13 @@ def topic_for(cfg: Config, channel: str | None, device: str | None) -> str:
 
 
 def _password(cfg: Config) -> str | None:
-    m = cfg.mqtt
-    if m.password_file:
-        return Path(m.password_file).read_text().strip()
-    if m.password_env:
-        value = os.environ.get(m.password_env)
-        if value is None:
-            raise PushError(f"mqtt.password_env names {m.password_env}, which is not set")
-        return value
-    return None
+    """The broker password, read as the edge reads it (file or environment, never the config itself)."""
+    from edge.mqttclient import MQTTSetupError, read_password
+
+    try:
+        return read_password(cfg.mqtt)
+    except MQTTSetupError as exc:
+        raise PushError(str(exc)) from None
 
 
 def _client(cfg: Config, mqtt5: bool):
