@@ -24,16 +24,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_FRONTEND = FrontendParams()  # the defaults live in one place: edge/frontend.py
+
+
 class FrontendSection(_Section):
     """Front-end parameters (see edge/frontend.py); stored in the bundle."""
-    sample_rate: int = 32000
-    n_fft: int = 1024
-    hop_length: int = 320
-    n_mels: int = 128
-    fmin: float = 50.0
-    fmax: float = 14000.0
-    window_s: float = 3.0
-    normalization: Literal["none", "band_median", "band_median_std"] = "band_median_std"
+    sample_rate: int = _FRONTEND.sample_rate
+    n_fft: int = _FRONTEND.n_fft
+    hop_length: int = _FRONTEND.hop_length
+    n_mels: int = _FRONTEND.n_mels
+    fmin: float = _FRONTEND.fmin
+    fmax: float = _FRONTEND.fmax
+    window_s: float = _FRONTEND.window_s
+    normalization: Literal["none", "band_median", "band_median_std"] = _FRONTEND.normalization
 
     def params(self) -> FrontendParams:
         p = FrontendParams(sample_rate=self.sample_rate, n_fft=self.n_fft, win_length=self.n_fft,

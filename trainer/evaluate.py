@@ -133,4 +133,4 @@ def score_int8(model_bytes: bytes, x: np.ndarray, num_threads: int = 2, output_k
     from edge.interpreter import Int8Model
 
     m = Int8Model(model_bytes, num_threads=num_threads, output_kind=output_kind)
-    return np.stack([m.predict(f) for f in x]) if len(x) else np.zeros((0, m.output_shape[-1]), np.float32)
+    return m.predict_batch(x)
