@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import Label, build_bundle, load_bundle
-from edge.frontend import FrontendParams
-from edge.signing import generate_keypair, load_private_key, load_public_key
+from edge.contract.bundle import Label, build_bundle, load_bundle
+from edge.contract.frontend import FrontendParams
+from edge.contract.signing import generate_keypair, load_private_key, load_public_key
 
 DATA = Path(__file__).parent / "data"
 TONES = {"Tonus_lowus": 1200.0, "Tonus_midus": 3000.0, "Tonus_highus": 7000.0}
@@ -35,7 +35,7 @@ def noise(seconds: float, sr: int = SR, level: float = 0.003, seed: int = 1) -> 
 
 def make_tone_bundle(dirpath: Path, version: str = "1.0.0", hop_s: float = 1.5, name: str = "tones") -> Path:
     """A signed bundle of the tone model in dirpath (keys there too); returns its path."""
-    from edge.interpreter import Int8Model
+    from edge.contract.interpreter import Int8Model
 
     if not (dirpath / "signing.key").exists():
         generate_keypair(dirpath)
@@ -68,6 +68,6 @@ def tone_bundle(tone_bundle_path):
 
 @pytest.fixture(scope="session")
 def tone_model(tone_bundle):
-    from edge.interpreter import load_model
+    from edge.contract.interpreter import load_model
 
     return load_model(tone_bundle)

@@ -38,7 +38,7 @@ def train_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> TinyRun:
     pytest.importorskip("tensorflow")
-    from edge.signing import generate_keypair, load_private_key
+    from edge.contract.signing import generate_keypair, load_private_key
     from trainer.config import parse_train_config
     from trainer.train import run
 

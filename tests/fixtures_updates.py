@@ -1,6 +1,6 @@
 """Fixtures for the model-update tests: a team key pair and real signed bundles.
 
-Bundles are built with ``edge.bundle.build_bundle`` around the real int8
+Bundles are built with ``edge.contract.bundle.build_bundle`` around the real int8
 model of the bundled default (whatever model that is today); the self-test
 expectation is computed by running it. Bad kinds are made by altering a good
 bundle and, where the manifest changes, signing it again with the team key,
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import bundle as B
+from edge.contract import bundle as B
 from edge.config import DEFAULT_BUNDLE, DEFAULT_PUBLIC_KEY
-from edge.interpreter import Int8Model
-from edge.signing import generate_keypair, key_id, load_private_key, load_public_key
+from edge.contract.interpreter import Int8Model
+from edge.contract.signing import generate_keypair, key_id, load_private_key, load_public_key
 from edge.types import AudioBlock
 from bundle_tools import members, rezip
 

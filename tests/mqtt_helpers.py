@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 import jsonschema
 
 from edge.config import MQTTConfig
-from edge.payloads import load_schema
-from edge.postprocess import detection_id
-from edge.publisher import Publisher
+from edge.outputs.mqtt.payloads import load_schema
+from edge.detection.postprocess import detection_id
+from edge.outputs.mqtt.publisher import Publisher
 from edge.types import Detection
 
 SCHEMAS = {name: jsonschema.Draft202012Validator(load_schema(name)) for name in ("detection", "status", "ha_discovery")}

@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from edge.bundle import MANIFEST, MODEL, SELFTEST, SIGNATURE, BundleError, load_bundle, parse_bundle
-from edge.interpreter import InterpreterError, load_model
-from edge.signing import generate_keypair, key_id, load_private_key, load_public_key
+from edge.contract.bundle import MANIFEST, MODEL, SELFTEST, SIGNATURE, BundleError, load_bundle, parse_bundle
+from edge.contract.interpreter import InterpreterError, load_model
+from edge.contract.signing import generate_keypair, key_id, load_private_key, load_public_key
 from bundle_tools import members, rezip
 
 

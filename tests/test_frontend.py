@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.frontend import FrontendError, FrontendParams, LogMel
+from edge.contract.frontend import FrontendError, FrontendParams, LogMel
 from trainer.data import load_audio
 
 librosa = pytest.importorskip("librosa")

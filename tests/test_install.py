@@ -40,7 +40,7 @@ def test_lays_down_code_venv_config_and_unit(scratch):
     opt = root / "opt/dawnchorus"
     py = opt / "venv/bin/python"
     assert py.is_file() and os.access(py, os.X_OK)
-    assert (opt / "src/edge/daemon.py").is_file() and (opt / "README.md").is_file()
+    assert (opt / "src/edge/service/daemon.py").is_file() and (opt / "README.md").is_file()
     unit = root / "etc/systemd/system/dawnchorus-edge.service"
     assert unit.read_text() == (REPO / "systemd/dawnchorus-edge.service").read_text()
     cfg = root / "etc/dawnchorus/config.yaml"

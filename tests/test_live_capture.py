@@ -55,10 +55,10 @@ def run_daemon(cfg: Path, env: dict, duration: float, timeout: float = 120) -> s
 
 def replay(bundle_path: Path, key: Path | None, samples: np.ndarray, block: int = SR // 2) -> list:
     """The same samples through the pipeline in-process: what the daemon must find."""
-    from edge.bundle import load_bundle
-    from edge.interpreter import load_model
-    from edge.pipeline import Pipeline
-    from edge.signing import load_public_key
+    from edge.contract.bundle import load_bundle
+    from edge.contract.interpreter import load_model
+    from edge.detection.pipeline import Pipeline
+    from edge.contract.signing import load_public_key
     from edge.types import AudioBlock
 
     bundle = load_bundle(bundle_path, load_public_key(key))
@@ -210,10 +210,10 @@ def test_device_missing_at_start_then_appears(tmp_path, tones):
 
 def replay_pieces(bundle_path: Path, key: Path | None, pieces: list[np.ndarray], block: int = SR // 2):
     """Contiguous pieces with holes between them, through the pipeline: (detections, windows)."""
-    from edge.bundle import load_bundle
-    from edge.interpreter import load_model
-    from edge.pipeline import Pipeline
-    from edge.signing import load_public_key
+    from edge.contract.bundle import load_bundle
+    from edge.contract.interpreter import load_model
+    from edge.detection.pipeline import Pipeline
+    from edge.contract.signing import load_public_key
     from edge.types import AudioBlock
 
     bundle = load_bundle(bundle_path, load_public_key(key))

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.clips import ClipWriter
-from edge.health import Health
-from edge.notify import Notifier, Watchdog
-from edge.ringbuffer import RingBuffer
+from edge.outputs.clips import ClipWriter
+from edge.service.health import Health
+from edge.service.sdnotify import Notifier, Watchdog
+from edge.sources.ringbuffer import RingBuffer
 from edge.types import AudioBlock, Detection
 
 
@@ -266,13 +266,13 @@ def test_health_snapshot_fits_the_mqtt_status_schema(tmp_path):
 def test_new_model_version_with_the_same_network_starts_a_new_effort_row(tmp_path):
     """A bundle with a new version but the same model bytes (new thresholds, say) swapped in while
     listening: the session closes and a new one opens with the new version; health follows."""
-    from edge.bundle import load_bundle
+    from edge.contract.bundle import load_bundle
     from edge.config import parse_config
-    from edge.daemon import Daemon
-    from edge.interpreter import load_model
-    from edge.pipeline import Pipeline
-    from edge.signing import load_public_key
-    from edge.store import Store
+    from edge.service.daemon import Daemon
+    from edge.contract.interpreter import load_model
+    from edge.detection.pipeline import Pipeline
+    from edge.contract.signing import load_public_key
+    from edge.outputs.store import Store
     from fixtures_replay import make_tone_bundle, tone_bursts
 
     keys = tmp_path / "keys"

@@ -12,8 +12,8 @@ import time
 
 import paho.mqtt.publish as publish
 
-from edge.publisher import StoreThenPublish
-from edge.store import Store
+from edge.outputs.mqtt.publisher import StoreThenPublish
+from edge.outputs.store import Store
 from fixtures_mqtt import REPO, Collector, wait_until
 from mqtt_helpers import make_detections, start_publisher, validate
 
@@ -64,9 +64,9 @@ def test_garbage_and_oversized_messages_are_dropped_and_never_crash(tmp_path, mq
 PUBLISHER_PROCESS = textwrap.dedent("""
     import sys, time, threading
     sys.path.insert(0, {tests!r})
-    from edge.store import Store
+    from edge.outputs.store import Store
     from edge.config import MQTTConfig
-    from edge.publisher import Publisher
+    from edge.outputs.mqtt.publisher import Publisher
     cfg = MQTTConfig(enabled=True, host="127.0.0.1", port={port}, keepalive_s=5, client_id="dawnchorus-dev1")
     pub = Publisher(cfg, "dev1", Store({db!r}), health=lambda: {{"windows_processed": 1}})
     pub.start()

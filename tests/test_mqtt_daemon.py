@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from edge.store import Store
+from edge.outputs.store import Store
 from fixtures_mqtt import REPO
 from fixtures_replay import TONES, make_tone_bundle, noise, tone_bursts
 from mqtt_helpers import start_publisher, validate

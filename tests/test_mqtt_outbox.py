@@ -4,9 +4,9 @@ from __future__ import annotations
 import threading
 import time
 
-from edge.health import Health
-from edge.publisher import Publisher, StoreThenPublish
-from edge.store import Store
+from edge.service.health import Health
+from edge.outputs.mqtt.publisher import Publisher, StoreThenPublish
+from edge.outputs.store import Store
 from fixtures_mqtt import wait_until
 from mqtt_helpers import make_detections, mqtt_config, start_publisher, validate
 

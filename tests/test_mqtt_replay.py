@@ -6,7 +6,7 @@ import sys
 
 import yaml
 
-from edge.store import Store
+from edge.outputs.store import Store
 from fixtures_mqtt import REPO
 from mqtt_helpers import validate
 

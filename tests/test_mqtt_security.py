@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
-from edge.mqttclient import MQTTSetupError
-from edge.publisher import Publisher, StoreThenPublish
-from edge.store import Store
+from edge.outputs.mqtt.client import MQTTSetupError
+from edge.outputs.mqtt.publisher import Publisher, StoreThenPublish
+from edge.outputs.store import Store
 from fixtures_mqtt import REPO, make_password_file, make_test_ca, wait_until
 from mqtt_helpers import make_detections, mqtt_config, start_publisher, validate
 

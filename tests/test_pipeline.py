@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from fixtures_replay import SR, TONES, make_tone_bundle, noise, tone_bursts
 
-from edge.bundle import load_bundle
+from edge.contract.bundle import load_bundle
 from edge.config import DetectionConfig
-from edge.frontend import LogMel
-from edge.interpreter import load_model
-from edge.pipeline import Pipeline, PipelineError
-from edge.signing import load_public_key
+from edge.contract.frontend import LogMel
+from edge.contract.interpreter import load_model
+from edge.detection.pipeline import Pipeline, PipelineError
+from edge.contract.signing import load_public_key
 from edge.types import AudioBlock
 
 T0 = datetime(2024, 5, 1, 5, 30, tzinfo=timezone.utc)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edge.config import DetectionConfig, parse_config
-from edge.postprocess import ModelInfo, PostProcessor, SourceInfo, resolve_thresholds
+from edge.detection.postprocess import ModelInfo, PostProcessor, SourceInfo, resolve_thresholds
 
 LABELS = ["Aa_one", "Bb_two", "Cc_three"]
 T0 = datetime(2024, 5, 1, 5, 30, tzinfo=timezone.utc)

@@ -143,8 +143,8 @@ def test_bad_bundle_and_missing_path(tmp_path, tone_bundle_path):
 # -- the bundled demo with the bundled default model -------------------------------------------
 
 def _default_bundle(name: str = "default"):
-    from edge.bundle import load_bundle
-    from edge.signing import load_public_key
+    from edge.contract.bundle import load_bundle
+    from edge.contract.signing import load_public_key
 
     return load_bundle(MODELS / f"{name}.bundle", load_public_key(MODELS / "default.pub"))
 
@@ -198,7 +198,7 @@ def test_demo_replay_with_shipped_models(tmp_path, name):
 def test_replay_defaults_are_the_configs():
     """replay avoids importing the configuration (pydantic) without --config; its defaults must not drift."""
     from edge.config import Config
-    from edge.replay import DEFAULTS
+    from edge.cli.replay import DEFAULTS
 
     c = Config()
     assert DEFAULTS == {"bundle": c.model.bundle_path, "public_key": c.model.public_key_path,

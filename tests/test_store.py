@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from edge.store import DETECTION_COLUMNS, SCHEMA_VERSION, Store, StoreError
+from edge.outputs.store import DETECTION_COLUMNS, SCHEMA_VERSION, Store, StoreError
 from edge.types import Detection
 
 

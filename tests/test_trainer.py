@@ -9,10 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
-from edge.frontend import FrontendParams, LogMel
-from edge.interpreter import load_model
-from edge.signing import load_public_key
+from edge.contract.bundle import load_bundle
+from edge.contract.frontend import FrontendParams, LogMel
+from edge.contract.interpreter import load_model
+from edge.contract.signing import load_public_key
 from trainer.config import TrainConfigError, load_train_config, parse_train_config
 from trainer.data import (DatasetError, FrameCache, eval_windows, grouped_folds, grouped_split, load_audio,
                           read_dataset, window_features)
@@ -241,7 +241,7 @@ def test_evaluate_command_on_any_dataset(tiny_run, train_data, tmp_path, capsys)
         tiny_run.bundle_path, load_public_key(tiny_run.public_key_path)).sha256
     assert 0.0 <= m["recording_top1_accuracy"] <= 1.0
     # a wrong key is refused with the reason, and nothing is written
-    from edge.signing import generate_keypair
+    from edge.contract.signing import generate_keypair
 
     _, other = generate_keypair(tmp_path / "other")
     rc = main(["evaluate", "--bundle", str(tiny_run.bundle_path), "--data", str(train_data),
@@ -290,7 +290,7 @@ def test_distilled_tiny_run_names_its_teacher(train_data, tmp_path):
     from fixtures_trainer import TINY_CONFIG
     from trainer.train import run
 
-    from edge.signing import generate_keypair, load_private_key
+    from edge.contract.signing import generate_keypair, load_private_key
 
     cfg = parse_train_config({**TINY_CONFIG, "distill": {"teacher": "birdnet", "hop_s": 0.5}})
     cfg.data.cache_dir = tmp_path / "cache"

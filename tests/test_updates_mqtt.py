@@ -8,15 +8,15 @@ import jsonschema
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
-from edge.bundle import parse_bundle
+from edge.contract.bundle import parse_bundle
 from edge.config import parse_config
-from edge.modelstore import ModelStore
-from edge.payloads import load_schema
-from edge.publisher import Publisher
-from edge.pipeline import Pipeline
-from edge.store import Store
-from edge.topics import Topics
-from edge.updates import UpdateService, models_dir_for, resolve_startup
+from edge.service.modelstore import ModelStore
+from edge.outputs.mqtt.payloads import load_schema
+from edge.outputs.mqtt.publisher import Publisher
+from edge.detection.pipeline import Pipeline
+from edge.outputs.store import Store
+from edge.outputs.mqtt.topics import Topics
+from edge.service.updates import UpdateService, models_dir_for, resolve_startup
 from fixtures_mqtt import wait_until
 from fixtures_updates import Feeder, bad_bundles, clip_samples, make_bundle
 from trainer.push import push_bytes, topic_for

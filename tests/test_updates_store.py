@@ -11,11 +11,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edge.bundle import parse_bundle
+from edge.contract.bundle import parse_bundle
 from edge.config import DEFAULT_BUNDLE, parse_config
-from edge.modelstore import STATE_NAME, ModelStore, entry_for
-from edge.payloads import load_schema
-from edge.updates import UpdateService, compare_versions, resolve_startup
+from edge.service.modelstore import STATE_NAME, ModelStore, entry_for
+from edge.outputs.mqtt.payloads import load_schema
+from edge.service.updates import UpdateService, compare_versions, resolve_startup
 from fixtures_updates import make_bundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,9 +79,9 @@ def test_failed_rename_leaves_old_model_and_no_partial_file(tmp_path, team_keys,
 
 CRASHER = textwrap.dedent("""
     import os, signal, sys
-    from edge.bundle import parse_bundle
-    from edge.modelstore import ModelStore, entry_for
-    from edge.signing import load_private_key, load_public_key
+    from edge.contract.bundle import parse_bundle
+    from edge.service.modelstore import ModelStore, entry_for
+    from edge.contract.signing import load_private_key, load_public_key
     from fixtures_updates import make_bundle
     models, priv, pub, version, crash_on = sys.argv[1:6]
     real_replace = os.replace
@@ -163,8 +163,8 @@ def test_crash_loop_with_real_process_crashes(tmp_path, team_keys):
     script = textwrap.dedent("""
         import os, sys
         from edge.config import load_config
-        from edge.modelstore import ModelStore
-        from edge.updates import models_dir_for, resolve_startup
+        from edge.service.modelstore import ModelStore
+        from edge.service.updates import models_dir_for, resolve_startup
         cfg = load_config(sys.argv[1])
         running = resolve_startup(cfg, ModelStore(models_dir_for(cfg)))
         print(running.bundle.version, flush=True)

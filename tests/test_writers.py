@@ -5,8 +5,8 @@ import csv
 import io
 import json
 
-from edge.store import DETECTION_COLUMNS
-from edge.writers import RAVEN_COLUMNS, CSVWriter, JSONWriter, RavenWriter, TableWriter, make_writer
+from edge.outputs.store import DETECTION_COLUMNS
+from edge.outputs.writers import RAVEN_COLUMNS, CSVWriter, JSONWriter, RavenWriter, TableWriter, make_writer
 from edge.types import Detection
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.frontend import LogMel
+from edge.contract.frontend import LogMel
 
 from .config import AugmentSection
 from .data import Dataset, active_starts, frame_energy, pad_frames

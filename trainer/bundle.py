@@ -1,4 +1,4 @@
-"""Assemble and sign a model bundle from an int8 model (format: edge/bundle.py)."""
+"""Assemble and sign a model bundle from an int8 model (format: edge/contract/bundle.py)."""
 from __future__ import annotations
 
 import logging
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import Label, build_bundle
-from edge.frontend import FrontendParams
-from edge.interpreter import Int8Model
+from edge.contract.bundle import Label, build_bundle
+from edge.contract.frontend import FrontendParams
+from edge.contract.interpreter import Int8Model
 
 log = logging.getLogger(__name__)
 

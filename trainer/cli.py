@@ -10,7 +10,7 @@ log = logging.getLogger("trainer")
 
 
 def _train(args) -> int:
-    from edge.signing import load_private_key
+    from edge.contract.signing import load_private_key
 
     from .config import load_train_config
     from .train import run
@@ -43,7 +43,7 @@ def _evaluate(args) -> int:
 
 
 def _keygen(args) -> int:
-    from edge.signing import generate_keypair, key_id, load_public_key
+    from edge.contract.signing import generate_keypair, key_id, load_public_key
 
     priv, pub = generate_keypair(args.out, overwrite=args.force)
     print(f"private key: {priv} (keep it secret; sign bundles with it)")
@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.bundle import BundleError
-    from edge.signing import SigningKeyError
+    from edge.contract.bundle import BundleError
+    from edge.contract.signing import SigningKeyError
 
     from .config import TrainConfigError
     from .data import DatasetError

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edge.frontend import FrontendParams
+from edge.contract.frontend import FrontendParams
 
 
 class TrainConfigError(ValueError):
@@ -24,11 +24,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-_FRONTEND = FrontendParams()  # the defaults live in one place: edge/frontend.py
+_FRONTEND = FrontendParams()  # the defaults live in one place: edge/contract/frontend.py
 
 
 class FrontendSection(_Section):
-    """Front-end parameters (see edge/frontend.py); stored in the bundle."""
+    """Front-end parameters (see edge/contract/frontend.py); stored in the bundle."""
     sample_rate: int = _FRONTEND.sample_rate
     n_fft: int = _FRONTEND.n_fft
     hop_length: int = _FRONTEND.hop_length

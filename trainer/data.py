@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.frontend import FrontendParams, LogMel
+from edge.contract.frontend import FrontendParams, LogMel
 
 log = logging.getLogger(__name__)
 

@@ -130,7 +130,7 @@ def score_keras(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
 
 def score_int8(model_bytes: bytes, x: np.ndarray, num_threads: int = 2, output_kind: str = "probability") -> np.ndarray:
     """Scores of a full-integer model through the edge's interpreter (same quantize/dequantize)."""
-    from edge.interpreter import Int8Model
+    from edge.contract.interpreter import Int8Model
 
     m = Int8Model(model_bytes, num_threads=num_threads, output_kind=output_kind)
     return m.predict_batch(x)

@@ -15,17 +15,17 @@ def _public_key_path(bundle: Path, given) -> Path:
     for cand in (bundle.with_suffix(".pub"), bundle.parent / "key" / "signing.pub", bundle.parent / "signing.pub"):
         if cand.is_file():
             return cand
-    from edge.bundle import BundleError
+    from edge.contract.bundle import BundleError
 
     raise BundleError(f"no public key for {bundle}: pass --public-key (looked for {bundle.with_suffix('.pub')})")
 
 
 def evaluate_bundle(bundle_path, data, out, *, public_key=None, hop_s=None, cache_dir=None, num_threads=2,
                     progress=True) -> dict:
-    from edge.bundle import load_bundle
-    from edge.frontend import LogMel
-    from edge.interpreter import load_model
-    from edge.signing import load_public_key
+    from edge.contract.bundle import load_bundle
+    from edge.contract.frontend import LogMel
+    from edge.contract.interpreter import load_model
+    from edge.contract.signing import load_public_key
 
     from .data import FrameCache, eval_windows, read_dataset, window_features
     from .evaluate import compute_metrics

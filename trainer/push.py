@@ -29,10 +29,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.bundle import BundleError, parse_bundle
+from edge.contract.bundle import BundleError, parse_bundle
 from edge.config import Config, ConfigError, load_config
-from edge.signing import SigningKeyError, load_public_key
-from edge.topics import Topics
+from edge.contract.signing import SigningKeyError, load_public_key
+from edge.outputs.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def topic_for(cfg: Config, channel: str | None, device: str | None) -> str:
 
 def _password(cfg: Config) -> str | None:
     """The broker password, read as the edge reads it (file or environment, never the config itself)."""
-    from edge.mqttclient import MQTTSetupError, read_password
+    from edge.outputs.mqtt.client import MQTTSetupError, read_password
 
     try:
         return read_password(cfg.mqtt)

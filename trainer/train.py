@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.frontend import LogMel
+from edge.contract.frontend import LogMel
 
 from .augment import WindowSampler
 from .config import TrainConfig
@@ -333,7 +333,7 @@ def _teacher_name() -> str:
 
 
 def _key_for(out: Path, cfg: TrainConfig):
-    from edge.signing import generate_keypair, load_private_key
+    from edge.contract.signing import generate_keypair, load_private_key
 
     if cfg.bundle.signing_key:
         return load_private_key(cfg.bundle.signing_key)

@@ -27,8 +27,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..types import AudioBlock, AudioSource
-from .resample import StreamResampler
+from edge.types import AudioBlock, AudioSource
+from edge.sources.resample import StreamResampler
 
 log = logging.getLogger(__name__)
 

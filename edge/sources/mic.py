@@ -28,9 +28,9 @@ from typing import Iterator
 
 import numpy as np
 
-from ..ringbuffer import RingBuffer
-from ..types import AudioBlock, AudioSource
-from .resample import StreamResampler
+from edge.sources.ringbuffer import RingBuffer
+from edge.types import AudioBlock, AudioSource
+from edge.sources.resample import StreamResampler
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import MQTTConfig
+from edge.config import MQTTConfig
 
 log = logging.getLogger(__name__)
 

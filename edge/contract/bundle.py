@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from .frontend import FrontendError, FrontendParams
-from .signing import key_id, verify
+from edge.contract.frontend import FrontendError, FrontendParams
+from edge.contract.signing import key_id, verify
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The live daemon: configuration -> model -> microphone -> pipeline -> store (+ clips, + services).
 
 ``Daemon(cfg).run()`` wires the parts and owns the threads and the one stop
-event. Start order: store, model (``edge.updates.resolve_startup``: active,
+event. Start order: store, model (``edge.service.updates.resolve_startup``: active,
 previous, configured, bundled default), pipeline, clips, the services
 (``SERVICE_FACTORIES``: MQTT publisher, model updates...), the watchdog, and
 last the microphone. The processing loop runs on the calling thread:
@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
-from .config import Config
-from .health import Health
-from .notify import Notifier, Watchdog
-from .types import AudioBlock, Detection
+from edge.config import Config
+from edge.service.health import Health
+from edge.service.sdnotify import Notifier, Watchdog
+from edge.types import AudioBlock, Detection
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,10 @@ class DaemonContext:
     cfg: Config
     stop: threading.Event
     health: Health
-    store: Any  # edge.store.Store
-    pipeline: Any  # edge.pipeline.Pipeline (set_model is thread-safe)
-    running: Any  # edge.updates.Running: the model in use
-    model_store: Any  # edge.modelstore.ModelStore
+    store: Any  # edge.outputs.store.Store
+    pipeline: Any  # edge.detection.pipeline.Pipeline (set_model is thread-safe)
+    running: Any  # edge.service.updates.Running: the model in use
+    model_store: Any  # edge.service.modelstore.ModelStore
     services: dict = field(default_factory=dict)  # name -> service started before this one
 
 
@@ -69,8 +69,8 @@ ServiceFactory = Callable[[DaemonContext], Optional[Any]]
 def mqtt_service(ctx: DaemonContext):
     if not ctx.cfg.mqtt.enabled:
         return None
-    from .publisher import Publisher
-    from .store import Store
+    from edge.outputs.mqtt.publisher import Publisher
+    from edge.outputs.store import Store
 
     path = ctx.cfg.store.path
     return Publisher.from_config(ctx.cfg, lambda: Store(path), health=ctx.health.snapshot, stop=ctx.stop)
@@ -81,7 +81,7 @@ def updates_service(ctx: DaemonContext):
     # model is healthy and records clean stops (which are not crashes). It subscribes to the
     # model topics only with MQTT on and updates.enabled.
     pub = ctx.services.get("mqtt")
-    from .updates import UpdateService
+    from edge.service.updates import UpdateService
 
     return UpdateService(ctx.cfg, ctx.model_store, ctx.running, ctx.pipeline, publisher=pub,
                          topics=getattr(pub, "topics", None), stop_event=ctx.stop,
@@ -164,11 +164,11 @@ class Daemon:
 
     # -- start-up ----------------------------------------------------------------
     def setup(self) -> None:
-        from .modelstore import ModelStore
-        from .pipeline import Pipeline
-        from .sources.mic import MicSource
-        from .store import Store
-        from .updates import models_dir_for, resolve_startup
+        from edge.service.modelstore import ModelStore
+        from edge.detection.pipeline import Pipeline
+        from edge.sources.mic import MicSource
+        from edge.outputs.store import Store
+        from edge.service.updates import models_dir_for, resolve_startup
 
         cfg = self.cfg
         self.store = Store(cfg.store.path)
@@ -180,7 +180,7 @@ class Daemon:
                                  device_id=cfg.device_id)
         self.sinks = [self.store]
         if cfg.clips.enabled:
-            from .clips import ClipWriter
+            from edge.outputs.clips import ClipWriter
 
             self.clips = ClipWriter(cfg.clips.dir, self.pipeline.sample_rate, padding_s=cfg.clips.padding_s,
                                     max_disk_mb=cfg.clips.max_disk_mb)

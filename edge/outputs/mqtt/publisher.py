@@ -29,16 +29,16 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
 
-from . import payloads
-from .config import Config, MQTTConfig
-from .mqttclient import Handler, MQTTClient
-from .topics import Topics
+from edge.outputs.mqtt import payloads
+from edge.config import Config, MQTTConfig
+from edge.outputs.mqtt.client import Handler, MQTTClient
+from edge.outputs.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 
 
 class Outbox(Protocol):
-    """What the publisher needs from the store (``edge.store.Store`` has it)."""
+    """What the publisher needs from the store (``edge.outputs.store.Store`` has it)."""
 
     def unpublished(self, limit: int) -> Sequence[Mapping[str, Any]]: ...  # oldest first
     def mark_published(self, ids: Sequence[str], when: str) -> Any: ...
@@ -438,7 +438,7 @@ class StoreThenPublish:
 
 def start_for_replay(cfg: MQTTConfig, device_id: str, db_path, location: Any = None) -> Publisher:
     """A publisher that drains the replay's store (its own connection); raises MQTTSetupError."""
-    from .store import Store
+    from edge.outputs.store import Store
 
     pub = Publisher(cfg, device_id, lambda: Store(db_path), location=location, poll_s=0.5)
     pub.start()

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from .types import Detection
+from edge.types import Detection
 
 log = logging.getLogger(__name__)
 

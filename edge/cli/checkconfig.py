@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from .config import ConfigError, load_config
+    from edge.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.file)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .types import AudioBlock, Detection, DetectionSink
+from edge.types import AudioBlock, Detection, DetectionSink
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import logging
 import sys
 
 COMMANDS = [
-    "edge.replay",
-    "edge.run",
-    "edge.checkconfig",
-    "edge.devices",
+    "edge.cli.replay",
+    "edge.cli.run",
+    "edge.cli.checkconfig",
+    "edge.cli.devices",
 ]
 
 

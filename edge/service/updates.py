@@ -8,11 +8,11 @@ interpreter, and a crash loop after the last swap rolls back first.
 While running, ``UpdateService`` takes bundles from the MQTT topics
 ``<prefix>/models/<channel>`` and ``<prefix>/<device_id>/model/set`` and, on
 its own thread, checks each one in order: size, signature (the configured
-team key), hashes, front-end and tensor shapes (``edge.bundle``), not the
+team key), hashes, front-end and tensor shapes (``edge.contract.bundle``), not the
 active one already, not older unless allowed, not a model this device rolled
 back from, runnable by this pipeline; then loads it in a second interpreter
 and runs its self-test vector while the old model keeps detecting. Only then
-is it installed (``edge.modelstore``) and handed to the pipeline, which swaps
+is it installed (``edge.service.modelstore``) and handed to the pipeline, which swaps
 between two windows. Any failure leaves the old model running, and the
 retained report on ``<prefix>/<device_id>/model`` says what was tried,
 whether it was accepted and why.
@@ -30,11 +30,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .bundle import Bundle, BundleError, load_bundle, parse_bundle
-from .config import DEFAULT_BUNDLE, DEFAULT_PUBLIC_KEY, Config
-from .interpreter import InterpreterError, load_model
-from .modelstore import ModelStore, entry_for, utc_now
-from .signing import SigningKeyError, load_public_key
+from edge.contract.bundle import Bundle, BundleError, load_bundle, parse_bundle
+from edge.config import DEFAULT_BUNDLE, DEFAULT_PUBLIC_KEY, Config
+from edge.contract.interpreter import InterpreterError, load_model
+from edge.service.modelstore import ModelStore, entry_for, utc_now
+from edge.contract.signing import SigningKeyError, load_public_key
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ migrations that reach it in ``MIGRATIONS`` below (the only place the SQL
 schema lives). Opening a store migrates it; a store newer than this code is
 refused rather than guessed at.
 
-Detections are keyed by their stable ``id`` (see ``edge.postprocess``):
+Detections are keyed by their stable ``id`` (see ``edge.detection.postprocess``):
 inserting one that is already there changes nothing, so replays and
 retries never duplicate. ``seq`` orders rows by insertion; the outbox is the
 rows whose ``published_utc`` is NULL, drained oldest first.
@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
-from .types import Detection, DetectionSink
+from edge.types import Detection, DetectionSink
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .postprocess import ID_NAMESPACE, iso_utc
-from .sources import AUDIO_EXTENSIONS, FileSource, SourceError, find_audio_files
-from .writers import FORMATS
+from edge.detection.postprocess import ID_NAMESPACE, iso_utc
+from edge.sources import AUDIO_EXTENSIONS, FileSource, SourceError, find_audio_files
+from edge.outputs.writers import FORMATS
 
 log = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 DEMO_DIR = PACKAGE_DIR / "demo"
 # edge.config's defaults, used when no --config is given: importing pydantic for the
 # configuration costs about 18 MB of the replay's 100 MB budget (a test keeps them equal).
@@ -227,7 +227,7 @@ def _settings(args) -> dict | None:
     """Defaults, then --config, then the command line; None (after a message) if the config is bad."""
     s = dict(DEFAULTS, detection=None, store=None, mqtt=None, location=None, channel=None)
     if args.config:
-        from .config import ConfigError, load_config
+        from edge.config import ConfigError, load_config
 
         try:
             cfg = load_config(args.config)
@@ -249,11 +249,11 @@ def run(args) -> int:
     cfg = _settings(args)
     if cfg is None:
         return 2
-    from .bundle import BundleError, load_bundle
-    from .interpreter import InterpreterError, load_model
-    from .pipeline import Pipeline, PipelineError
-    from .signing import SigningKeyError, load_public_key
-    from .writers import make_writer
+    from edge.contract.bundle import BundleError, load_bundle
+    from edge.contract.interpreter import InterpreterError, load_model
+    from edge.detection.pipeline import Pipeline, PipelineError
+    from edge.contract.signing import SigningKeyError, load_public_key
+    from edge.outputs.writers import make_writer
 
     threads = cfg["num_threads"]
     start_utc = None
@@ -286,7 +286,7 @@ def run(args) -> int:
     store = None
     db_path = None
     if not args.no_db:
-        from .store import Store, StoreError
+        from edge.outputs.store import Store, StoreError
 
         db_path = args.db or cfg["store"] or default_db_path()
         try:
@@ -301,13 +301,13 @@ def run(args) -> int:
         print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
-    publisher = None  # MQTT (edge.publisher): drains the store's outbox while the replay fills it
+    publisher = None  # MQTT (edge.outputs.mqtt.publisher): drains the store's outbox while the replay fills it
     if getattr(args, "mqtt", False) and cfg["mqtt"] is None:
         print("error: --mqtt needs --config FILE with an mqtt section (host, port, ...)", file=sys.stderr)
         return 2
     if store is not None and cfg["mqtt"] is not None and (args.mqtt or cfg["mqtt"].enabled):
-        from .mqttclient import MQTTSetupError
-        from .publisher import start_for_replay
+        from edge.outputs.mqtt.client import MQTTSetupError
+        from edge.outputs.mqtt.publisher import start_for_replay
 
         try:
             publisher = start_for_replay(cfg["mqtt"], cfg["device_id"], db_path, cfg["location"])
@@ -331,7 +331,7 @@ def run(args) -> int:
         stats.wall_s = time.perf_counter() - t0
         writer.close()
         if publisher is not None:
-            from .publisher import drain_and_stop
+            from edge.outputs.mqtt.publisher import drain_and_stop
 
             drain_and_stop(publisher, args.mqtt_wait)
         if store is not None:

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from .sources.mic import list_input_devices, supported_rates
+    from edge.sources.mic import list_input_devices, supported_rates
 
     devices = list_input_devices()
     for d in devices:

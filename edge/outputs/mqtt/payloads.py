@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from typing import Any, Mapping, Optional
 
-from .topics import Topics
+from edge.outputs.mqtt.topics import Topics
 
 DETECTION_SCHEMA = "dawnchorus/detection/1"
 STATUS_SCHEMA = "dawnchorus/status/1"

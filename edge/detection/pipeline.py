@@ -29,9 +29,9 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from .frontend import LogMel
-from .postprocess import ModelInfo, PostProcessor, SourceInfo, unknown_labels
-from .types import AudioBlock, AudioSource, Detection, DetectionSink
+from edge.contract.frontend import LogMel
+from edge.detection.postprocess import ModelInfo, PostProcessor, SourceInfo, unknown_labels
+from edge.types import AudioBlock, AudioSource, Detection, DetectionSink
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ def setup_logging(level: str, verbose: int) -> None:
 
 
 def main(args) -> int:
-    from .config import ConfigError, load_config
+    from edge.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.config)
@@ -42,10 +42,10 @@ def main(args) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     setup_logging(cfg.logging.level, getattr(args, "verbose", 0))
-    from .daemon import Daemon
-    from .store import StoreError
-    from .mqttclient import MQTTSetupError
-    from .updates import UpdateError
+    from edge.service.daemon import Daemon
+    from edge.outputs.store import StoreError
+    from edge.outputs.mqtt.client import MQTTSetupError
+    from edge.service.updates import UpdateError
 
     daemon = Daemon(cfg, duration_s=args.duration)
     daemon.install_signals()

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from .store import DETECTION_COLUMNS
-from .types import Detection, DetectionSink
+from edge.outputs.store import DETECTION_COLUMNS
+from edge.types import Detection, DetectionSink
 
 FORMATS = ("table", "csv", "json", "raven")
 
