@@ -29,7 +29,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from edge.types import AudioBlock, AudioSource
-from edge.sources.resample import StreamResampler
+from edge.sources.resample import FileResampler
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,9 @@ class FileSource(AudioSource):
     def blocks(self, stop: threading.Event | None = None) -> Iterator[AudioBlock]:
         """Yield blocks of about ``block_s`` seconds; SourceError if decoding fails part-way."""
         where = str(self.path)
-        resampler = StreamResampler(self.file_rate, self.sample_rate) if self.file_rate != self.sample_rate else None
+        resampler = FileResampler(self.file_rate, self.sample_rate) if self.file_rate != self.sample_rate else None
         block_frames = max(1, int(self.block_s * self.file_rate))
+        out_frames = max(1, int(self.block_s * self.sample_rate))
         out_pos = 0  # output samples yielded
         read = 0
         try:
@@ -178,10 +179,11 @@ class FileSource(AudioSource):
                     mono = resampler.process(mono)
                     if last:
                         mono = np.concatenate([mono, resampler.flush()])
-                if len(mono):
+                for i in range(0, len(mono), out_frames):  # the resampler completes 10 s at a time
+                    part = mono[i : i + out_frames]
                     offset = out_pos / self.sample_rate
-                    yield AudioBlock(mono, self.start_utc + timedelta(seconds=offset), offset)
-                    out_pos += len(mono)
+                    yield AudioBlock(part, self.start_utc + timedelta(seconds=offset), offset)
+                    out_pos += len(part)
                 if last:
                     break
         finally:
