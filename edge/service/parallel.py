@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -62,6 +63,17 @@ class WorkSettings:
     start_utc: Optional[datetime] = None
     timezone: Optional[str] = None
     threads: int = 1
+    #: the bundle and public key themselves, for workers on other machines (a cluster); else read from the paths
+    bundle_data: Optional[bytes] = field(default=None, repr=False)
+    public_key_data: Optional[bytes] = field(default=None, repr=False)
+
+    def with_data(self) -> "WorkSettings":
+        """These settings carrying the bundle's and the key's bytes (workers need not see the paths)."""
+        from dataclasses import replace
+        from pathlib import Path
+
+        return replace(self, bundle_data=Path(self.bundle).read_bytes(),
+                       public_key_data=Path(self.public_key).read_bytes())
 
     def open(self, path: str, sample_rate: int, span: Optional[tuple[int, Optional[int]]] = None) -> FileSource:
         kw = {"timezone": self.timezone} if self.timezone is not None else {}
@@ -156,24 +168,31 @@ def plan(sources: Sequence[tuple[int, FileSource]], bundle, overlap_s: Optional[
 
 # -- the work (worker) -------------------------------------------------------------------
 
-_PIPELINES: dict[tuple, Any] = {}
+_LOCAL = threading.local()  # one pipeline per worker thread (a Dask worker may run several)
 
 
 def _pipeline(s: WorkSettings):
-    """The worker's pipeline for these settings, built once per process."""
-    key = (s.bundle, s.public_key, s.max_bundle_bytes, s.overlap_s, repr(s.detection), s.device_id, s.threads)
-    p = _PIPELINES.get(key)
-    if p is None:
-        from edge.contract.bundle import load_bundle
-        from edge.contract.interpreter import load_model
-        from edge.contract.signing import load_public_key
-        from edge.detection.pipeline import Pipeline
+    """The worker's pipeline for these settings, built once per process (per thread)."""
+    key = (s.bundle, s.public_key, s.max_bundle_bytes, s.overlap_s, repr(s.detection), s.device_id, s.threads,
+           hash(s.bundle_data))
+    cached = getattr(_LOCAL, "pipeline", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    from edge.contract.bundle import load_bundle, parse_bundle
+    from edge.contract.interpreter import load_model
+    from edge.contract.signing import load_public_key
+    from edge.detection.pipeline import Pipeline
 
+    if s.bundle_data is not None:
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        bundle = parse_bundle(s.bundle_data, load_pem_public_key(s.public_key_data), path=s.bundle,
+                              max_bytes=s.max_bundle_bytes)
+    else:
         bundle = load_bundle(s.bundle, load_public_key(s.public_key), max_bytes=s.max_bundle_bytes)
-        p = Pipeline(bundle, load_model(bundle, num_threads=s.threads), detection=s.detection,
-                     overlap_s=s.overlap_s, device_id=s.device_id)
-        _PIPELINES.clear()
-        _PIPELINES[key] = p
+    p = Pipeline(bundle, load_model(bundle, num_threads=s.threads), detection=s.detection,
+                 overlap_s=s.overlap_s, device_id=s.device_id)
+    _LOCAL.pipeline = (key, p)
     return p
 
 
