@@ -38,6 +38,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
 from edge.outputs.mqtt import payloads
 from edge.config import Config, MQTTConfig
 from edge.outputs.mqtt.client import Handler, MQTTClient
+from edge.outputs.mqtt.discovery import Discovery
 from edge.outputs.mqtt.topics import Topics
 from edge.service.clock import OutboxClock
 
@@ -70,7 +71,8 @@ class Publisher:
 
     def __init__(self, cfg: MQTTConfig, device_id: str, outbox: Union[Outbox, Callable[[], Outbox]], *,
                  location: Any = None, health: HealthSource = None, stop: Optional[threading.Event] = None,
-                 sw_version: str = "", batch: int = 50, max_inflight: int = 100, poll_s: float = 5.0):
+                 sw_version: str = "", batch: int = 50, max_inflight: int = 100, poll_s: float = 5.0,
+                 state_dir: Any = None):
         self.cfg = cfg
         self.device_id = device_id
         self.topics = Topics(cfg.prefix, device_id, cfg.homeassistant.discovery_prefix)
@@ -80,6 +82,8 @@ class Publisher:
         self._health = health
         self.stop_event = stop or threading.Event()
         self.sw_version = sw_version
+        self.ha = Discovery.for_publisher(cfg, self.topics, location=location, sw_version=sw_version,
+                                          state_dir=state_dir)
         self._batch = batch
         self._max_inflight = max_inflight
         self._poll_s = poll_s
@@ -116,7 +120,7 @@ class Publisher:
 
     @classmethod
     def from_config(cls, config: Config, outbox, **kw) -> "Publisher":
-        return cls(config.mqtt, config.device_id, outbox, location=config.location, **kw)
+        return cls(config.mqtt, config.device_id, outbox, location=config.location, state_dir=config.state_dir, **kw)
 
     # ---- service ---------------------------------------------------------
     def start(self) -> None:
@@ -249,6 +253,7 @@ class Publisher:
         if self._send(self.topics.detections, payloads.encode(msg), 1, False, det_id) is None:
             return False
         self.stats["published"] += 1
+        self.ha.sent(msg, self)
         return True
 
     # ---- the outbox thread -------------------------------------------------
@@ -328,8 +333,7 @@ class Publisher:
             log.info("MQTT: %d detections waiting in the outbox; sending them at up to %g/s",
                      depth, self.cfg.max_backlog_rate)
         self.publish_health()
-        if self.cfg.homeassistant.enabled:
-            self._publish_discovery()
+        self.ha.connected(self)
 
     def _send_live(self) -> None:
         while self._live:
@@ -377,7 +381,7 @@ class Publisher:
             self._outbox.mark_published(ids, payloads.utc_now(), self._clock.now())
             self.stats["acked"] += len(ids)
 
-    # ---- status, health, discovery -------------------------------------------
+    # ---- status and health -----------------------------------------------------
     def health(self) -> dict:
         h: dict[str, Any] = {}
         src = self._health
@@ -408,11 +412,6 @@ class Publisher:
         self._next_health = time.monotonic() + self.cfg.health_interval_s
         msg = payloads.status(self.device_id, "online", self.health(), self.mqtt_stats())
         self._send(self.topics.status, payloads.encode(msg), 1, True, None)
-
-    def _publish_discovery(self) -> None:
-        name = getattr(self.location, "name", "") if self.location is not None else ""
-        for topic, config in payloads.ha_discovery(self.topics, name, self.sw_version).items():
-            self._send(topic, payloads.encode(config), 1, True, None)
 
     def _shutdown(self, timeout: float) -> None:
         """On stop: the last live detections, offline status, a short wait for acks, record them."""
