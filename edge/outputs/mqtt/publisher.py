@@ -11,9 +11,15 @@ consumers de-duplicate on the detection ``id``.
 A PUBACK is not the end of the story: a broker that crashes can lose messages
 it acknowledged but had not yet delivered or saved. So after a connection loss
 this side did not ask for (no DISCONNECT from the broker either), the
-detections acknowledged in the last ``resend_window_s`` seconds of that
-connection (counted back from its last acknowledgement) go back to the outbox
-(``Store.requeue_published_since``) and the backlog sends them again.
+detections FIRST acknowledged in the last ``resend_window_s`` seconds
+(counted back from the last acknowledgement) go back to the outbox
+(``Store.requeue_acked_since``) and the backlog sends them again, after the
+never-sent backlog. The window is measured on ``edge.service.clock.OutboxClock``
+(monotonic, continued across restarts from the store's last acknowledgement)
+and the first acknowledgement's time is stored (``acked_t``): a device restart
+or a clock step does not move an acknowledgement out of the window, and a
+re-send does not refresh it (crashes less than a window apart do not send
+everything again each time).
 
 The status topic is retained: ``online`` with health on connect and every
 ``health_interval_s``; ``offline`` as the last will (and on a clean stop).
@@ -34,6 +40,7 @@ from edge.config import Config, MQTTConfig
 from edge.outputs.mqtt.client import Handler, MQTTClient
 from edge.outputs.mqtt.discovery import Discovery
 from edge.outputs.mqtt.topics import Topics
+from edge.service.clock import OutboxClock
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +49,9 @@ class Outbox(Protocol):
     """What the publisher needs from the store (``edge.outputs.store.Store`` has it)."""
 
     def unpublished(self, limit: int) -> Sequence[Mapping[str, Any]]: ...  # oldest first
-    def mark_published(self, ids: Sequence[str], when: str) -> Any: ...
-    def requeue_published_since(self, since_utc: str) -> Sequence[str]: ...
+    def mark_published(self, ids: Sequence[str], when: str, acked_t: Optional[float] = None) -> Any: ...
+    def requeue_acked_since(self, since_t: float) -> Sequence[str]: ...
+    def last_acked_t(self) -> Optional[float]: ...
     def outbox_depth(self) -> int: ...
 
 
@@ -97,7 +105,8 @@ class Publisher:
         self._last_poll = 0.0
         self._recent = collections.OrderedDict()  # recently acknowledged ids: no live re-send
         self._started = time.monotonic()
-        self._last_ack_wall: Optional[float] = None  # time.time() of the broker's last acknowledgement
+        self._clock = OutboxClock()  # the re-send window's time (continued from the store's once it is open)
+        self._last_ack_t: Optional[float] = None  # OutboxClock time of the broker's last acknowledgement
         self._requeue_since: Optional[float] = None  # set on an unclean loss: re-send what was acked since
         self._drain: Optional[dict] = None
         #: one entry per reconnect: backlog at connect and seconds until drained
@@ -166,7 +175,7 @@ class Publisher:
     def _on_ack(self, mid: int, ok: bool, reason: str) -> None:
         with self._lock:
             if ok:
-                self._last_ack_wall = time.time()
+                self._last_ack_t = self._clock.now()
             if mid not in self._inflight:
                 self._early_acks[mid] = (ok, reason)
                 return
@@ -183,9 +192,9 @@ class Publisher:
         """The connection ended (network thread). Unclean: the broker may have lost what it acknowledged."""
         window = self.cfg.resend_window_s
         with self._lock:
-            if not unclean or window <= 0 or self._last_ack_wall is None:
+            if not unclean or window <= 0 or self._last_ack_t is None:
                 return
-            since = min(self._last_ack_wall, time.time()) - window
+            since = self._last_ack_t - window
             if self._requeue_since is None or since < self._requeue_since:
                 self._requeue_since = since
         self._wake.set()
@@ -251,9 +260,14 @@ class Publisher:
     def _run(self) -> None:
         try:
             self._outbox = self._open_outbox()
+            last = self._outbox.last_acked_t()
         except Exception:
             log.exception("MQTT: cannot open the outbox; nothing will be published")
             return
+        with self._lock:  # acknowledgements from before a restart stay in the window
+            self._clock.continue_from(last)
+            if last is not None and (self._last_ack_t is None or self._last_ack_t < last):
+                self._last_ack_t = last
         while not self.stop_event.is_set():
             try:
                 self._step()
@@ -296,9 +310,8 @@ class Publisher:
             self.publish_health()
 
     def _requeue(self, since: float) -> None:
-        """Back to the outbox: what was acknowledged since ``since`` (wall clock) on a connection lost uncleanly."""
-        since_utc = datetime.fromtimestamp(since, timezone.utc).isoformat(timespec="milliseconds")
-        ids = self._outbox.requeue_published_since(since_utc.replace("+00:00", "Z"))
+        """Back to the outbox: what was first acknowledged since ``since`` (OutboxClock), after an unclean loss."""
+        ids = self._outbox.requeue_acked_since(since)
         with self._lock:
             for i in ids:
                 self._recent.pop(i, None)
@@ -315,7 +328,7 @@ class Publisher:
         self._tokens = 0.0
         self._last_refill = now
         depth = self._outbox.outbox_depth()
-        self._drain = {"connected_at": time.time(), "backlog": depth, "drained_s": None} if depth else None
+        self._drain = {"connected_at": time.monotonic(), "backlog": depth, "drained_s": None} if depth else None
         if depth:
             log.info("MQTT: %d detections waiting in the outbox; sending them at up to %g/s",
                      depth, self.cfg.max_backlog_rate)
@@ -355,7 +368,7 @@ class Publisher:
             waiting = len(self._inflight_ids)
         self._backlog_pending = sent > 0 or waiting > 0
         if not self._backlog_pending and self._drain is not None:
-            self._drain["drained_s"] = round(time.time() - self._drain["connected_at"], 3)
+            self._drain["drained_s"] = round(time.monotonic() - self._drain["connected_at"], 3)
             self.drains.append(self._drain)
             log.info("MQTT: outbox drained: %d detections in %.1fs after reconnecting",
                      self._drain["backlog"], self._drain["drained_s"])
@@ -365,7 +378,7 @@ class Publisher:
         with self._lock:
             ids, self._acked = self._acked, []
         if ids:
-            self._outbox.mark_published(ids, payloads.utc_now())
+            self._outbox.mark_published(ids, payloads.utc_now(), self._clock.now())
             self.stats["acked"] += len(ids)
 
     # ---- status and health -----------------------------------------------------
