@@ -97,12 +97,16 @@ class Outbox(Protocol):
         """Stored detections not yet acknowledged by the broker, oldest first."""
         ...
 
-    def mark_published(self, ids: Sequence[str], when: str) -> int:
-        """Record the broker's acknowledgement of ``ids`` at ``when`` (UTC text)."""
+    def mark_published(self, ids: Sequence[str], when: str | None = None, acked_t: float | None = None) -> int:
+        """Record the broker's acknowledgement of ``ids``: ``when`` (UTC text), ``acked_t`` (outbox clock)."""
         ...
 
-    def requeue_published_since(self, since_utc: str) -> Sequence[str]:
-        """Put back what was acknowledged at or after ``since_utc``; returns the ids."""
+    def requeue_acked_since(self, since_t: float) -> Sequence[str]:
+        """Put back what was first acknowledged at or after ``since_t`` (outbox clock); returns the ids."""
+        ...
+
+    def last_acked_t(self) -> float | None:
+        """The latest first acknowledgement stored (outbox clock), or None."""
         ...
 
     def outbox_depth(self) -> int:

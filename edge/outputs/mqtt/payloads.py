@@ -11,7 +11,6 @@ from importlib import resources
 from typing import Any, Mapping, Optional
 
 from edge.contract.record import Detection, utc_now
-from edge.outputs.mqtt.topics import Topics
 
 DETECTION_SCHEMA = "dawnchorus/detection/1"
 STATUS_SCHEMA = "dawnchorus/status/1"
@@ -74,52 +73,6 @@ def status(device_id: str, state: str, health: Optional[Mapping[str, Any]] = Non
 
 def _is_scalar(v: Any) -> bool:
     return v is None or isinstance(v, (str, int, float, bool))
-
-
-def ha_discovery(topics: Topics, location_name: str = "", sw_version: str = "") -> dict[str, dict]:
-    """Home Assistant discovery configs, by config topic: last species and detections count."""
-    device = {
-        "identifiers": [topics.ha_node_id],
-        "name": f"dawnchorus {topics.device_id}" + (f" ({location_name})" if location_name else ""),
-        "manufacturer": "dawnchorus",
-        "model": "passive acoustic bird recorder",
-    }
-    if sw_version:
-        device["sw_version"] = sw_version
-    availability = {
-        "availability_topic": topics.status,
-        "availability_template": "{{ value_json.state }}",
-        "payload_available": "online",
-        "payload_not_available": "offline",
-    }
-    return {
-        topics.ha_last_species: {
-            "name": "Last species",
-            "unique_id": f"{topics.ha_node_id}_last_species",
-            "object_id": f"{topics.ha_node_id}_last_species",
-            "state_topic": topics.detections,
-            "value_template": "{{ value_json.common_name or value_json.label }}",
-            "json_attributes_topic": topics.detections,
-            "json_attributes_template": (
-                "{{ {'label': value_json.label, 'score': value_json.score, "
-                "'start_utc': value_json.start_utc, 'id': value_json.id} | tojson }}"),
-            "icon": "mdi:bird",
-            "device": device,
-            **availability,
-        },
-        topics.ha_detections_count: {
-            "name": "Detections",
-            "unique_id": f"{topics.ha_node_id}_detections_count",
-            "object_id": f"{topics.ha_node_id}_detections_count",
-            "state_topic": topics.status,
-            "value_template": "{{ value_json.health.detections_total if value_json.health is defined else this.state }}",
-            "state_class": "total_increasing",
-            "unit_of_measurement": "detections",
-            "icon": "mdi:counter",
-            "device": device,
-            **availability,
-        },
-    }
 
 
 def load_schema(name: str) -> dict:

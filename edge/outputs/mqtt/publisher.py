@@ -11,9 +11,15 @@ consumers de-duplicate on the detection ``id``.
 A PUBACK is not the end of the story: a broker that crashes can lose messages
 it acknowledged but had not yet delivered or saved. So after a connection loss
 this side did not ask for (no DISCONNECT from the broker either), the
-detections acknowledged in the last ``resend_window_s`` seconds of that
-connection (counted back from its last acknowledgement) go back to the outbox
-(``Store.requeue_published_since``) and the backlog sends them again.
+detections FIRST acknowledged in the last ``resend_window_s`` seconds
+(counted back from the last acknowledgement) go back to the outbox
+(``Store.requeue_acked_since``) and the backlog sends them again, after the
+never-sent backlog. The window is measured on ``edge.service.clock.OutboxClock``
+(monotonic, continued across restarts from the store's last acknowledgement)
+and the first acknowledgement's time is stored (``acked_t``): a device restart
+or a clock step does not move an acknowledgement out of the window, and a
+re-send does not refresh it (crashes less than a window apart do not send
+everything again each time).
 
 The status topic is retained: ``online`` with health on connect and every
 ``health_interval_s``; ``offline`` as the last will (and on a clean stop).
@@ -26,15 +32,16 @@ import collections
 import logging
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-from edge.contract.record import Detection, format_utc, utc_now
+from edge.contract.record import Detection, utc_now
 from edge.outputs.mqtt import payloads
 from edge.config import Config, MQTTConfig
 from edge.types import HealthSource, Outbox, Service
 from edge.outputs.mqtt.client import Handler, MQTTClient
+from edge.outputs.mqtt.discovery import Discovery
 from edge.outputs.mqtt.topics import Topics
+from edge.service.clock import OutboxClock
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +58,8 @@ class Publisher(Service):
 
     def __init__(self, cfg: MQTTConfig, device_id: str, outbox: Union[Outbox, Callable[[], Outbox]], *,
                  location: Any = None, health: Optional[HealthSource] = None, stop: Optional[threading.Event] = None,
-                 sw_version: str = "", batch: int = 50, max_inflight: int = 100, poll_s: float = 5.0):
+                 sw_version: str = "", batch: int = 50, max_inflight: int = 100, poll_s: float = 5.0,
+                 state_dir: Any = None):
         self.cfg = cfg
         self.device_id = device_id
         self.topics = Topics(cfg.prefix, device_id, cfg.homeassistant.discovery_prefix)
@@ -61,6 +69,8 @@ class Publisher(Service):
         self._health = health
         self.stop_event = stop or threading.Event()
         self.sw_version = sw_version
+        self.ha = Discovery.for_publisher(cfg, self.topics, location=location, sw_version=sw_version,
+                                          state_dir=state_dir)
         self._batch = batch
         self._max_inflight = max_inflight
         self._poll_s = poll_s
@@ -82,7 +92,8 @@ class Publisher(Service):
         self._last_poll = 0.0
         self._recent = collections.OrderedDict()  # recently acknowledged ids: no live re-send
         self._started = time.monotonic()
-        self._last_ack_wall: Optional[float] = None  # time.time() of the broker's last acknowledgement
+        self._clock = OutboxClock()  # the re-send window's time (continued from the store's once it is open)
+        self._last_ack_t: Optional[float] = None  # OutboxClock time of the broker's last acknowledgement
         self._requeue_since: Optional[float] = None  # set on an unclean loss: re-send what was acked since
         self._drain: Optional[dict] = None
         #: one entry per reconnect: backlog at connect and seconds until drained
@@ -96,7 +107,7 @@ class Publisher(Service):
 
     @classmethod
     def from_config(cls, config: Config, outbox, **kw) -> "Publisher":
-        return cls(config.mqtt, config.device_id, outbox, location=config.location, **kw)
+        return cls(config.mqtt, config.device_id, outbox, location=config.location, state_dir=config.state_dir, **kw)
 
     # ---- service ---------------------------------------------------------
     def start(self) -> None:
@@ -151,7 +162,7 @@ class Publisher(Service):
     def _on_ack(self, mid: int, ok: bool, reason: str) -> None:
         with self._lock:
             if ok:
-                self._last_ack_wall = time.time()
+                self._last_ack_t = self._clock.now()
             if mid not in self._inflight:
                 self._early_acks[mid] = (ok, reason)
                 return
@@ -168,9 +179,9 @@ class Publisher(Service):
         """The connection ended (network thread). Unclean: the broker may have lost what it acknowledged."""
         window = self.cfg.resend_window_s
         with self._lock:
-            if not unclean or window <= 0 or self._last_ack_wall is None:
+            if not unclean or window <= 0 or self._last_ack_t is None:
                 return
-            since = min(self._last_ack_wall, time.time()) - window
+            since = self._last_ack_t - window
             if self._requeue_since is None or since < self._requeue_since:
                 self._requeue_since = since
         self._wake.set()
@@ -239,15 +250,21 @@ class Publisher(Service):
         if self._send(self.topics.detections, payloads.encode(msg), 1, False, det_id) is None:
             return False
         self.stats["published"] += 1
+        self.ha.sent(msg, self)
         return True
 
     # ---- the outbox thread -------------------------------------------------
     def _run(self) -> None:
         try:
             self._outbox = self._open_outbox()
+            last = self._outbox.last_acked_t()
         except Exception:
             log.exception("MQTT: cannot open the outbox; nothing will be published")
             return
+        with self._lock:  # acknowledgements from before a restart stay in the window
+            self._clock.continue_from(last)
+            if last is not None and (self._last_ack_t is None or self._last_ack_t < last):
+                self._last_ack_t = last
         while not self.stop_event.is_set():
             try:
                 self._step()
@@ -288,8 +305,8 @@ class Publisher(Service):
             self.publish_health()
 
     def _requeue(self, since: float) -> None:
-        """Back to the outbox: what was acknowledged since ``since`` (wall clock) on a connection lost uncleanly."""
-        ids = self._outbox.requeue_published_since(format_utc(datetime.fromtimestamp(since, timezone.utc)))
+        """Back to the outbox: what was first acknowledged since ``since`` (OutboxClock), after an unclean loss."""
+        ids = self._outbox.requeue_acked_since(since)
         with self._lock:
             for i in ids:
                 self._recent.pop(i, None)
@@ -306,13 +323,12 @@ class Publisher(Service):
         self._tokens = 0.0
         self._last_refill = now
         depth = self._outbox.outbox_depth()
-        self._drain = {"connected_at": time.time(), "backlog": depth, "drained_s": None} if depth else None
+        self._drain = {"connected_at": time.monotonic(), "backlog": depth, "drained_s": None} if depth else None
         if depth:
             log.info("MQTT: %d detections waiting in the outbox; sending them at up to %g/s",
                      depth, self.cfg.max_backlog_rate)
         self.publish_health()
-        if self.cfg.homeassistant.enabled:
-            self._publish_discovery()
+        self.ha.connected(self)
 
     def _send_live(self) -> None:
         while self._live:
@@ -348,7 +364,7 @@ class Publisher(Service):
             waiting = len(self._inflight_ids)
         self._backlog_pending = sent > 0 or waiting > 0
         if not self._backlog_pending and self._drain is not None:
-            self._drain["drained_s"] = round(time.time() - self._drain["connected_at"], 3)
+            self._drain["drained_s"] = round(time.monotonic() - self._drain["connected_at"], 3)
             self.drains.append(self._drain)
             log.info("MQTT: outbox drained: %d detections in %.1fs after reconnecting",
                      self._drain["backlog"], self._drain["drained_s"])
@@ -358,10 +374,10 @@ class Publisher(Service):
         with self._lock:
             ids, self._acked = self._acked, []
         if ids:
-            self._outbox.mark_published(ids, utc_now())
+            self._outbox.mark_published(ids, utc_now(), self._clock.now())
             self.stats["acked"] += len(ids)
 
-    # ---- status, health, discovery -------------------------------------------
+    # ---- status and health -----------------------------------------------------
     def health(self) -> dict:
         h: dict[str, Any] = {}
         try:
@@ -386,11 +402,6 @@ class Publisher(Service):
         self._next_health = time.monotonic() + self.cfg.health_interval_s
         msg = payloads.status(self.device_id, "online", self.health(), self.mqtt_stats())
         self._send(self.topics.status, payloads.encode(msg), 1, True, None)
-
-    def _publish_discovery(self) -> None:
-        name = getattr(self.location, "name", "") if self.location is not None else ""
-        for topic, config in payloads.ha_discovery(self.topics, name, self.sw_version).items():
-            self._send(topic, payloads.encode(config), 1, True, None)
 
     def _shutdown(self, timeout: float) -> None:
         """On stop: the last live detections, offline status, a short wait for acks, record them."""
