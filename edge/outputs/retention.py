@@ -36,6 +36,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from edge.types import Service
+
 log = logging.getLogger(__name__)
 
 BATCH = 2000
@@ -61,7 +63,7 @@ def _iso(t: datetime) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-class Retention:
+class Retention(Service):
     """Prunes one store (and its clips directory) by ``keep_days`` and ``max_mb``."""
 
     name = "retention"
@@ -255,3 +257,8 @@ class Retention:
                 os.rmdir(day)  # only when empty
             except OSError:
                 pass
+
+
+def service_factory(ctx: Any) -> Optional[Retention]:
+    """For the daemon's service list: retention when ``store.keep_days`` or ``store.max_mb`` is set."""
+    return Retention.from_config(ctx.cfg, stop=ctx.stop)

@@ -40,6 +40,8 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+from edge.types import Service
+
 log = logging.getLogger(__name__)
 
 KINDS = ("new_species", "watch_list", "no_signal", "model_update_failed")
@@ -76,7 +78,7 @@ def redact(url: str) -> str:
     return f"{m[1]}://..." if m else "<url>"
 
 
-class Alerts:
+class Alerts(Service):
     """The notification service (``start``/``stop``/``handle``)."""
 
     name = "alerts"
@@ -119,6 +121,7 @@ class Alerts:
         self._thread: Optional[threading.Thread] = None
         self._watcher: Optional[threading.Thread] = None
         self._timeout_kw: dict = {}
+        self._busy = threading.Event()  # the worker is loading Apprise
         self.stats = collections.Counter()
         #: (kind, title, body, ok) of every alert the worker tried to send
         self.history: collections.deque = collections.deque(maxlen=100)
@@ -142,19 +145,32 @@ class Alerts:
 
     # ---- service -------------------------------------------------------------------
     def start(self) -> None:
+        today = self._local_day(self._clock())
+        seen: set[str] = set()
+        if self._seen_today is not None:  # species already stored today are not "new" after a restart
+            try:
+                seen = set(self._seen_today(today))
+            except Exception as exc:  # noqa: BLE001 - at worst a species is announced twice
+                log.warning("alerts: cannot read today's species from the store: %s", exc)
+        with self._lock:
+            self._day, self._seen = today, seen
         self._thread = threading.Thread(target=self._send_loop, name="alerts", daemon=True)
         self._thread.start()
         self._watcher = threading.Thread(target=self._watch_loop, name="alerts-watch", daemon=True)
         self._watcher.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Send what is queued within ``timeout``, then stop; a notifier still hanging is left behind (daemon
+        thread): it never holds up the daemon's stop."""
+        end = time.monotonic() + timeout
+        while self._thread is not None and self._thread.is_alive() and time.monotonic() < end:
+            if self._queue.unfinished_tasks == 0 and not self._busy.is_set():
+                break
+            time.sleep(0.02)
         self._stopping.set()
         for t in (self._watcher, self._thread):
             if t is not None:
-                t.join(timeout)  # a notifier still hanging is left behind (daemon thread): never block the stop
-
-    def _stopped(self) -> bool:
-        return self._stopping.is_set() or self.stop_event.is_set() and self._queue.empty()
+                t.join(max(0.1, end - time.monotonic()))
 
     # ---- detections (the runtime's thread: only cheap work here) ---------------------
     def handle(self, detections: Sequence[Any]) -> None:
@@ -193,15 +209,8 @@ class Alerts:
         return None
 
     def _roll_day(self, today: str) -> None:  # with self._lock
-        if self._day == today:
-            return
-        self._day = today
-        self._seen = set()
-        if self._seen_today is not None:
-            try:
-                self._seen = set(self._seen_today(today))
-            except Exception as exc:  # noqa: BLE001 - at worst a species is announced twice
-                log.warning("alerts: cannot read today's species from the store: %s", exc)
+        if self._day != today:
+            self._day, self._seen = today, set()
 
     # ---- queue and rate limit -------------------------------------------------------
     def offer(self, alert: Alert) -> bool:
@@ -258,19 +267,23 @@ class Alerts:
         return ap
 
     def _send_loop(self) -> None:
+        self._busy.set()
         ap = self._load_apprise()
-        while not self._stopped():
+        self._busy.clear()
+        while not self._stopping.is_set():
             try:
                 alert = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if ap is None:
-                self.stats["unsent"] += 1
-                continue
-            if not self._allowed():
-                self.stats["suppressed"] += 1
-                continue
-            self._send(ap, alert)
+            try:
+                if ap is None:
+                    self.stats["unsent"] += 1
+                elif not self._allowed():
+                    self.stats["suppressed"] += 1
+                else:
+                    self._send(ap, alert)
+            finally:
+                self._queue.task_done()
 
     def _send(self, ap, alert: Alert) -> None:
         body = alert.body
@@ -344,3 +357,26 @@ class Alerts:
     def snapshot(self) -> dict:
         """Counters for the health message."""
         return {f"alerts_{k}": int(self.stats[k]) for k in ("queued", "sent", "failed", "dropped", "suppressed")}
+
+
+def service_factory(ctx: Any) -> Optional[Alerts]:
+    """For the daemon's service list: notifications when ``notify.enabled``."""
+    cfg = ctx.cfg
+    if not cfg.notify.enabled:
+        return None
+    from edge.sources.metadata import load_zone
+
+    zone = load_zone(cfg.location.timezone) or timezone.utc
+    store = ctx.store
+
+    def seen_today(day: str) -> set[str]:
+        start = datetime.fromisoformat(day).replace(tzinfo=zone)
+        span = [t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") for t in (start, start + timedelta(days=1))]
+        return {r["label"] for r in store.detections(since=span[0], until=span[1])}
+
+    try:
+        return Alerts.from_config(cfg, health=ctx.health.snapshot, updates=ctx.services.get("updates"),
+                                  seen_today=seen_today, stop=ctx.stop)
+    except ValueError as exc:  # an unreadable urls_file: say so, run on without notifications
+        log.error("alerts: %s; notifications are off", exc)
+        return None

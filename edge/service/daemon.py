@@ -90,9 +90,23 @@ def updates_service(ctx: DaemonContext):
                          progress=lambda: ctx.health.windows)
 
 
+def retention_service(ctx: DaemonContext):
+    from edge.outputs.retention import service_factory
+
+    return service_factory(ctx)
+
+
+def alerts_service(ctx: DaemonContext):
+    from edge.service.alerts import service_factory
+
+    return service_factory(ctx)
+
+
 SERVICE_FACTORIES: list[tuple[str, ServiceFactory]] = [
     ("mqtt", mqtt_service),
     ("updates", updates_service),
+    ("retention", retention_service),
+    ("alerts", alerts_service),
 ]
 
 
