@@ -114,6 +114,7 @@ class AudioConfig(_Section):
 
 class StoreConfig(_Section):
     path: Path = DEFAULT_STATE_DIR / "detections.db"
+    reserve_mb: float = Field(64, ge=0)  # free space kept on its file system: clips yield first (0: no floor)
 
 
 class ClipsConfig(_Section):
