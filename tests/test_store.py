@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from edge.outputs.store import DETECTION_COLUMNS, SCHEMA_VERSION, Store, StoreError
-from edge.types import Detection
+from edge.contract.record import Detection
 
 
 def det(i: int, label: str = "Aa_one", start: str | None = None) -> Detection:

@@ -26,12 +26,12 @@ import re
 import time
 import wave
 from collections import deque
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from edge.types import AudioBlock, Detection, DetectionSink
+from edge.contract.record import Detection, parse_utc
+from edge.types import AudioBlock, DetectionSink
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class ClipWriter(DetectionSink):
             log.warning("no audio left for the clip of detection %s", d.id)
             return
         try:
-            when = datetime.fromisoformat(d.start_utc.replace("Z", "+00:00"))
+            when = parse_utc(d.start_utc)
             stamp, day = when.strftime("%Y%m%dT%H%M%SZ"), when.strftime("%Y-%m-%d")
         except ValueError:
             stamp, day = "unknown", "unknown"

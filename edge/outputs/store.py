@@ -19,18 +19,16 @@ import json
 import logging
 import sqlite3
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
-from edge.types import Detection, DetectionSink
+from edge.contract.record import DETECTION_FIELDS, Detection, utc_now
+from edge.types import DetectionSink
 
 log = logging.getLogger(__name__)
 
-DETECTION_COLUMNS = (
-    "id", "device_id", "source", "start_utc", "end_utc", "offset_s", "end_offset_s", "label", "common_name",
-    "score", "mean_score", "n_windows", "model_version", "model_sha256", "created_utc", "time_source",
-)
+#: the record's fields, one column each (``tests/test_record.py`` checks the CREATE TABLE below against them)
+DETECTION_COLUMNS = DETECTION_FIELDS
 
 MIGRATIONS: list[str] = [
     # 1: detections (and the outbox), effort, gaps
@@ -95,10 +93,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 class StoreError(RuntimeError):
     """A store that cannot be opened or used; the message says why."""
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class Store(DetectionSink):
@@ -199,7 +193,7 @@ class Store(DetectionSink):
         ids = list(ids)
         if not ids:
             return 0
-        when = when or _now()
+        when = when or utc_now()
         n = 0
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
@@ -299,7 +293,7 @@ class Store(DetectionSink):
 
     def close_effort(self, id: str, end_utc: str | None = None) -> None:
         with self._lock:
-            self.db.execute("UPDATE effort SET end_utc = ? WHERE id = ?", [end_utc or _now(), id])
+            self.db.execute("UPDATE effort SET end_utc = ? WHERE id = ?", [end_utc or utc_now(), id])
 
     def effort(self) -> list[dict]:
         with self._lock:

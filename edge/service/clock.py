@@ -35,6 +35,8 @@ import time
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
+from edge.contract.record import format_utc
+
 log = logging.getLogger(__name__)
 
 OFFSET_ENV = "DAWNCHORUS_CLOCK_OFFSET_FILE"
@@ -88,10 +90,6 @@ def utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, tz=timezone.utc)
 
 
-def iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 class StreamClock:
     """Wall time anchored once, advanced by the monotonic clock; reports steps of the wall clock."""
 
@@ -141,11 +139,11 @@ def record_step(step: float, at: float, store, device_id: str, source: str) -> N
     """Log a wall-clock step and record it in the store as a zero-sample gap (``reason`` starts 'clock step')."""
     direction = "forward" if step > 0 else "back"
     log.warning("the wall clock stepped %s by %.3f s at %s; timestamps stay on the stream's timeline "
-                "(recorded as a clock-step gap)", direction, abs(step), iso(utc(at)))
-    t = iso(utc(at))
+                "(recorded as a clock-step gap)", direction, abs(step), format_utc(utc(at)))
+    t = format_utc(utc(at))
     try:
         store.add_gap(device_id=device_id, source=source, start_utc=t, end_utc=t,
-                      reason=f"clock step {direction} {step:+.3f} s (wall clock now {iso(utc(at + step))})",
+                      reason=f"clock step {direction} {step:+.3f} s (wall clock now {format_utc(utc(at + step))})",
                       samples_lost=0)
     except Exception as exc:  # a full disk must not stop the capture
         log.error("cannot record the clock step: %s", exc)

@@ -39,6 +39,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from edge.contract.record import Detection
 from edge.outputs.mqtt import payloads
 from edge.outputs.mqtt.topics import Topics
 
@@ -269,14 +270,5 @@ class Discovery:
             return None
         if not rows:
             return None
-        return payloads.detection(_record(rows[0]), getattr(publisher, "location", None))
+        return payloads.detection(Detection.from_row(rows[0]), getattr(publisher, "location", None))
 
-
-def _record(row: Mapping[str, Any]) -> Any:
-    """A stored row as whatever ``payloads.detection`` takes (the record type if there is one)."""
-    try:
-        from edge.contract.record import Detection  # the frozen record (architecture work)
-
-        return Detection.from_row(row)
-    except ImportError:
-        return row

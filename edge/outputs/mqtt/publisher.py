@@ -32,11 +32,12 @@ import collections
 import logging
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+from edge.contract.record import Detection, utc_now
 from edge.outputs.mqtt import payloads
 from edge.config import Config, MQTTConfig
+from edge.types import HealthSource, Outbox, Service
 from edge.outputs.mqtt.client import Handler, MQTTClient
 from edge.outputs.mqtt.discovery import Discovery
 from edge.outputs.mqtt.topics import Topics
@@ -45,32 +46,18 @@ from edge.service.clock import OutboxClock
 log = logging.getLogger(__name__)
 
 
-class Outbox(Protocol):
-    """What the publisher needs from the store (``edge.outputs.store.Store`` has it)."""
-
-    def unpublished(self, limit: int) -> Sequence[Mapping[str, Any]]: ...  # oldest first
-    def mark_published(self, ids: Sequence[str], when: str, acked_t: Optional[float] = None) -> Any: ...
-    def requeue_acked_since(self, since_t: float) -> Sequence[str]: ...
-    def last_acked_t(self) -> Optional[float]: ...
-    def outbox_depth(self) -> int: ...
-
-
-HealthSource = Union[Callable[[], Mapping[str, Any]], Any, None]
-
-
-class Publisher:
-    """The MQTT side of the daemon: a ``DetectionSink`` and a service (``start``/``stop``).
+class Publisher(Service):
+    """The MQTT side of the recorder, a ``Service``: ``handle`` takes new detections already stored.
 
     ``outbox``: the store, or a zero-argument callable that opens one (called
     on the publisher's thread: SQLite connections are per thread).
-    ``health``: a callable returning the health numbers, or an object with
-    ``snapshot()``/``as_dict()``/``to_dict()``; merged into the status message.
+    ``health``: whose ``snapshot()`` is merged into the status message.
     """
 
     name = "mqtt"
 
     def __init__(self, cfg: MQTTConfig, device_id: str, outbox: Union[Outbox, Callable[[], Outbox]], *,
-                 location: Any = None, health: HealthSource = None, stop: Optional[threading.Event] = None,
+                 location: Any = None, health: Optional[HealthSource] = None, stop: Optional[threading.Event] = None,
                  sw_version: str = "", batch: int = 50, max_inflight: int = 100, poll_s: float = 5.0,
                  state_dir: Any = None):
         self.cfg = cfg
@@ -139,7 +126,7 @@ class Publisher:
         self.client.stop()
 
     # ---- DetectionSink ---------------------------------------------------
-    def handle(self, detections) -> None:
+    def handle(self, detections: Sequence[Detection]) -> None:
         """New detections, already committed to the store: send them now (if connected)."""
         if detections:
             self._live.extend(detections)
@@ -236,15 +223,25 @@ class Publisher:
                 self._settle(mid, *early)
         return mid
 
-    def _send_detection(self, row: Any) -> bool:
+    def _record(self, row: Mapping[str, Any]) -> Optional[Detection]:
+        """An outbox row as the record; None (refused until the next connection) if it cannot be one."""
         try:
-            msg = payloads.detection(row, self.location)
-        except (ValueError, TypeError, AttributeError) as exc:
+            return Detection.from_row(row)
+        except ValueError as exc:
             log.error("MQTT: cannot make a message of a stored detection, skipped: %s", exc)
-            bad = row.get("id") if isinstance(row, Mapping) else getattr(row, "id", None)
-            if bad:
+            if row.get("id"):
                 with self._lock:
-                    self._refused.add(bad)  # not again until the next connection
+                    self._refused.add(row["id"])
+            return None
+
+    def _send_detection(self, det: Detection) -> bool:
+        """Send one detection; False if not sent now (already in flight, refused, just acknowledged)."""
+        try:
+            msg = payloads.detection(det, self.location)
+        except ValueError as exc:
+            log.error("MQTT: cannot make a message of a stored detection, skipped: %s", exc)
+            with self._lock:
+                self._refused.add(det.id)  # not again until the next connection
             return False
         det_id = msg["id"]
         with self._lock:
@@ -279,9 +276,7 @@ class Publisher:
 
     def _open_outbox(self) -> Outbox:
         o = self._outbox_arg
-        if hasattr(o, "unpublished"):
-            return o
-        return o()
+        return o if isinstance(o, Outbox) else o()
 
     def _next_wait(self) -> float:
         if not self.client.connected:
@@ -360,7 +355,8 @@ class Publisher:
         for row in rows:
             if self._tokens < 1:
                 break
-            if self._send_detection(row):
+            det = self._record(row)
+            if det is not None and self._send_detection(det):
                 self._tokens -= 1
                 sent += 1
         self.stats["backlog_sent"] += sent
@@ -378,27 +374,21 @@ class Publisher:
         with self._lock:
             ids, self._acked = self._acked, []
         if ids:
-            self._outbox.mark_published(ids, payloads.utc_now(), self._clock.now())
+            self._outbox.mark_published(ids, utc_now(), self._clock.now())
             self.stats["acked"] += len(ids)
 
     # ---- status and health -----------------------------------------------------
     def health(self) -> dict:
         h: dict[str, Any] = {}
-        src = self._health
         try:
-            if callable(src):
-                h.update(src())
-            elif src is not None:
-                for m in ("snapshot", "as_dict", "to_dict"):
-                    if hasattr(src, m):
-                        h.update(getattr(src, m)())
-                        break
+            if self._health is not None:
+                h.update(self._health.snapshot())
         except Exception as exc:  # noqa: BLE001 - health is best effort
             log.warning("MQTT: cannot read the health numbers: %s", exc)
         h.setdefault("uptime_s", round(time.monotonic() - self._started, 1))
         if self._outbox is not None:
             h["outbox_depth"] = int(self._outbox.outbox_depth())
-            if h.get("detections_total") is None and hasattr(self._outbox, "count"):
+            if h.get("detections_total") is None:
                 h["detections_total"] = int(self._outbox.count())
         return h
 
@@ -439,7 +429,7 @@ class StoreThenPublish:
         self.store = store
         self.publisher = publisher
 
-    def handle(self, detections) -> None:
+    def handle(self, detections: Sequence[Detection]) -> None:
         new = self.store.insert(detections)
         if new:
             self.publisher.handle(new)
