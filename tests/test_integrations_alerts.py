@@ -159,20 +159,27 @@ def test_a_hanging_notifier_never_blocks_handle(receiver):
         a.stop()
 
 
-def test_no_signal_alarm_from_health(receiver):
-    health = {"no_signal": False, "no_signal_count": 0}
-    a = service([receiver.url], health=lambda: dict(health), check_s=0.05, cooldown_s=0)
+def test_no_signal_alarm_from_the_guard_streak(receiver):
+    health = {"no_signal_windows": 0, "no_signal_streak": 0}
+    a = service([receiver.url], health=lambda: dict(health), check_s=3600, cooldown_s=0, no_signal_after=10)
     try:
         a.check()
-        health["no_signal"] = True
+        health.update(no_signal_windows=3, no_signal_streak=3)  # a short silence: no alarm
         a.check()
-        a.check()  # still on: no second alarm
-        health["no_signal_count"] = 1
+        health.update(no_signal_windows=5, no_signal_streak=0)
+        a.check()
+        health.update(no_signal_windows=20, no_signal_streak=15)  # a dead microphone
+        a.check()
+        health.update(no_signal_windows=40, no_signal_streak=35)  # still dead: no second alarm
+        a.check()
+        health.update(no_signal_streak=0)
         a.check()
         assert wait_until(lambda: a.stats["sent"] == 2, 15)
     finally:
         a.stop()
-    assert all(b["type"] == "failure" and "No signal on garden" in b["title"] for b in receiver.bodies)
+    assert [(b["title"], b["type"]) for b in receiver.bodies] == [
+        ("dawnchorus: No signal on garden", "failure"), ("dawnchorus: Signal back on garden", "success")]
+    assert "15 consecutive windows" in receiver.bodies[0]["message"]
 
 
 def test_model_update_refused_and_rollback(receiver):

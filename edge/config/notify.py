@@ -17,6 +17,7 @@ class NotifyConfig(Section):
     new_species: bool = True  # the first detection of a species on the local day
     watch_list: list[str] = []  # labels or common names; every detection (within cooldown_s)
     no_signal: bool = True  # the health's no-signal alarm
+    no_signal_after: int = Field(20, ge=1)  # consecutive windows without signal (health no_signal_streak)
     model_update_failed: bool = True  # a refused model bundle or a rollback
     min_score: float = Field(0.0, ge=0, le=1)  # species notifications only at or above this score
     max_per_hour: int = Field(20, ge=1)

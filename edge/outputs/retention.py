@@ -40,7 +40,7 @@ from edge.types import Service
 
 log = logging.getLogger(__name__)
 
-BATCH = 2000
+BATCH = 500
 
 
 @dataclass

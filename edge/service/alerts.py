@@ -12,8 +12,10 @@ What is sent:
 * **watch list**: a detection of a species on ``notify.watch_list`` (label
   or common name, case and ``_`` ignored), at most once per species every
   ``notify.cooldown_s``;
-* **no signal**: the health numbers' no-signal alarm (``no_signal*``: a flag
-  that turns true or a count that goes up), at most once per ``cooldown_s``;
+* **no signal**: the signal guard's streak of windows without signal
+  (``no_signal_streak`` in the health numbers) reaching
+  ``notify.no_signal_after`` windows, at most once per ``cooldown_s``; and
+  "signal back" when the streak ends;
 * **model update failed**: a bundle the update service refused or a
   rollback.
 
@@ -86,7 +88,7 @@ class Alerts(Service):
     def __init__(self, urls: Sequence[str], *, device_id: str = "recorder", location_name: str = "",
                  zone: Optional[tzinfo] = None, new_species: bool = True, watch_list: Sequence[str] = (),
                  no_signal: bool = True, model_update_failed: bool = True, min_score: float = 0.0,
-                 max_per_hour: int = 20, cooldown_s: float = 3600.0, queue_size: int = 100, timeout_s: float = 10.0,
+                 max_per_hour: int = 20, cooldown_s: float = 3600.0, no_signal_after: int = 20, queue_size: int = 100, timeout_s: float = 10.0,
                  check_s: float = 5.0, health: Optional[Callable[[], Mapping[str, Any]]] = None,
                  updates: Any = None, seen_today: Optional[Callable[[str], Iterable[str]]] = None,
                  stop: Optional[threading.Event] = None, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
@@ -100,6 +102,7 @@ class Alerts(Service):
         self.min_score = min_score
         self.max_per_hour = max_per_hour
         self.cooldown_s = cooldown_s
+        self.no_signal_after = no_signal_after
         self.timeout_s = timeout_s
         self.check_s = check_s
         self._health = health
@@ -114,7 +117,7 @@ class Alerts(Service):
         self._seen: set[str] = set()
         self._last_sent: dict[str, float] = {}  # key -> monotonic time queued
         self._sent_times: collections.deque = collections.deque()
-        self._no_signal_last: dict[str, Any] = {}
+        self._no_signal_on = False
         self._updates_seen = 0
         # rollbacks after this (UTC text) are new; a rollback at this start (crash loop) happened moments ago
         self._rollbacks_after = (clock() - timedelta(seconds=120)).strftime("%Y-%m-%dT%H:%M:%S")
@@ -140,6 +143,7 @@ class Alerts(Service):
                    zone=load_zone(getattr(loc, "timezone", None)), new_species=n.new_species,
                    watch_list=n.watch_list, no_signal=n.no_signal, model_update_failed=n.model_update_failed,
                    min_score=n.min_score, max_per_hour=n.max_per_hour, cooldown_s=n.cooldown_s,
+                   no_signal_after=n.no_signal_after,
                    queue_size=n.queue_size, timeout_s=n.timeout_s, health=health, updates=updates,
                    seen_today=seen_today, stop=stop)
 
@@ -324,18 +328,28 @@ class Alerts(Service):
             self._check_updates()
 
     def _check_no_signal(self, h: Mapping[str, Any]) -> None:
-        for key, value in h.items():
-            if not key.startswith("no_signal") or isinstance(value, str) and not value:
-                continue
-            before = self._no_signal_last.get(key)
-            self._no_signal_last[key] = value
-            rising = (isinstance(value, bool) and value and not before) or (
-                not isinstance(value, bool) and isinstance(value, (int, float)) and before is not None
-                and value > before)
-            if rising:
-                self.offer(Alert("no_signal", f"No signal on {self.device_id}",
-                                 f"The microphone of {self.where} records no usable signal ({key} = {value}). "
-                                 "Check the cable, the microphone and the gain.", "no_signal", "failure"))
+        """The signal guard's ``no_signal_streak`` (consecutive windows without signal) reaching
+        ``no_signal_after`` raises the alarm; back to 0 after an alarm says the signal is back. A boolean
+        ``no_signal`` health flag works the same way."""
+        if "no_signal_streak" in h:
+            streak = h.get("no_signal_streak") or 0
+            active = streak >= self.no_signal_after
+            clear = streak == 0
+            what = f"{streak} consecutive windows without signal (silence, a constant or non-finite input)"
+        elif "no_signal" in h:
+            active, clear = bool(h["no_signal"]), not h["no_signal"]
+            what = "the health's no-signal flag is set"
+        else:
+            return
+        if active and not self._no_signal_on:
+            self._no_signal_on = True
+            self.offer(Alert("no_signal", f"No signal on {self.device_id}",
+                             f"The microphone of {self.where} records no usable signal: {what}. "
+                             "Check the microphone, its cable and the gain.", "no_signal", "failure"))
+        elif clear and self._no_signal_on:
+            self._no_signal_on = False
+            self.offer(Alert("no_signal", f"Signal back on {self.device_id}",
+                             f"The microphone of {self.where} records again.", "", "success"))
 
     def _check_updates(self) -> None:
         results = list(getattr(self._updates, "results", []) or [])
