@@ -6,7 +6,9 @@ uses the bundled default model; without ``--db`` the default store
 ``~/.local/share/dawnchorus/detections.db``). Detections go to the store
 (re-runs add nothing twice) and to standard output (or ``--out``) in the
 chosen format; the summary goes to standard error. A file that cannot be
-used is reported and skipped; the exit status is 1 when any was.
+used is reported and skipped; the exit status is 1 when any was. Detections
+the store cannot take (disk full, locked, read-only) wait in
+``<store>.journal`` for the next run; the exit status is then 3.
 """
 from __future__ import annotations
 
@@ -299,6 +301,9 @@ def run(args) -> int:
         except StoreError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        from edge.outputs.journal import StoreGuard
+
+        guard = StoreGuard(store)  # a store that refuses (full, locked, read-only): the journal keeps them
     fe = bundle.frontend
     try:
         writer = make_writer(args.format, args.out, low_hz=fe.fmin, high_hz=fe.fmax)
@@ -327,8 +332,9 @@ def run(args) -> int:
         for path in files:
             if stop.is_set():
                 break
-            replay_file(path, pipeline, store, writer, stats, start_utc=start_utc, channel=cfg["channel"],
-                        realtime=args.realtime, progress=progress, stop=stop, timezone=cfg["timezone"])
+            replay_file(path, pipeline, guard if store is not None else None, writer, stats, start_utc=start_utc,
+                        channel=cfg["channel"], realtime=args.realtime, progress=progress, stop=stop,
+                        timezone=cfg["timezone"])
     except KeyboardInterrupt:
         stop.set()
         print("interrupted", file=sys.stderr)
@@ -339,10 +345,16 @@ def run(args) -> int:
             from edge.outputs.mqtt.publisher import drain_and_stop
 
             drain_and_stop(publisher, args.mqtt_wait)
+        unstored = guard.close() if store is not None else 0
         if store is not None:
             store.close()
     print(summary(stats, bundle=bundle, pipeline=pipeline, db_path=db_path, threads=threads, writer=writer),
           file=sys.stderr)
+    if unstored:
+        from edge.outputs.journal import EXIT_UNSTORED
+
+        print(guard.summary(), file=sys.stderr)
+        return EXIT_UNSTORED
     if stop.is_set():
         return 130
     return 1 if stats.refused else 0
