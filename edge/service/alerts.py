@@ -31,6 +31,7 @@ service logs one error and stays idle while the daemon runs on.
 from __future__ import annotations
 
 import collections
+import contextlib
 import inspect
 import logging
 import queue
@@ -78,6 +79,45 @@ def redact(url: str) -> str:
     """A URL for the log: its scheme only (hosts and paths of notification URLs often carry tokens)."""
     m = re.match(r"^([A-Za-z0-9+.-]+)://", url)
     return f"{m[1]}://..." if m else "<url>"
+
+
+@contextlib.contextmanager
+def _quiet_apprise():
+    """Apprise logs an unparseable URL in full (tokens and all): hush it while adding; we log a redacted line."""
+    logger = logging.getLogger("apprise")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def add_url(ap: Any, url: str) -> bool:
+    with _quiet_apprise():
+        return bool(ap.add(url))
+
+
+def check_config(n: Any) -> list[str]:
+    """Problems with a ``notify`` section that only Apprise can see (for ``check-config``), one line each."""
+    if not n.enabled:
+        return []
+    try:
+        urls = read_urls(n.urls, n.urls_file)
+    except ValueError as exc:
+        return [str(exc)]
+    try:
+        import apprise
+    except ImportError:
+        return ["notify.enabled: Apprise is not installed; install it with pip install 'dawnchorus[notify]'"]
+    problems = []
+    for i, url in enumerate(urls):
+        if not add_url(apprise.Apprise(), url):
+            where = f"notify.urls[{i}]" if i < len(n.urls) else f"notify.urls_file line {i - len(n.urls) + 1}"
+            problems.append(f"{where}: Apprise cannot use {redact(url)} (check the scheme and its fields)")
+    if not urls:
+        problems.append(f"notify.urls_file {n.urls_file}: no URL in it")
+    return problems
 
 
 class Alerts(Service):
@@ -257,7 +297,7 @@ class Alerts(Service):
         ap = apprise.Apprise()
         good = 0
         for url in self.urls:
-            if ap.add(url):
+            if add_url(ap, url):
                 good += 1
             else:
                 log.error("alerts: notify.urls: Apprise cannot use %s (check the URL's scheme and fields)",
