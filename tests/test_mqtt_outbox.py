@@ -22,7 +22,7 @@ def test_delivery_qos1_validated_and_marked_published(tmp_path, mqtt_broker, mak
     health = Health("dev1", tmp_path)  # the daemon's health object
     health.note_windows(7, 0.0012)
     health.note_model("test-1", "ab" * 32)
-    pub = start_publisher(mqtt_broker, store, health=health.snapshot)
+    pub = start_publisher(mqtt_broker, store, health=health)
     try:
         assert pub.wait_connected(10)
         StoreThenPublish(store, pub).handle(dets)
