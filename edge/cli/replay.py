@@ -6,7 +6,9 @@ uses the bundled default model; without ``--db`` the default store
 ``~/.local/share/dawnchorus/detections.db``). Detections go to the store
 (re-runs add nothing twice) and to standard output (or ``--out``) in the
 chosen format; the summary goes to standard error. A file that cannot be
-used is reported and skipped; the exit status is 1 when any was.
+used is reported and skipped; the exit status is 1 when any was. Detections
+the store cannot take (disk full, locked, read-only) wait in
+``<store>.journal`` for the next run; the exit status is then 3.
 """
 from __future__ import annotations
 
@@ -93,6 +95,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--start-time", metavar="ISO", help="recording start (UTC unless a zone is given) for every file")
     p.add_argument("--device-id", help="device id stored with the detections (default: from --config, else 'recorder')")
     p.add_argument("--channel", type=int, metavar="N", help="use channel N (from 0) instead of mixing all down")
+    p.add_argument("--timezone", metavar="ZONE", help="IANA zone of local times in file names, e.g. Europe/Berlin "
+                   "(default: location.timezone from --config, else UTC; GUANO/AudioMoth headers carry their own)")
     p.add_argument("--config", type=Path, help="edge configuration file (detection settings, model, store, device id)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--mqtt", action="store_true",
@@ -127,6 +131,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Optional[Path]]:
     for key, value in (("bundle", args.bundle), ("public_key", args.public_key), ("num_threads", args.threads),
                        ("overlap_s", args.overlap)):
         _set(data, "model", key, value)
+    _set(data, "location", "timezone", args.timezone)
     if args.device_id is not None:
         data["device_id"] = args.device_id
     if args.mqtt:
@@ -205,9 +210,14 @@ def run(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
     finally:
         stats.wall_s = time.perf_counter() - t0
-        rt.stop(drain_s=0.0 if interrupted else args.mqtt_wait)
+        unstored = rt.stop(drain_s=0.0 if interrupted else args.mqtt_wait)
     print(summary(stats, bundle=rt.pipeline.bundle, pipeline=rt.pipeline, db_path=db_path,
                   threads=cfg.model.num_threads, writer=writer), file=sys.stderr)
+    if unstored:
+        from edge.outputs.journal import EXIT_UNSTORED
+
+        print(rt.unstored_summary(), file=sys.stderr)
+        return EXIT_UNSTORED
     if interrupted:
         return 130
     return 1 if stats.refused else 0

@@ -125,7 +125,7 @@ class Daemon:
             from edge.outputs.clips import ClipWriter
 
             sinks.append(ClipWriter(cfg.clips.dir, pipeline.sample_rate, padding_s=cfg.clips.padding_s,
-                                    max_disk_mb=cfg.clips.max_disk_mb))
+                                    max_disk_mb=cfg.clips.max_disk_mb, min_free_mb=cfg.store.reserve_mb))
         rt = self.runtime = Runtime(cfg, pipeline, store, health=self.health, stop=self.stop_event, sinks=sinks,
                                     running=running, model_store=model_store)
         rt.start_services(self.factories)
@@ -145,27 +145,36 @@ class Daemon:
             log.info("ready: audio flowing, model %s %s loaded", b and b.name, b and b.version)
 
     # -- shutdown ----------------------------------------------------------------
-    def shutdown(self) -> None:
+    def shutdown(self) -> int:
+        """Stop in order; returns how many detections are not in the store."""
         self.stop_event.set()
         self.health.state = "stopping"
         self.notifier.stopping(self.health.summary())
-        if self.runtime is not None:
-            self.runtime.stop()
+        unstored = self.runtime.stop() if self.runtime is not None else 0
         if self.watchdog is not None:
             self.watchdog.stop()
         self.notifier.close()
         h = self.health
         log.info("stopped after %.0f s: %d windows, %d detections, %d overflows, %d gaps, %d samples (%.1f s) of audio",
                  h.uptime_s(), h.windows, h.detections, h.overflows, h.gaps, h.audio_frames, h.audio_s)
+        return unstored
 
     def run(self) -> int:
-        """Set up, process until stopped (or the duration is captured), shut down in order."""
+        """Set up, process until stopped (or the duration is captured), shut down in order.
+
+        0, or ``EXIT_UNSTORED`` when detections are left outside the store (in its journal, or lost).
+        """
         try:
             rt = self.setup()
             assert self.source is not None
             rt.run_source(self.source, on_block=self._first_block)
         finally:
-            self.shutdown()
+            unstored = self.shutdown()
+        if unstored and self.runtime is not None:
+            from edge.outputs.journal import EXIT_UNSTORED
+
+            log.error("%s", self.runtime.unstored_summary())
+            return EXIT_UNSTORED
         return 0
 
     def status_json(self) -> str:

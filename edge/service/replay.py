@@ -91,7 +91,7 @@ def replay_file(rt: Runtime, path: str | Path, job: ReplayJob, *, progress: bool
     """One file through ``rt``; a refused file comes back with ``error`` set and nothing analysed."""
     try:
         source = FileSource(path, rt.pipeline.sample_rate, channel=job.channel, start_utc=job.start_utc,
-                            block_s=0.5 if job.realtime else 4.0)
+                            timezone=job.cfg.location.timezone, block_s=0.5 if job.realtime else 4.0)
     except SourceError as exc:
         log.warning("%s", exc)
         return SourceRun(str(path), error=str(exc))

@@ -15,8 +15,11 @@ rest the same way for live capture and for replay:
 - ``stop()``: the one stop event set, the session closed, the sinks closed,
   the services stopped in reverse order, the store closed - in that order.
 
-A batch the store refuses (full disk, locked) is kept and retried with the
-next one; sinks and services see it once it is stored.
+Detections go into the store through ``edge.outputs.journal.StoreGuard``:
+what the store refuses (full disk, locked, read-only) waits in a journal
+beside it and is retried; the services see detections once they are stored.
+``stop()`` returns how many are still outside the store (the commands then
+exit ``EXIT_UNSTORED``).
 """
 from __future__ import annotations
 
@@ -36,14 +39,12 @@ from edge.types import AudioBlock, AudioSource, DetectionSink, Service
 
 if TYPE_CHECKING:  # loaded where used: the daemon starts in about a second
     from edge.detection.pipeline import Pipeline
+    from edge.outputs.journal import StoreGuard
     from edge.outputs.store import Store
     from edge.service.modelstore import ModelStore
     from edge.service.updates import Running
 
 log = logging.getLogger(__name__)
-
-MAX_UNSTORED = 10000  # detections kept for a retry while the store refuses them
-
 
 @dataclass
 class RuntimeContext:
@@ -89,10 +90,24 @@ def updates_service(ctx: RuntimeContext) -> Optional[Service]:
                          progress=lambda: ctx.health.windows)
 
 
+def retention_service(ctx: RuntimeContext) -> Optional[Service]:
+    from edge.outputs.retention import service_factory
+
+    return service_factory(ctx)
+
+
+def alerts_service(ctx: RuntimeContext) -> Optional[Service]:
+    from edge.service.alerts import service_factory
+
+    return service_factory(ctx)
+
+
 #: the live daemon's services; add one with its factory here
 SERVICE_FACTORIES: list[tuple[str, ServiceFactory]] = [
     ("mqtt", mqtt_service),
     ("updates", updates_service),
+    ("retention", retention_service),
+    ("alerts", alerts_service),
 ]
 #: replay's: publishing what it stores, when MQTT is on (no model updates)
 REPLAY_SERVICES: list[tuple[str, ServiceFactory]] = [("mqtt", mqtt_service)]
@@ -140,9 +155,14 @@ class Runtime:
         self.source: Optional[AudioSource] = None
         self.sessions = Sessions(store, cfg.device_id, refresh_s=cfg.status_interval_s, settings=self.settings,
                                  on_model_change=lambda b: self.health.note_model(b.version, b.sha256))
-        self._unstored: list[Detection] = []
+        self.guard: Optional[StoreGuard] = None
+        if store is not None:
+            from edge.outputs.journal import StoreGuard
+
+            self.guard = StoreGuard(store)  # what the store cannot take waits in <store>.journal
         self._last_end: Optional[datetime] = None
         self._stopped = False
+        self.unstored = 0
         b = pipeline.bundle
         self.health.note_model(b.version, b.sha256)
 
@@ -188,7 +208,7 @@ class Runtime:
                 seconds = len(block.samples) / p.sample_rate
                 run.audio_s = block.offset_s + seconds
                 self._last_end = block.start_utc + timedelta(seconds=seconds)
-                if dets or self._unstored:
+                if dets or self._pending():
                     self.deliver(dets, run)
                 if on_block is not None:
                     on_block(block)
@@ -197,7 +217,7 @@ class Runtime:
             run.error = f"{exc} ({run.audio_s:.1f} s analysed before the error)"
             log.warning("%s", exc)
         dets = self._feed(None)  # the last segment's tail window, every open event
-        if dets or self._unstored:
+        if dets or self._pending():
             self.deliver(dets, run)
         for sink in self.sinks:
             sink.end_source()
@@ -221,37 +241,36 @@ class Runtime:
                 self.health.device_losses = c.device_losses
         return dets
 
+    def _pending(self) -> bool:
+        return self.guard is not None and bool(self.guard.pending)
+
     def deliver(self, dets: Sequence[Detection], run: Optional[SourceRun] = None) -> list[Detection]:
-        """Store first, then the sinks (all of ``dets``) and the services (the new ones); returns the new ones."""
-        batch = self._unstored + list(dets)
+        """Store first, then the sinks (all of ``dets``) and the services (those stored now); returns the latter.
+
+        Those stored now may include earlier ones that waited in the journal.
+        """
+        dets = list(dets)
         t0 = time.perf_counter()
-        if self.store is not None:
-            try:
-                new = self.store.insert(batch)
-            except Exception as exc:  # keep them and retry with the next batch
-                self._unstored = batch[-MAX_UNSTORED:]
-                log.error("cannot store %d detection(s), will retry: %s", len(batch), exc)
-                return []
-        else:
-            new = batch
-        self._unstored = []
+        new = self.guard.insert(dets) if self.guard is not None else dets
         t1 = time.perf_counter()
-        self.health.note_detections(batch)
-        for d in batch:
-            log.info("detected %s (%s) %s..%s score %.2f", d.common_name or d.label, d.label, d.start_utc,
-                     d.end_utc, d.score)
-        for sink in self.sinks:
-            try:
-                sink.handle(batch)
-            except Exception:
-                log.exception("%s failed to take the detections", type(sink).__name__)
-        for name, svc in self.services:
-            try:
-                svc.handle(new)
-            except Exception:
-                log.exception("service %s failed to take the detections", name)
+        if dets:
+            self.health.note_detections(dets)
+            for d in dets:
+                log.info("detected %s (%s) %s..%s score %.2f", d.common_name or d.label, d.label, d.start_utc,
+                         d.end_utc, d.score)
+            for sink in self.sinks:
+                try:
+                    sink.handle(dets)
+                except Exception:
+                    log.exception("%s failed to take the detections", type(sink).__name__)
+        if new:
+            for name, svc in self.services:
+                try:
+                    svc.handle(new)
+                except Exception:
+                    log.exception("service %s failed to take the detections", name)
         if run is not None:
-            run.detections += batch
+            run.detections += dets
             run.new += len(new)
             run.store_s += t1 - t0
             run.output_s += time.perf_counter() - t1
@@ -270,10 +289,13 @@ class Runtime:
         return out
 
     # -- stop ----------------------------------------------------------------------
-    def stop(self, *, drain_s: float = 0.0) -> None:
-        """Ordered stop: (drain the services,) the stop event, the session, the sinks, the services, the store."""
+    def stop(self, *, drain_s: float = 0.0) -> int:
+        """Ordered stop: (drain the services,) the stop event, the session, the sinks, the services, the store.
+
+        Returns how many detections are not in the store (kept in its journal for the next start, or lost).
+        """
         if self._stopped:
-            return
+            return self.unstored
         self._stopped = True
         if drain_s > 0:
             for _, svc in self.services:
@@ -291,7 +313,12 @@ class Runtime:
                 log.info("service %s stopped", name)
             except Exception:
                 log.exception("service %s did not stop cleanly", name)
-        if self._unstored:
-            log.error("stopping with %d detection(s) the store would not take", len(self._unstored))
+        if self.guard is not None:
+            self.unstored = self.guard.close()
         if self.store is not None:
             self.store.close()
+        return self.unstored
+
+    def unstored_summary(self) -> str:
+        """One line naming the store and the journal when detections are outside the store; else empty."""
+        return self.guard.summary() if self.guard is not None else ""
