@@ -28,11 +28,7 @@ RAVEN_COLUMNS = (
 
 
 class Writer(DetectionSink):
-    def begin_source(self, path: str) -> None:
-        pass
-
-    def end_source(self) -> None:
-        pass
+    """An output format: a ``DetectionSink`` told where each source begins and ends."""
 
 
 class _StreamWriter(Writer):
