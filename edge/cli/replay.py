@@ -99,6 +99,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "(default: location.timezone from --config, else UTC; GUANO/AudioMoth headers carry their own)")
     p.add_argument("--config", type=Path, help="edge configuration file (detection settings, model, store, device id)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="worker processes; long files are split between them (default: the cores available)")
+    p.add_argument("--dask", metavar="ADDRESS", help="replay on the Dask cluster whose scheduler is at ADDRESS "
+                   "(e.g. tcp://10.0.0.5:8786; needs the cluster extra, see docs/scaling.md)")
     p.add_argument("--mqtt", action="store_true",
                    help="also publish the detections to the broker in --config's mqtt section (as when mqtt.enabled)")
     p.add_argument("--mqtt-wait", type=float, default=60.0, metavar="S",
@@ -143,6 +147,17 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Optional[Path]]:
     if args.db is not None or "path" not in cfg.store.model_fields_set:
         cfg.store.path = args.db or default_db_path()
     return cfg, cfg.store.path
+
+
+def _runs(rt, files, job, args, progress: bool):
+    """(path, SourceRun) per file: in this process, or on worker processes / a cluster (edge.service.parallel)."""
+    from edge.service.parallel import available_cores, replay_parallel
+    from edge.service.replay import replay_file
+
+    jobs = args.jobs or available_cores()
+    if (jobs > 1 or args.dask) and not args.realtime and len(files) > 0:
+        return replay_parallel(rt, files, job, jobs=jobs, dask=args.dask, progress=progress)
+    return ((path, replay_file(rt, path, job, progress=progress)) for path in files)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -202,8 +217,14 @@ def run(args: argparse.Namespace) -> int:
     interrupted = False
     t0 = time.perf_counter()
     try:
-        for path in files:
-            stats.add(path, replay_file(rt, path, job, progress=progress))
+        runs = _runs(rt, files, job, args, progress)
+    except RuntimeError as exc:  # edge.service.cluster.ClusterError: no cluster there
+        rt.stop()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        for path, run in runs:
+            stats.add(path, run)
     except KeyboardInterrupt:
         interrupted = True
         stop.set()
