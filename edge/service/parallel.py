@@ -52,9 +52,10 @@ def available_cores() -> int:
 
 
 def open_source(path: str, sample_rate: int, job, span: Optional[tuple[int, Optional[int]]] = None) -> FileSource:
-    """The file as ``edge.service.replay.replay_file`` opens it (not paced), or a span of it."""
+    """The file as ``edge.service.replay.replay_file`` opens it (not paced), or a span of it; in 2 s blocks
+    (the same results as 4 s: frames do not depend on block boundaries; a worker peaks 4 MB lower)."""
     return FileSource(path, sample_rate, channel=job.channel, start_utc=job.start_utc,
-                      timezone=job.cfg.location.timezone, block_s=4.0, span=span)
+                      timezone=job.cfg.location.timezone, block_s=2.0, span=span)
 
 
 @dataclass(frozen=True)
