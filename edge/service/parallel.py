@@ -249,6 +249,11 @@ def worker_environment() -> None:
     os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(64 * 1024 * 1024))
 
 
+#: what every worker imports (a missing one is skipped)
+PRELOAD = ["edge.service.parallel", "edge.service.replay", "edge.detection.pipeline", "edge.contract.interpreter",
+           "edge.contract.signing", "ai_edge_litert.interpreter", "soxr"]
+
+
 class ProcessExecutor:
     """``jobs`` worker processes on this machine (forkserver where there is one, else spawn)."""
 
@@ -258,9 +263,12 @@ class ProcessExecutor:
 
         worker_environment()
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        ctx = mp.get_context(method)
+        if method == "forkserver":  # imported once in the server, not in every worker: 1 s sooner at work
+            ctx.set_forkserver_preload(PRELOAD)
         self.jobs = jobs
         self.description = f"{jobs} worker processes ({method})"
-        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method))
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
 
     def submit(self, unit: Unit, work: Work):
         return self._pool.submit(analyse, unit, work)
