@@ -80,7 +80,7 @@ class Unit:
     """A whole file (``span`` None) or output samples ``span`` of it, windows from ``first_window``."""
 
     file: int  # index in the replay's list of files
-    path: str
+    path: str  # absolute (FileSource.name): workers elsewhere do not share our working directory
     span: Optional[tuple[int, Optional[int]]] = None
     first_window: int = 0
     last: bool = True  # the file's last unit: it also scores the tail window
@@ -157,7 +157,7 @@ def plan(sources: Sequence[tuple[int, FileSource]], bundle, overlap_s: Optional[
         pieces = int(n / sr // piece_s) if jobs > 1 and seeks and n / sr >= 1.5 * piece_s else 1
         pts = split_points(n, hop, span, pieces)
         for j, (k0, first, end) in enumerate(pts):
-            units.append(Unit(i, str(src.path), (first, end) if len(pts) > 1 else None, k0, j == len(pts) - 1, t0))
+            units.append(Unit(i, src.name, (first, end) if len(pts) > 1 else None, k0, j == len(pts) - 1, t0))
     return units
 
 
