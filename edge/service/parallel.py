@@ -189,8 +189,19 @@ def _runtime(work: Work):
         model = job.cfg.model.model_copy(update={"bundle": d / "model.bundle", "public_key": d / "model.pub"})
         job = replace(job, cfg=job.cfg.model_copy(update={"model": model}))
     rt = open_replay(job, services=False)
+    rt.pipeline._new_post = _WindowsOnly  # events are made by the parent, from every piece's windows
     _LOCAL.runtime = (key, rt)
     return rt
+
+
+class _WindowsOnly:
+    """A worker's post-processor: none (the parent's post-processes every file's windows in order)."""
+
+    def add(self, *args) -> list:
+        return []
+
+    def close(self) -> list:
+        return []
 
 
 def peak_rss_mb() -> float:
