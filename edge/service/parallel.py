@@ -85,6 +85,7 @@ class Unit:
     first_window: int = 0
     last: bool = True  # the file's last unit: it also scores the tail window
     start_utc: Optional[datetime] = None  # the file's start when it came from the parent's clock
+    own_end: Optional[int] = None  # where the next piece's samples begin (pieces overlap by a window)
 
 
 @dataclass
@@ -96,6 +97,8 @@ class UnitResult:
     audio_end_s: float = 0.0  # offset of the end of the audio analysed
     end_utc: Optional[datetime] = None  # and its time
     error: Optional[str] = None  # the SourceError that cut the unit short
+    no_signal_windows: int = 0  # the signal guard's counts (edge.detection.guard), for the summary
+    nonfinite_samples: int = 0  # in this unit's own samples (not those the next piece also reads)
     decode_s: float = 0.0
     frontend_s: float = 0.0
     invoke_s: float = 0.0
@@ -157,7 +160,9 @@ def plan(sources: Sequence[tuple[int, FileSource]], bundle, overlap_s: Optional[
         pieces = int(n / sr // piece_s) if jobs > 1 and seeks and n / sr >= 1.5 * piece_s else 1
         pts = split_points(n, hop, span, pieces)
         for j, (k0, first, end) in enumerate(pts):
-            units.append(Unit(i, src.name, (first, end) if len(pts) > 1 else None, k0, j == len(pts) - 1, t0))
+            last = j == len(pts) - 1
+            units.append(Unit(i, src.name, (first, end) if len(pts) > 1 else None, k0, last, t0,
+                              None if last else pts[j + 1][1]))
     return units
 
 
@@ -225,7 +230,7 @@ def analyse(unit: Unit, work: Work) -> UnitResult:
         res.utcs.append(start_utc)
         rows.append(np.asarray(scores, dtype=np.float32))
 
-    s0 = dict(p.stats)
+    s0, g0 = dict(p.stats), p.guard.no_signal_windows
     try:
         source = open_source(unit.path, p.sample_rate, work.job, unit.span)
     except SourceError as exc:
@@ -233,8 +238,14 @@ def analyse(unit: Unit, work: Work) -> UnitResult:
     else:
         if unit.start_utc is not None and source.time_source == "replay-time":
             source.start_utc = unit.start_utc
-        def on_block(block):  # the end of the audio, computed as run_source computes it
-            res.end_utc = block.start_utc + timedelta(seconds=len(block.samples) / p.sample_rate)
+        sr = p.sample_rate
+
+        def on_block(block):
+            res.end_utc = block.start_utc + timedelta(seconds=len(block.samples) / sr)  # as run_source has it
+            first = round(block.offset_s * sr)
+            own = block.samples if unit.own_end is None else block.samples[: max(0, unit.own_end - first)]
+            if len(own):
+                res.nonfinite_samples += len(own) - int(np.count_nonzero(np.isfinite(own)))
 
         p.on_window = on_window
         try:
@@ -243,6 +254,7 @@ def analyse(unit: Unit, work: Work) -> UnitResult:
             p.on_window = None
         res.audio_end_s, res.error, res.decode_s = run.audio_s, run.error, run.decode_s
     res.scores = np.stack(rows) if rows else np.zeros((0, len(p.bundle.labels)), np.float32)
+    res.no_signal_windows = p.guard.no_signal_windows - g0
     res.frontend_s = p.stats["frontend_s"] - s0["frontend_s"]
     res.invoke_s = p.stats["invoke_s"] - s0["invoke_s"]
     res.wall_s = time.perf_counter() - t_start
@@ -416,6 +428,8 @@ class ParallelReplay:
             index += res.windows
             if res.windows:
                 rt.health.note_windows(res.windows, res.invoke_s / res.windows)
+            p.guard.no_signal_windows += res.no_signal_windows  # the summary reports them as one job's
+            p.guard.nonfinite_samples += res.nonfinite_samples
             if dets:
                 rt.deliver(dets, run)
             run.audio_s = max(run.audio_s, res.audio_end_s)
