@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from edge.detection.postprocess import ID_NAMESPACE, iso_utc
-from edge.sources import AUDIO_EXTENSIONS, FileSource, SourceError, find_audio_files
+from edge.sources import AUDIO_EXTENSIONS, FileSource, SourceError, display_path, find_audio_files
 from edge.outputs.writers import FORMATS
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,10 @@ def summary(stats: ReplayStats, *, bundle, pipeline, db_path, threads: int, writ
             lines.append(f"  {n:5d}  {stats.names.get(label, label)} ({label})")
     else:
         lines.append("no detections")
+    guard = getattr(pipeline, "guard", None)
+    if guard is not None and guard.no_signal_windows:
+        lines.append(f"{guard.no_signal_windows} window(s) without signal not scored (digital silence, constant "
+                     f"input or {guard.nonfinite_samples} non-finite sample(s))")
     if stats.refused:
         lines.append(f"refused {len(stats.refused)} file(s):")
         lines += [f"  {reason}" for _, reason in stats.refused]
@@ -279,7 +283,7 @@ def run(args) -> int:
         print(f"error: no PATH given and no demo recording in {DEMO_DIR}", file=sys.stderr)
         return 2
     files, problems = find_audio_files(paths)
-    stats = ReplayStats(refused=[(str(p), f"{p}: {why}") for p, why in problems])
+    stats = ReplayStats(refused=[(display_path(p), f"{display_path(p)}: {why}") for p, why in problems])
     if start_utc is not None and len(files) > 1:
         log.warning("--start-time applies to every one of the %d files", len(files))
 
@@ -296,7 +300,7 @@ def run(args) -> int:
             return 2
     fe = bundle.frontend
     try:
-        writer = make_writer(args.format, args.out, low_hz=fe.fmin, high_hz=fe.fmax)
+        writer = make_writer(args.format, args.out, low_hz=fe.fmin, high_hz=fe.fmax, inputs=paths)
     except OSError as exc:
         print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
