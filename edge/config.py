@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -203,17 +202,17 @@ def parse_config(data: object, origin: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, origin)) from None
+        from edge.config_yaml import cap
+
+        raise ConfigError(cap(format_validation_error(exc, origin))) from None
 
 
 def load_config(path: str | Path) -> Config:
+    from edge.config_yaml import YAMLConfigError, load_yaml  # bounded: duplicate keys, alias bombs, not UTF-8
+
     p = Path(path)
     try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read the configuration ({exc.strerror or exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        data = load_yaml(p)
+    except YAMLConfigError as exc:
+        raise ConfigError(str(exc)) from None
     return parse_config(data, str(p))
