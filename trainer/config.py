@@ -192,7 +192,7 @@ def parse_train_config(data: dict | None) -> TrainConfig:
 def load_train_config(path: str | Path | None) -> TrainConfig:
     if path is None:
         return TrainConfig()
-    from edge.config_yaml import YAMLConfigError, load_yaml  # bounded: duplicate keys, alias bombs, not UTF-8
+    from edge.config.safe_yaml import YAMLConfigError, load_yaml  # bounded: duplicate keys, alias bombs, not UTF-8
 
     try:
         data = load_yaml(path)
