@@ -168,6 +168,9 @@ class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+from edge.outputs.web.settings import WebConfig  # noqa: E402
+
+
 class Config(_Section):
     device_id: str = Field("recorder", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     state_dir: Path = DEFAULT_STATE_DIR
@@ -180,6 +183,7 @@ class Config(_Section):
     mqtt: MQTTConfig = MQTTConfig()
     updates: UpdatesConfig = UpdatesConfig()
     logging: LoggingConfig = LoggingConfig()
+    web: WebConfig = WebConfig()
     status_interval_s: float = Field(30, ge=1)
 
 

@@ -16,6 +16,8 @@ COMMANDS = [
     "edge.cli.run",
     "edge.cli.checkconfig",
     "edge.cli.devices",
+    "edge.cli.web",
+    "edge.cli.export_reviews",
 ]
 
 

@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
+def clip_path(directory: str | Path, start_utc: str, label: str, det_id: str) -> Path:
+    """Where the clip of a detection is (or would be) written."""
+    try:
+        when = datetime.fromisoformat(start_utc.replace("Z", "+00:00"))
+        stamp, day = when.strftime("%Y%m%dT%H%M%SZ"), when.strftime("%Y-%m-%d")
+    except ValueError:
+        stamp, day = "unknown", "unknown"
+    return Path(directory) / day / f"{stamp}_{_SAFE.sub('_', label)}_{det_id[:8]}.wav"
+
+
 class ClipWriter(DetectionSink):
     def __init__(self, directory: str | Path, sample_rate: int, *, padding_s: float = 1.0,
                  max_disk_mb: float = 1024, history_s: float = 60.0):
@@ -113,14 +123,8 @@ class ClipWriter(DetectionSink):
         if not len(samples):
             log.warning("no audio left for the clip of detection %s", d.id)
             return
-        try:
-            when = datetime.fromisoformat(d.start_utc.replace("Z", "+00:00"))
-            stamp, day = when.strftime("%Y%m%dT%H%M%SZ"), when.strftime("%Y-%m-%d")
-        except ValueError:
-            stamp, day = "unknown", "unknown"
-        sub = self.dir / day
-        sub.mkdir(parents=True, exist_ok=True)
-        path = sub / f"{stamp}_{_SAFE.sub('_', d.label)}_{d.id[:8]}.wav"
+        path = clip_path(self.dir, d.start_utc, d.label, d.id)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".wav.part")
         with wave.open(str(tmp), "wb") as w:
             w.setnchannels(1)

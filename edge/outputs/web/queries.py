@@ -1,0 +1,250 @@
+"""What the dashboard reads from the store: one method per page, each a few indexed queries.
+
+Times in the store are ISO UTC text (``2026-05-01T05:12:30.500Z``) compared as
+text. Days and hours shown to people are in the dashboard's time zone
+(``web.timezone``, default the system's): a day is turned into its UTC bounds
+before it reaches SQL, and hours are grouped with SQLite's ``strftime`` and the
+zone's offset. Lists are paged by keyset (``start_utc, seq``), never OFFSET,
+so page 1,000 costs what page 1 does.
+
+The indexes these queries need beyond the store's own are created here
+(``WEB_INDEXES``, versioned in ``aux_schema`` as part ``web``).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone, tzinfo
+
+from edge.outputs.reviews import migrate_aux
+
+WEB_INDEXES = [
+    # species page (best detections) and the detections list filtered by species and score
+    "CREATE INDEX IF NOT EXISTS detections_label_score ON detections(label, score)",
+]
+OUTBOX_COUNT_CAP = 100_000
+
+
+def iso_z(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class Cursor:
+    start_utc: str
+    seq: int
+
+    def encode(self) -> str:
+        return f"{self.start_utc}~{self.seq}"
+
+    @classmethod
+    def decode(cls, text: str) -> "Cursor":
+        """Raises ValueError (the caller turns it into a 400)."""
+        when, _, seq = text.partition("~")
+        parse_utc(when)
+        if not seq.isdigit():
+            raise ValueError("the page cursor is not one this dashboard made")
+        return cls(when, int(seq))
+
+
+class Queries:
+    def __init__(self, conn, tz: tzinfo, *, lock: threading.Lock | None = None):
+        self.conn = conn
+        self.tz = tz
+        self.lock = lock or threading.Lock()
+        self._species_cache: tuple[float, list[dict]] | None = None
+
+    def migrate(self) -> None:
+        with self.lock:
+            migrate_aux(self.conn, "web", WEB_INDEXES)
+
+    def _all(self, sql: str, params=()) -> list[dict]:
+        with self.lock:
+            return [dict(r) for r in self.conn.execute(sql, params)]
+
+    def _one(self, sql: str, params=()):
+        with self.lock:
+            return self.conn.execute(sql, params).fetchone()
+
+    # -- time helpers ---------------------------------------------------------
+    def day_bounds(self, day: date) -> tuple[str, str]:
+        start = datetime(day.year, day.month, day.day, tzinfo=self.tz)
+        end = start + timedelta(days=1)
+        end = datetime(end.year, end.month, end.day, tzinfo=self.tz)  # across a DST change
+        return iso_z(start), iso_z(end)
+
+    def offset_modifier(self, day: date | None = None) -> str:
+        """SQLite modifier shifting UTC to local time (the offset at noon of ``day``, default today)."""
+        day = day or self.today()
+        off = datetime(day.year, day.month, day.day, 12, tzinfo=self.tz).utcoffset() or timedelta(0)
+        return f"{int(off.total_seconds() // 60):+d} minutes"
+
+    def today(self) -> date:
+        return datetime.now(self.tz).date()
+
+    def local(self, utc_text: str | None) -> datetime | None:
+        return parse_utc(utc_text).astimezone(self.tz) if utc_text else None
+
+    # -- today ------------------------------------------------------------------
+    def latest_day(self) -> date | None:
+        row = self._one("SELECT max(start_utc) FROM detections")
+        return self.local(row[0]).date() if row and row[0] else None
+
+    def day_summary(self, day: date) -> list[dict]:
+        a, b = self.day_bounds(day)
+        rows = self._all(
+            "SELECT label, max(common_name) AS common_name, count(*) AS n, min(start_utc) AS first, "
+            "max(start_utc) AS last, max(score) AS best FROM detections WHERE start_utc >= ? AND start_utc < ? "
+            "GROUP BY label ORDER BY n DESC, label", [a, b])
+        hours: dict[str, list[int]] = {r["label"]: [0] * 24 for r in rows}
+        for h in self._all(
+                "SELECT label, CAST(strftime('%H', start_utc, ?) AS INTEGER) AS h, count(*) AS n FROM detections "
+                "WHERE start_utc >= ? AND start_utc < ? GROUP BY label, h", [self.offset_modifier(day), a, b]):
+            hours[h["label"]][h["h"]] = h["n"]
+        for r in rows:
+            r["hours"] = hours[r["label"]]
+            best = self._one("SELECT id FROM detections WHERE label = ? AND start_utc >= ? AND start_utc < ? "
+                             "ORDER BY score DESC LIMIT 1", [r["label"], a, b])
+            r["best_id"] = best[0] if best else None
+        return rows
+
+    # -- detections list --------------------------------------------------------
+    def detections_page(self, *, label: str | None = None, day: date | None = None, min_score: float | None = None,
+                        before: Cursor | None = None, after: Cursor | None = None, limit: int = 50):
+        """(rows newest first, cursor of an older page or None, cursor of a newer page or None)."""
+        where, params = [], []
+        if label:
+            where.append("label = ?")
+            params.append(label)
+        if day:
+            a, b = self.day_bounds(day)
+            where += ["start_utc >= ?", "start_utc < ?"]
+            params += [a, b]
+        if min_score is not None:
+            where.append("score >= ?")
+            params.append(min_score)
+        ascending = after is not None and before is None
+        page_where, page_params = list(where), list(params)
+        if before is not None:
+            page_where.append("(start_utc, seq) < (?, ?)")
+            page_params += [before.start_utc, before.seq]
+        elif after is not None:
+            page_where.append("(start_utc, seq) > (?, ?)")
+            page_params += [after.start_utc, after.seq]
+        order = "ASC" if ascending else "DESC"
+        sql = ("SELECT seq, id, start_utc, end_utc, label, common_name, score, n_windows, model_version, source "
+               "FROM detections" + (" WHERE " + " AND ".join(page_where) if page_where else "")
+               + f" ORDER BY start_utc {order}, seq {order} LIMIT ?")
+        rows = self._all(sql, [*page_params, limit + 1])
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if ascending:
+            rows.reverse()
+        if not rows:
+            return rows, None, None
+        first, last = Cursor(rows[0]["start_utc"], rows[0]["seq"]), Cursor(rows[-1]["start_utc"], rows[-1]["seq"])
+        if ascending:
+            older = last if self._exists(where, params, "<", last) else None
+            newer = first if more else None
+        else:
+            older = last if more else None
+            newer = first if (before is not None and self._exists(where, params, ">", first)) else None
+        return rows, older, newer
+
+    def _exists(self, where, params, op, cur: Cursor) -> bool:
+        sql = ("SELECT 1 FROM detections WHERE " + " AND ".join([*where, f"(start_utc, seq) {op} (?, ?)"]) + " LIMIT 1")
+        return self._one(sql, [*params, cur.start_utc, cur.seq]) is not None
+
+    # -- one detection ----------------------------------------------------------
+    def detection(self, det_id: str) -> dict | None:
+        row = self._one("SELECT * FROM detections WHERE id = ?", [det_id])
+        return dict(row) if row else None
+
+    def neighbours(self, det: dict, span_s: float = 30.0, limit: int = 30) -> list[dict]:
+        t = parse_utc(det["start_utc"])
+        return self._all(
+            "SELECT id, start_utc, end_utc, label, common_name, score FROM detections "
+            "WHERE start_utc >= ? AND start_utc <= ? ORDER BY start_utc, seq LIMIT ?",
+            [iso_z(t - timedelta(seconds=span_s)), iso_z(t + timedelta(seconds=span_s)), limit])
+
+    def step(self, det: dict, newer: bool) -> str | None:
+        op, order = (">", "ASC") if newer else ("<", "DESC")
+        row = self._one(f"SELECT id FROM detections WHERE (start_utc, seq) {op} (?, ?) "
+                        f"ORDER BY start_utc {order}, seq {order} LIMIT 1", [det["start_utc"], det["seq"]])
+        return row[0] if row else None
+
+    # -- species ----------------------------------------------------------------
+    def species_list(self, max_age_s: float = 60.0) -> list[dict]:
+        """Every label in the store with its common name (skip-scan of the label index; cached briefly)."""
+        now = time.monotonic()
+        if self._species_cache and now - self._species_cache[0] < max_age_s:
+            return self._species_cache[1]
+        labels = [r["x"] for r in self._all(
+            "WITH RECURSIVE l(x) AS (SELECT min(label) FROM detections UNION ALL "
+            "SELECT (SELECT min(label) FROM detections WHERE label > l.x) FROM l WHERE l.x IS NOT NULL) "
+            "SELECT x FROM l WHERE x IS NOT NULL")]
+        out = []
+        for lab in labels:
+            row = self._one("SELECT common_name FROM detections WHERE label = ? LIMIT 1", [lab])
+            out.append({"label": lab, "common_name": row[0] if row else ""})
+        self._species_cache = (now, out)
+        return out
+
+    def species(self, label: str, days: int = 60) -> dict | None:
+        row = self._one("SELECT count(*), min(start_utc), max(start_utc) FROM detections WHERE label = ?", [label])
+        if not row or not row[0]:
+            return None
+        n, first, last = row
+        mod = self.offset_modifier()
+        by_hour = [0] * 24
+        for r in self._all("SELECT CAST(strftime('%H', start_utc, ?) AS INTEGER) AS h, count(*) AS n FROM detections "
+                           "WHERE label = ? GROUP BY h", [mod, label]):
+            by_hour[r["h"]] = r["n"]
+        last_day = self.local(last).date()
+        first_day = last_day - timedelta(days=days - 1)
+        a, _ = self.day_bounds(first_day)
+        _, b = self.day_bounds(last_day)
+        counts = {r["d"]: r["n"] for r in self._all(
+            "SELECT strftime('%Y-%m-%d', start_utc, ?) AS d, count(*) AS n FROM detections "
+            "WHERE label = ? AND start_utc >= ? AND start_utc < ? GROUP BY d", [mod, label, a, b])}
+        by_day = [(first_day + timedelta(days=i)) for i in range(days)]
+        best = self._all("SELECT id, start_utc, score FROM detections WHERE label = ? ORDER BY score DESC LIMIT 5",
+                         [label])
+        recent = self._all("SELECT id, start_utc, score FROM detections WHERE label = ? "
+                           "ORDER BY start_utc DESC LIMIT 10", [label])
+        name = self._one("SELECT common_name FROM detections WHERE label = ? LIMIT 1", [label])
+        return {"label": label, "common_name": name[0] if name else "", "n": n, "first": first, "last": last,
+                "by_hour": by_hour, "days": by_day, "by_day": [counts.get(d.isoformat(), 0) for d in by_day],
+                "best": best, "recent": recent}
+
+    # -- effort and gaps --------------------------------------------------------
+    def effort(self, last_day: date, days: int) -> dict:
+        first_day = last_day - timedelta(days=days - 1)
+        a, _ = self.day_bounds(first_day)
+        _, b = self.day_bounds(last_day)
+        now = iso_z(datetime.now(timezone.utc))
+        sessions = self._all(
+            "SELECT id, source, start_utc, coalesce(end_utc, ?) AS end_utc, end_utc IS NULL AS open, model_version "
+            "FROM effort WHERE start_utc < ? AND coalesce(end_utc, ?) > ? ORDER BY start_utc", [now, b, now, a])
+        gaps = self._all("SELECT start_utc, end_utc, reason, samples_lost, source FROM gaps "
+                         "WHERE start_utc < ? AND end_utc > ? ORDER BY start_utc", [b, a])
+        return {"first_day": first_day, "last_day": last_day, "sessions": sessions, "gaps": gaps}
+
+    def latest_effort_day(self) -> date | None:
+        row = self._one("SELECT max(start_utc) FROM effort")
+        return self.local(row[0]).date() if row and row[0] else None
+
+    # -- health -----------------------------------------------------------------
+    def store_figures(self) -> dict:
+        depth = self._one("SELECT count(*) FROM (SELECT 1 FROM detections WHERE published_utc IS NULL LIMIT ?)",
+                          [OUTBOX_COUNT_CAP + 1])[0]
+        last = self._one("SELECT id, start_utc, label, common_name, score FROM detections "
+                         "ORDER BY start_utc DESC LIMIT 1")
+        total = self._one("SELECT max(seq) FROM detections")[0] or 0
+        return {"outbox_depth": depth, "outbox_capped": depth > OUTBOX_COUNT_CAP, "detections_max_seq": total,
+                "last": dict(last) if last else None}

@@ -1,0 +1,65 @@
+"""``web:`` the local dashboard (``python -m edge web``, or a daemon service with ``enabled``)."""
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); ValueError naming the problem."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"listen must be HOST:PORT with a port 1..65535, e.g. 127.0.0.1:8080 (given {text!r})")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host:
+        raise ValueError(f"listen needs a host, e.g. 127.0.0.1:8080 or 0.0.0.0:8080 (given {text!r})")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    enabled: bool = False  # run the dashboard inside the daemon (it then keeps clips)
+    listen: str = "127.0.0.1:8080"  # any other host than loopback needs password_file
+    password_file: Optional[Path] = None  # default <state_dir>/web.password
+    timezone: Optional[str] = None  # IANA name for days and hours on the pages; default the system's
+    page_size: int = Field(50, ge=10, le=500)
+    cache_dir: Optional[Path] = None  # spectrogram PNGs; default <state_dir>/web-cache
+    reviewed_clips_dir: Optional[Path] = None  # clips of reviewed detections; default <state_dir>/reviewed-clips
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        split_listen(v)
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r}: use an IANA name such as Europe/Paris, or leave it out") from None
+        return v
+
+    def paths(self, state_dir: Path) -> dict[str, Path]:
+        return {"password_file": self.password_file or state_dir / "web.password",
+                "cache_dir": self.cache_dir or state_dir / "web-cache",
+                "reviewed_clips_dir": self.reviewed_clips_dir or state_dir / "reviewed-clips"}
