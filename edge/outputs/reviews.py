@@ -120,6 +120,10 @@ class Reviews:
                 raise ReviewError("name the right species by its label, e.g. Coereba_flaveola (letters, digits, _ - .)")
             if label == det["label"]:
                 verdict, common_name = "correct", det["common_name"]
+            elif not common_name:
+                known = self.conn.execute("SELECT common_name FROM detections WHERE label = ? LIMIT 1",
+                                          [label]).fetchone()
+                common_name = known[0] if known else ""
         cur = self.conn.execute(
             "INSERT INTO reviews (detection_id, verdict, label, common_name, created_utc, reviewer, note) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)", [detection_id, verdict, label, common_name or "", _now(), reviewer, note[:500]])
@@ -198,7 +202,12 @@ def export_reviews(reviews: Reviews, out: Path) -> ExportSummary:
     out.mkdir(parents=True, exist_ok=True)
     summary = ExportSummary(out)
     rows = []
-    for r in reviews.latest_all():
+    latest = reviews.latest_all()
+    names: dict[str, str] = {}  # one folder per label, whatever name each review carried
+    for r in latest:
+        if r["label"] and r["common_name"]:
+            names.setdefault(r["label"], r["common_name"])
+    for r in latest:
         det_id = r["detection_id"]
         candidates = []
         if reviews.kept_dir:
@@ -213,7 +222,7 @@ def export_reviews(reviews: Reviews, out: Path) -> ExportSummary:
             folder = Path(".wrong") / _safe(r["d_label"] or "unknown")
             summary.wrong += 1
         else:
-            folder = Path(class_folder(r["label"], r["common_name"]))
+            folder = Path(class_folder(r["label"], names.get(r["label"], "")))
             summary.per_class[r["label"]] = summary.per_class.get(r["label"], 0) + 1
         dst = out / folder / f"{det_id}.wav"
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -78,11 +78,13 @@ class Queries:
         end = datetime(end.year, end.month, end.day, tzinfo=self.tz)  # across a DST change
         return iso_z(start), iso_z(end)
 
-    def offset_modifier(self, day: date | None = None) -> str:
-        """SQLite modifier shifting UTC to local time (the offset at noon of ``day``, default today)."""
-        day = day or self.today()
-        off = datetime(day.year, day.month, day.day, 12, tzinfo=self.tz).utcoffset() or timedelta(0)
-        return f"{int(off.total_seconds() // 60):+d} minutes"
+    def local_hour(self, utc_hour: str) -> datetime:
+        """A UTC hour bucket (``substr(start_utc, 1, 13)``: ``2026-05-01T04``) as local time.
+
+        Hours are grouped in UTC by SQL and placed here, zone-aware (right across
+        DST changes; zones with half-hour offsets place a bucket by its start).
+        """
+        return datetime.strptime(utc_hour, "%Y-%m-%dT%H").replace(tzinfo=timezone.utc).astimezone(self.tz)
 
     def today(self) -> date:
         return datetime.now(self.tz).date()
@@ -103,9 +105,9 @@ class Queries:
             "GROUP BY label ORDER BY n DESC, label", [a, b])
         hours: dict[str, list[int]] = {r["label"]: [0] * 24 for r in rows}
         for h in self._all(
-                "SELECT label, CAST(strftime('%H', start_utc, ?) AS INTEGER) AS h, count(*) AS n FROM detections "
-                "WHERE start_utc >= ? AND start_utc < ? GROUP BY label, h", [self.offset_modifier(day), a, b]):
-            hours[h["label"]][h["h"]] = h["n"]
+                "SELECT label, substr(start_utc, 1, 13) AS h, count(*) AS n FROM detections "
+                "WHERE start_utc >= ? AND start_utc < ? GROUP BY label, h", [a, b]):
+            hours[h["label"]][self.local_hour(h["h"]).hour] += h["n"]
         for r in rows:
             r["hours"] = hours[r["label"]]
             best = self._one("SELECT id FROM detections WHERE label = ? AND start_utc >= ? AND start_utc < ? "
@@ -200,18 +202,16 @@ class Queries:
         if not row or not row[0]:
             return None
         n, first, last = row
-        mod = self.offset_modifier()
-        by_hour = [0] * 24
-        for r in self._all("SELECT CAST(strftime('%H', start_utc, ?) AS INTEGER) AS h, count(*) AS n FROM detections "
-                           "WHERE label = ? GROUP BY h", [mod, label]):
-            by_hour[r["h"]] = r["n"]
         last_day = self.local(last).date()
         first_day = last_day - timedelta(days=days - 1)
-        a, _ = self.day_bounds(first_day)
-        _, b = self.day_bounds(last_day)
-        counts = {r["d"]: r["n"] for r in self._all(
-            "SELECT strftime('%Y-%m-%d', start_utc, ?) AS d, count(*) AS n FROM detections "
-            "WHERE label = ? AND start_utc >= ? AND start_utc < ? GROUP BY d", [mod, label, a, b])}
+        by_hour = [0] * 24
+        counts: dict[date, int] = {}
+        for r in self._all("SELECT substr(start_utc, 1, 13) AS h, count(*) AS n FROM detections "
+                           "WHERE label = ? GROUP BY h", [label]):
+            t = self.local_hour(r["h"])
+            by_hour[t.hour] += r["n"]
+            if t.date() >= first_day:
+                counts[t.date()] = counts.get(t.date(), 0) + r["n"]
         by_day = [(first_day + timedelta(days=i)) for i in range(days)]
         best = self._all("SELECT id, start_utc, score FROM detections WHERE label = ? ORDER BY score DESC LIMIT 5",
                          [label])
@@ -219,7 +219,7 @@ class Queries:
                            "ORDER BY start_utc DESC LIMIT 10", [label])
         name = self._one("SELECT common_name FROM detections WHERE label = ? LIMIT 1", [label])
         return {"label": label, "common_name": name[0] if name else "", "n": n, "first": first, "last": last,
-                "by_hour": by_hour, "days": by_day, "by_day": [counts.get(d.isoformat(), 0) for d in by_day],
+                "by_hour": by_hour, "days": by_day, "by_day": [counts.get(d, 0) for d in by_day],
                 "best": best, "recent": recent}
 
     # -- effort and gaps --------------------------------------------------------
