@@ -12,7 +12,7 @@ from edge.config import MQTTConfig
 from edge.outputs.mqtt.payloads import load_schema
 from edge.detection.postprocess import detection_id
 from edge.outputs.mqtt.publisher import Publisher
-from edge.types import Detection
+from edge.contract.record import Detection
 
 SCHEMAS = {name: jsonschema.Draft202012Validator(load_schema(name)) for name in ("detection", "status", "ha_discovery")}
 SHA = hashlib.sha256(b"test model").hexdigest()

@@ -16,7 +16,8 @@ from edge.outputs.clips import ClipWriter
 from edge.service.health import Health
 from edge.service.sdnotify import Notifier, Watchdog
 from edge.sources.ringbuffer import RingBuffer
-from edge.types import AudioBlock, Detection
+from edge.contract.record import Detection
+from edge.types import AudioBlock
 
 
 # -- ring buffer ----------------------------------------------------------------------

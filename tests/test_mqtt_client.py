@@ -68,7 +68,10 @@ PUBLISHER_PROCESS = textwrap.dedent("""
     from edge.config import MQTTConfig
     from edge.outputs.mqtt.publisher import Publisher
     cfg = MQTTConfig(enabled=True, host="127.0.0.1", port={port}, keepalive_s=5, client_id="dawnchorus-dev1")
-    pub = Publisher(cfg, "dev1", Store({db!r}), health=lambda: {{"windows_processed": 1}})
+    class Health:
+        def snapshot(self):
+            return {{"windows_processed": 1}}
+    pub = Publisher(cfg, "dev1", Store({db!r}), health=Health())
     pub.start()
     pub.wait_connected(10)
     while pub.stats["published"] == 0 and pub._next_health == 0.0:  # the online status is on its way

@@ -22,7 +22,7 @@ def test_delivery_qos1_validated_and_marked_published(tmp_path, mqtt_broker, mak
     health = Health("dev1", tmp_path)  # the daemon's health object
     health.note_windows(7, 0.0012)
     health.note_model("test-1", "ab" * 32)
-    pub = start_publisher(mqtt_broker, store, health=health.snapshot)
+    pub = start_publisher(mqtt_broker, store, health=health)
     try:
         assert pub.wait_connected(10)
         StoreThenPublish(store, pub).handle(dets)
@@ -229,7 +229,7 @@ def test_home_assistant_discovery(tmp_path, mqtt_broker, make_collector):
                   "homeassistant/sensor/dawnchorus_dev1/detections_count/config"]
         assert col.wait_for(lambda c: all(c.on(t) for t in topics), 10)
         configs = [validate("ha_discovery", col.on(t)[0]) for t in topics]
-        assert configs[0]["state_topic"] == DET
+        assert configs[0]["state_topic"] == "dawnchorus/dev1/last_detection"  # retained (tests/test_integrations_discovery.py)
         assert configs[1]["state_topic"] == STATUS
         assert col.wait_for(lambda c: any(m.get("health", {}).get("detections_total") == 3
                                           for m in c.json_on(STATUS)), 10)

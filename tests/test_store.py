@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from edge.outputs.store import DETECTION_COLUMNS, SCHEMA_VERSION, Store, StoreError
-from edge.types import Detection
+from edge.contract.record import Detection
 
 
 def det(i: int, label: str = "Aa_one", start: str | None = None) -> Detection:
@@ -44,7 +44,7 @@ def test_schema_created_by_migration(tmp_path, start):
     sc = schema(path)
     assert sc["version"] == SCHEMA_VERSION and sc["mode"] == "wal"
     cols = sc["tables"]["detections"]
-    assert set(DETECTION_COLUMNS) | {"seq", "published_utc"} == set(cols)
+    assert set(DETECTION_COLUMNS) | {"seq", "published_utc", "acked_t"} == set(cols)
     assert {"id", "device_id", "source", "start_utc", "end_utc", "offset_s", "label", "common_name", "score",
             "model_version", "model_sha256", "created_utc"} <= set(cols)
     assert set(sc["tables"]["effort"]) >= {"start_utc", "end_utc", "device_id", "source", "model_version", "settings"}

@@ -20,10 +20,11 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from edge.detection.postprocess import ID_NAMESPACE, iso_utc
+from edge.contract.record import format_utc, parse_utc
+from edge.detection.postprocess import ID_NAMESPACE
 from edge.sources import AUDIO_EXTENSIONS, FileSource, SourceError, find_audio_files
 from edge.outputs.writers import FORMATS
 
@@ -48,12 +49,6 @@ def default_db_path() -> Path:
 
 def demo_files() -> list[Path]:
     return sorted(p for p in DEMO_DIR.glob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-
-
-def parse_time(text: str) -> datetime:
-    """ISO 8601; a time without a zone is taken as UTC."""
-    t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 @dataclass
@@ -159,7 +154,7 @@ def replay_file(path: Path, pipeline, store, writer, stats: ReplayStats, *, star
         key = "\x1f".join((pipeline.device_id, source.name, pipeline.bundle.sha256, json.dumps(settings, sort_keys=True)))
         store.open_effort(
             id=str(uuid.uuid5(ID_NAMESPACE, key)), device_id=pipeline.device_id, source=source.name,
-            start_utc=iso_utc(source.start_utc), end_utc=iso_utc(source.start_utc + timedelta(seconds=done_s)),
+            start_utc=format_utc(source.start_utc), end_utc=format_utc(source.start_utc + timedelta(seconds=done_s)),
             model_version=pipeline.bundle.version, model_sha256=pipeline.bundle.sha256,
             settings={**settings, "time_source": source.time_source, "replay": True})
     return ok
@@ -259,7 +254,7 @@ def run(args) -> int:
     start_utc = None
     if args.start_time:
         try:
-            start_utc = parse_time(args.start_time)
+            start_utc = parse_utc(args.start_time)
         except ValueError:
             print(f"error: --start-time {args.start_time!r} is not an ISO 8601 time (e.g. 2024-05-01T05:30:00Z)",
                   file=sys.stderr)

@@ -48,7 +48,7 @@ def context_from_args(args):
             cfg.state_dir = args.state_dir
         return WebContext.from_config(cfg, args.listen)
     from edge.cli.replay import DEFAULTS, default_db_path
-    from edge.outputs.web.settings import split_listen
+    from edge.config.web import split_listen
 
     db = args.db or default_db_path()
     state = args.state_dir or db.parent

@@ -27,13 +27,13 @@ import json
 import logging
 import zipfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge.contract.frontend import FrontendError, FrontendParams
+from edge.contract.record import DEFAULT_OUTPUT_KIND, OUTPUT_KINDS, utc_now
 from edge.contract.signing import key_id, verify
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,6 @@ FORMAT = "dawnchorus-bundle"
 FORMAT_VERSION = 1
 MANIFEST, MODEL, SELFTEST, SIGNATURE = "manifest.json", "model.tflite", "selftest_input.npy", "signature.json"
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
-# "probability": the model ends in a sigmoid. "logit": the edge applies the
-# sigmoid after dequantizing, which keeps int8 resolution for small scores
-# (a sigmoid quantized to 1/256 steps flattens every score below 0.004).
-OUTPUT_KINDS = ("probability", "logit")
 
 
 class BundleError(ValueError):
@@ -133,7 +129,7 @@ def build_bundle(
     metrics: dict | None = None,
     selftest_tolerance: int = 2,
     extra: dict | None = None,
-    output_kind: str = "probability",
+    output_kind: str = DEFAULT_OUTPUT_KIND,
 ) -> bytes:
     """Assemble and sign a bundle; returns its bytes. Pure: no TensorFlow."""
     frontend.validate()
@@ -143,7 +139,7 @@ def build_bundle(
         "format_version": FORMAT_VERSION,
         "name": name,
         "version": str(version),
-        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_utc": utc_now(ms=False),
         "labels": [lab.__dict__ for lab in labels],
         "frontend": frontend.to_dict(),
         "window_s": frontend.window_s,
@@ -211,7 +207,7 @@ def _check_shapes(m: dict, frontend: FrontendParams) -> None:
         raise BundleError(f"model output shape {t.get('output_shape')} does not match {len(m['labels'])} labels")
     if t.get("input_dtype") != "int8" or t.get("output_dtype") != "int8":
         raise BundleError("only full-integer int8 models (int8 input and output) are supported")
-    if t.get("output_kind", "probability") not in OUTPUT_KINDS:
+    if t.get("output_kind", DEFAULT_OUTPUT_KIND) not in OUTPUT_KINDS:
         raise BundleError(f"model output kind {t.get('output_kind')!r} is not one of {OUTPUT_KINDS}")
     hop = float(m["hop_s"])
     if not 0 < hop <= frontend.window_s:

@@ -31,7 +31,8 @@ import numpy as np
 
 from edge.contract.frontend import LogMel
 from edge.detection.postprocess import ModelInfo, PostProcessor, SourceInfo, unknown_labels
-from edge.types import AudioBlock, AudioSource, Detection, DetectionSink
+from edge.contract.record import Detection
+from edge.types import AudioBlock, AudioSource, DetectionSink
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ import os
 import re
 import wave
 from collections import deque
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from edge.types import AudioBlock, Detection, DetectionSink
+from edge.contract.record import Detection, parse_utc
+from edge.types import AudioBlock, DetectionSink
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 def clip_path(directory: str | Path, start_utc: str, label: str, det_id: str) -> Path:
     """Where the clip of a detection is (or would be) written."""
     try:
-        when = datetime.fromisoformat(start_utc.replace("Z", "+00:00"))
+        when = parse_utc(start_utc)
         stamp, day = when.strftime("%Y%m%dT%H%M%SZ"), when.strftime("%Y-%m-%d")
     except ValueError:
         stamp, day = "unknown", "unknown"

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from edge.outputs.store import DETECTION_COLUMNS
-from edge.types import Detection, DetectionSink
+from edge.contract.record import DETECTION_FIELDS, Detection
+from edge.types import DetectionSink
 
 FORMATS = ("table", "csv", "json", "raven")
 
@@ -83,16 +83,16 @@ class TableWriter(_StreamWriter):
 
 
 class CSVWriter(_StreamWriter):
-    """One row per detection event, the store's columns."""
+    """One row per detection event, a column per field of the record."""
 
     def __init__(self, out: IO[str] | None = None):
         super().__init__(out)
         self._w = csv.writer(self.out, lineterminator="\n")
-        self._w.writerow(DETECTION_COLUMNS)
+        self._w.writerow(DETECTION_FIELDS)
 
     def handle(self, detections: list[Detection]) -> None:
         for d in detections:
-            self._w.writerow([getattr(d, c) for c in DETECTION_COLUMNS])
+            self._w.writerow([getattr(d, c) for c in DETECTION_FIELDS])
 
 
 class JSONWriter(_StreamWriter):

@@ -32,18 +32,21 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from edge.config import Config
 from edge.service.health import Health
 from edge.service.sdnotify import Notifier, Watchdog
-from edge.types import AudioBlock, Detection
+from edge.contract.record import Detection, format_utc
+from edge.types import AudioBlock, DetectionSink, Service
+
+if TYPE_CHECKING:  # loaded where used: the daemon starts in about a second
+    from edge.detection.pipeline import Pipeline
+    from edge.outputs.store import Store
+    from edge.service.modelstore import ModelStore
+    from edge.service.updates import Running
 
 log = logging.getLogger(__name__)
-
-
-def iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 @dataclass
@@ -53,17 +56,16 @@ class DaemonContext:
     cfg: Config
     stop: threading.Event
     health: Health
-    store: Any  # edge.outputs.store.Store
-    pipeline: Any  # edge.detection.pipeline.Pipeline (set_model is thread-safe)
-    running: Any  # edge.service.updates.Running: the model in use
-    model_store: Any  # edge.service.modelstore.ModelStore
-    services: dict = field(default_factory=dict)  # name -> service started before this one
+    store: Store
+    pipeline: Pipeline  # set_model is thread-safe
+    running: Running  # the model in use
+    model_store: ModelStore  # installed model bundles (not the detection store)
+    services: dict[str, Service] = field(default_factory=dict)  # name -> service started before this one
 
 
-#: ``factory(ctx) -> service or None``. A service has ``start()`` and ``stop()``;
-#: if it also has ``handle(detections)`` it receives each batch after the store
-#: committed it. Started in this order, stopped in reverse.
-ServiceFactory = Callable[[DaemonContext], Optional[Any]]
+#: ``factory(ctx) -> Service or None``: started in this order, stopped in
+#: reverse; each receives every batch of detections after the store committed it.
+ServiceFactory = Callable[[DaemonContext], Optional[Service]]
 
 
 def mqtt_service(ctx: DaemonContext):
@@ -73,7 +75,7 @@ def mqtt_service(ctx: DaemonContext):
     from edge.outputs.store import Store
 
     path = ctx.cfg.store.path
-    return Publisher.from_config(ctx.cfg, lambda: Store(path), health=ctx.health.snapshot, stop=ctx.stop)
+    return Publisher.from_config(ctx.cfg, lambda: Store(path), health=ctx.health, stop=ctx.stop)
 
 
 def updates_service(ctx: DaemonContext):
@@ -112,10 +114,10 @@ class _Capture:
     def gap(self, start, end, reason, lost_frames):
         secs = (end - start).total_seconds()
         self.d.health.note_gap(secs)
-        log.warning("gap in the audio: %.1f s from %s (%s)", secs, iso(start), reason)
+        log.warning("gap in the audio: %.1f s from %s (%s)", secs, format_utc(start), reason)
         try:
-            self.d.store.add_gap(device_id=self.d.cfg.device_id, source=self.d.source_name, start_utc=iso(start),
-                                 end_utc=iso(end), reason=reason, samples_lost=lost_frames)
+            self.d.store.add_gap(device_id=self.d.cfg.device_id, source=self.d.source_name, start_utc=format_utc(start),
+                                 end_utc=format_utc(end), reason=reason, samples_lost=lost_frames)
         except Exception as exc:  # a full disk must not stop the capture
             log.error("cannot record the gap: %s", exc)
 
@@ -135,8 +137,8 @@ class Daemon:
         self.health = Health(cfg.device_id, cfg.state_dir)
         self.notifier = notifier or Notifier()
         self.factories = SERVICE_FACTORIES if service_factories is None else service_factories
-        self.services: list[tuple[str, Any]] = []
-        self.sinks: list[Any] = []
+        self.services: list[tuple[str, Service]] = []
+        self.sinks: list[DetectionSink] = []  # after the store: clips
         self.store = None
         self.pipeline = None
         self.running = None
@@ -178,7 +180,6 @@ class Daemon:
         self.health.note_model(bundle.version, bundle.sha256)
         self.pipeline = Pipeline(bundle, self.running.model, detection=cfg.detection, overlap_s=cfg.model.overlap_s,
                                  device_id=cfg.device_id)
-        self.sinks = [self.store]
         if cfg.clips.enabled:
             from edge.outputs.clips import ClipWriter
 
@@ -194,8 +195,6 @@ class Daemon:
             svc.start()
             self.services.append((name, svc))
             ctx.services[name] = svc
-            if hasattr(svc, "handle"):
-                self.sinks.append(svc)
             log.info("service %s started", name)
         self.source = MicSource(cfg.audio, self.pipeline.sample_rate, _Capture(self), max_seconds=self.duration_s)
         grace = 4 * max(cfg.audio.block_s, self.pipeline.hop_s, 0.5)  # no audio or window for this long: stalled
@@ -224,7 +223,7 @@ class Daemon:
         self._effort_touched = time.monotonic()
         try:
             self.store.open_effort(id=self.effort_id, device_id=self.cfg.device_id, source=self.source_name,
-                                   start_utc=iso(at), model_version=b.version, model_sha256=b.sha256,
+                                   start_utc=format_utc(at), model_version=b.version, model_sha256=b.sha256,
                                    settings=self.settings())
         except Exception as exc:
             log.error("cannot record the listening session: %s", exc)
@@ -233,7 +232,7 @@ class Daemon:
         if self.effort_id is None:
             return
         try:
-            self.store.close_effort(self.effort_id, iso(at or datetime.now(timezone.utc)))
+            self.store.close_effort(self.effort_id, format_utc(at or datetime.now(timezone.utc)))
         except Exception as exc:
             log.error("cannot close the listening session: %s", exc)
         self.effort_id = None
@@ -250,7 +249,7 @@ class Daemon:
         elif time.monotonic() - self._effort_touched > self.cfg.status_interval_s:
             self._effort_touched = time.monotonic()
             try:
-                self.store.close_effort(self.effort_id, iso(datetime.now(timezone.utc)))
+                self.store.close_effort(self.effort_id, format_utc(datetime.now(timezone.utc)))
             except Exception as exc:
                 log.error("cannot update the listening session: %s", exc)
 
@@ -268,11 +267,11 @@ class Daemon:
         for d in dets:
             log.info("detected %s (%s) %s..%s score %.2f", d.common_name or d.label, d.label, d.start_utc,
                      d.end_utc, d.score)
-        for sink in self.sinks[1:]:
+        for name, sink in [(type(s).__name__, s) for s in self.sinks] + self.services:
             try:
                 sink.handle(dets)
             except Exception:
-                log.exception("sink %s failed", type(sink).__name__)
+                log.exception("%s failed to take the detections", name)
 
     def _account(self, block: AudioBlock, windows0: int, invoke0: float) -> None:
         st = self.pipeline.stats

@@ -21,6 +21,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from edge.contract.record import format_utc
+
 
 class Health:
     def __init__(self, device_id: str = "recorder", disk_path: str | Path = "/", clock=time.monotonic):
@@ -120,7 +122,7 @@ class Health:
             "device_id": self.device_id,
             "state": self.state,
             "uptime_s": round(self.uptime_s(), 1),
-            "started_utc": self.started_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "started_utc": format_utc(self.started_utc, ms=False),
             "audio_device": self.device,
             "capture_rate": self.capture_rate,
             "audio_s": round(self.audio_s, 1),

@@ -24,9 +24,10 @@ import os
 import re
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from edge.contract.record import utc_now as record_utc_now
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ MAX_ROLLBACKS = 16
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Whole seconds: the model state's times (``edge.contract.record.utc_now``)."""
+    return record_utc_now(ms=False)
 
 
 def fsync_dir(path: Path) -> None:

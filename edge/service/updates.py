@@ -35,6 +35,7 @@ from edge.config import DEFAULT_BUNDLE, DEFAULT_PUBLIC_KEY, Config
 from edge.contract.interpreter import InterpreterError, load_model
 from edge.service.modelstore import ModelStore, entry_for, utc_now
 from edge.contract.signing import SigningKeyError, load_public_key
+from edge.types import Service
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def resolve_startup(cfg: Config, store: ModelStore, public_key=None, loader: Cal
 
 
 # -- the update service ---------------------------------------------------------
-class UpdateService:
+class UpdateService(Service):
     """Receives bundles, checks them, swaps them in, and reports.
 
     ``pipeline`` needs ``set_model(bundle, model)``; ``publisher`` (optional)

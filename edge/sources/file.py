@@ -5,11 +5,12 @@ FLAC, OGG Vorbis/Opus, MP3, AIFF, W64, RF64) at any rate and channel count.
 The file is read in blocks, so memory stays flat however long it is.
 
 The recording's start time comes, in order, from the caller (config or
-command line), from the file name (``YYYYMMDD_HHMMSS`` as written by
-AudioMoth, Song Meter and most recorders, with or without a prefix; or the
-8-hex-digit Unix time of early AudioMoth firmware), else from the replay
-time; ``time_source`` says which. Times in file names are taken as UTC
-(AudioMoth's default).
+command line), from the recorder's header (GUANO, AudioMoth comment), from
+the file name (``YYYYMMDD_HHMMSS`` as written by AudioMoth, Song Meter and
+most recorders, with or without a prefix; or the 8-hex-digit Unix time of
+early AudioMoth firmware), else from the replay time; ``time_source`` says
+which (``edge.sources.metadata``). Local times (file names, GUANO without an
+offset) are taken in ``timezone`` if given, else as UTC (AudioMoth's default).
 
 A file that cannot be used raises ``SourceError`` naming the file and the
 problem: not audio, empty, truncated (header promises more than the file
@@ -21,7 +22,7 @@ import logging
 import os
 import re
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -36,32 +37,19 @@ AUDIO_EXTENSIONS = frozenset(
     {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".w64", ".rf64", ".caf"}
 )
 
-_NAME_TIME = re.compile(
-    r"(?<!\d)(?P<y>(?:19|20)\d{2})-?(?P<mo>[01]\d)-?(?P<d>[0-3]\d)[_T -]"
-    r"(?P<h>[0-2]\d)[-:]?(?P<mi>[0-5]\d)[-:]?(?P<s>[0-5]\d)(?!\d)"
-)
-_HEX_TIME = re.compile(r"^(?P<hex>[0-9A-Fa-f]{8})$")  # early AudioMoth firmware: Unix time in hex
-
-
 class SourceError(ValueError):
     """An audio file that cannot be used; the message names the file and the problem."""
 
 
-def start_time_from_name(path: str | Path) -> datetime | None:
-    """Recording start (UTC) from a file name, or None."""
-    stem = Path(path).stem
-    m = _NAME_TIME.search(stem)
-    if m:
-        try:
-            return datetime(*(int(m[k]) for k in ("y", "mo", "d", "h", "mi", "s")), tzinfo=timezone.utc)
-        except ValueError:
-            return None
-    m = _HEX_TIME.match(stem)
-    if m:
-        ts = int(m["hex"], 16)
-        if 1420070400 <= ts <= 4102444800:  # 2015..2100
-            return datetime.fromtimestamp(ts, tz=timezone.utc)
-    return None
+def start_time_from_name(path: str | Path, zone: str | None = None) -> datetime | None:
+    """Recording start (UTC) from a file name (local times in ``zone``, default UTC), or None."""
+    from edge.sources.metadata import localize, load_zone, time_from_name
+
+    found = time_from_name(path)
+    if found is None:
+        return None
+    when, naive = found
+    return localize(when, load_zone(zone), Path(path).name)[0] if naive else when
 
 
 def find_audio_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -102,6 +90,7 @@ class FileSource(AudioSource):
         start_utc: datetime | None = None,
         block_s: float = 4.0,
         now: datetime | None = None,
+        timezone: str | None = None,
     ):
         import soundfile as sf
 
@@ -142,14 +131,21 @@ class FileSource(AudioSource):
         except SourceError:
             self._sf.close()
             raise
+        self.zone = "UTC"
         if start_utc is not None:
-            self.start_utc, self.time_source = start_utc.astimezone(timezone.utc), "config"
+            self.start_utc, self.time_source = start_utc.astimezone(UTC), "config"
         else:
-            named = start_time_from_name(self.path)
-            if named is not None:
-                self.start_utc, self.time_source = named, "file-name"
+            from edge.sources.metadata import TimeZoneError, recording_start
+
+            try:
+                found = recording_start(self.path, timezone)
+            except TimeZoneError as exc:
+                self._sf.close()
+                raise SourceError(f"{where}: {exc}") from None
+            if found is not None:
+                self.start_utc, self.time_source, self.zone = found.start_utc, found.source, found.zone
             else:
-                self.start_utc, self.time_source = (now or datetime.now(timezone.utc)), "replay-time"
+                self.start_utc, self.time_source = (now or datetime.now(UTC)), "replay-time"
 
     @property
     def duration_s(self) -> float:

@@ -19,14 +19,15 @@ logged.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import ssl
 import threading
 from pathlib import Path
 from typing import Callable, Optional
 
-from edge.config import MQTTConfig
+from edge.config.base import ConfigError
+from edge.config.mqtt import MQTTConfig
+from edge.config.mqtt import read_password as config_password
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +55,11 @@ Handler = Callable[[str, bytes], None]
 
 
 def read_password(cfg: MQTTConfig) -> Optional[str]:
-    if cfg.password_file is not None:
-        try:
-            return Path(cfg.password_file).read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise MQTTSetupError(f"mqtt.password_file {cfg.password_file}: cannot read it ({exc.strerror})") from None
-    if cfg.password_env:
-        value = os.environ.get(cfg.password_env)
-        if value is None:
-            raise MQTTSetupError(f"mqtt.password_env: environment variable {cfg.password_env} is not set")
-        return value
-    return None
+    """The broker password (``edge.config.mqtt.read_password``); raises ``MQTTSetupError``."""
+    try:
+        return config_password(cfg)
+    except ConfigError as exc:
+        raise MQTTSetupError(str(exc)) from None
 
 
 def _check_tls_files(cfg: MQTTConfig) -> None:

@@ -1,11 +1,14 @@
-"""``web:`` the local dashboard (``python -m edge web``, or a daemon service with ``enabled``)."""
+"""``web:`` the local dashboard (``python -m edge web``, or a daemon service with ``enabled``: the daemon
+then keeps clips too, within ``clips.max_disk_mb``). See ``edge.outputs.web`` and docs/dashboard.md."""
 from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from edge.config.base import Section
 
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")
 
@@ -30,9 +33,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class WebConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
+class WebConfig(Section):
     enabled: bool = False  # run the dashboard inside the daemon (it then keeps clips)
     listen: str = "127.0.0.1:8080"  # any other host than loopback needs password_file
     password_file: Optional[Path] = None  # default <state_dir>/web.password
