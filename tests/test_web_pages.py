@@ -121,7 +121,7 @@ def test_detection_spectrogram_decodes_and_clip_plays(site):
 
 
 def test_species_effort_model_health_pages(site):
-    b, url, state = site["browser"], site["server"].url, site["state"]
+    b, url = site["browser"], site["server"].url
     top = rows(site, "SELECT label, common_name FROM detections GROUP BY label ORDER BY count(*) DESC LIMIT 1")[0]
     b.goto(f"{url}/species/{top['label']}")
     assert top["common_name"] in b.text()
@@ -156,7 +156,7 @@ def test_species_effort_model_health_pages(site):
 
 
 def test_review_in_the_browser_then_export_reads_in_the_trainer(site, tmp_path):
-    b, url, state = site["browser"], site["server"].url, site["state"]
+    b, url = site["browser"], site["server"].url
     before = rows(site, "SELECT * FROM detections ORDER BY seq")
     by_label: dict[str, list[dict]] = {}
     for d in before:

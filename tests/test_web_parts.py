@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import sqlite3
 import stat
 import struct
 import subprocess
@@ -23,7 +22,7 @@ from edge.outputs.web import charts
 from edge.outputs.web.auth import PasswordError, Sessions, hash_password, read_password_file, verify_password, \
     write_password_file
 from edge.outputs.web.png import decode_png_size, encode_png
-from edge.outputs.web.queries import Cursor, Queries, iso_z
+from edge.outputs.web.queries import WEB_MIGRATIONS, Cursor, Queries, iso_z
 from edge.types import Detection
 from fixtures_web import env_with_repo
 
@@ -146,7 +145,7 @@ def test_reviews_are_their_own_rows_and_export_by_class(store, tmp_path):
     dets = [det(i, t0 + timedelta(seconds=10 * i), ["Coereba_flaveola", "Vireo_latimeri"][i % 2]) for i in range(6)]
     store.insert(dets)
     clips = tmp_path / "clips"
-    from edge.outputs.clips import clip_path
+    from edge.outputs.clip_paths import clip_path
 
     for d in dets[:5]:  # the last one has no clip
         p = clip_path(clips, d.start_utc, d.label, d.id)
@@ -192,8 +191,8 @@ def test_keyset_pages_equal_a_plain_order_by(store):
     conn = connect(store.path)
     q = Queries(conn, ZoneInfo("America/Puerto_Rico"))
     q.migrate()
-    assert q.migrate() is None and conn.execute(
-        "SELECT version FROM aux_schema WHERE name = 'web'").fetchone()[0] == 1
+    q.migrate()  # a second time: nothing to do
+    assert conn.execute("SELECT version FROM aux_schema WHERE name = 'web'").fetchone()[0] == len(WEB_MIGRATIONS)
     for filt in ({}, {"label": "Vireo_latimeri"}, {"min_score": 0.7}, {"day": date(2026, 5, 2)},
                  {"label": "Todus_mexicanus", "min_score": 0.5, "day": date(2026, 5, 1)}):
         where, params = [], []
@@ -231,6 +230,7 @@ def test_day_summary_counts_by_local_hour(store):
                   det(2, t + timedelta(hours=2), "Coereba_flaveola", 0.6),
                   det(3, t - timedelta(hours=5), "Coereba_flaveola", 0.6)])  # the day before, locally
     q = Queries(connect(store.path), tz)
+    q.migrate()
     rows = {r["label"]: r for r in q.day_summary(date(2026, 5, 1))}
     assert rows["Vireo_latimeri"]["n"] == 2 and rows["Vireo_latimeri"]["hours"][4] == 2
     assert rows["Vireo_latimeri"]["best"] == 0.9 and rows["Vireo_latimeri"]["best_id"] == det(1, t).id
@@ -238,3 +238,23 @@ def test_day_summary_counts_by_local_hour(store):
     assert q.latest_day() == date(2026, 5, 1)
     sp = q.species("Coereba_flaveola", days=7)
     assert sp["n"] == 2 and sum(sp["by_day"]) == 2 and sp["by_day"][-1] == 1 and sp["by_hour"][23] == 1
+
+
+def test_hourly_counts_follow_inserts_and_deletes(store):
+    t0 = datetime(2026, 5, 1, 3, 0, tzinfo=timezone.utc)
+    store.insert([det(i, t0 + timedelta(minutes=7 * i), ["Coereba_flaveola", "Vireo_latimeri"][i % 3 == 0])
+                  for i in range(100)])  # before the dashboard's first start: filled by its migration
+    conn = connect(store.path)
+    Queries(conn, timezone.utc).migrate()
+    more = [det(i, t0 + timedelta(minutes=7 * i + 3), "Todus_mexicanus") for i in range(100, 160)]
+    store.insert(more)  # the store's own inserts (and a repeat that changes nothing)
+    store.insert(more[:5])
+    conn.execute("DELETE FROM detections WHERE label = 'Vireo_latimeri' AND start_utc < ?",
+                 [iso_z(t0 + timedelta(hours=2))])  # as retention would
+    truth = {(r[0], r[1]): r[2] for r in conn.execute(
+        "SELECT label, substr(start_utc, 1, 13), count(*) FROM detections GROUP BY 1, 2")}
+    kept = {(r[0], r[1]): r[2] for r in conn.execute("SELECT label, hour, n FROM web_hourly WHERE n > 0")}
+    assert kept == truth and sum(truth.values()) == conn.execute("SELECT count(*) FROM detections").fetchone()[0]
+    q = Queries(conn, ZoneInfo("America/Puerto_Rico"))
+    assert q.species_counts() == {lab: n for lab, n in conn.execute(
+        "SELECT label, count(*) FROM detections GROUP BY label")}

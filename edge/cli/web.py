@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+# edge.config.DEFAULT_BUNDLE, without importing the configuration (pydantic: 11 MB of the dashboard's 60)
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default.bundle"
 
 
 def add_parser(sub) -> None:
@@ -28,6 +32,16 @@ def add_parser(sub) -> None:
     p.add_argument("--set-password", action="store_true",
                    help="set the dashboard password (typed twice, or one line on standard input) and exit")
     p.set_defaults(func=run)
+
+
+def replay_db_path() -> Path:
+    """``python -m edge replay``'s default store (``edge.cli.replay.default_db_path``; a test keeps them
+    equal): not imported from there, which would load numpy into the dashboard."""
+    env = os.environ.get("DAWNCHORUS_DB")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "dawnchorus" / "detections.db"
 
 
 def context_from_args(args):
@@ -47,15 +61,14 @@ def context_from_args(args):
         if args.state_dir:
             cfg.state_dir = args.state_dir
         return WebContext.from_config(cfg, args.listen)
-    from edge.cli.replay import DEFAULTS, default_db_path
-    from edge.config.web import split_listen
+    from edge.outputs.web.listen import split_listen
 
-    db = args.db or default_db_path()
+    db = args.db or replay_db_path()
     state = args.state_dir or db.parent
     host, port = split_listen(args.listen or "127.0.0.1:8080")
     return WebContext(db_path=db, clips_dir=args.clips or state / "clips", cache_dir=state / "web-cache",
                       reviewed_clips_dir=state / "reviewed-clips", password_file=state / "web.password",
-                      models_dir=state / "models", bundle_path=DEFAULTS["bundle"], state_dir=state, host=host,
+                      models_dir=state / "models", bundle_path=DEFAULT_BUNDLE, state_dir=state, host=host,
                       port=port)
 
 

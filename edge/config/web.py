@@ -2,35 +2,12 @@
 then keeps clips too, within ``clips.max_disk_mb``). See ``edge.outputs.web`` and docs/dashboard.md."""
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Optional
 
 from pydantic import Field, field_validator
 
 from edge.config.base import Section
-
-LOOPBACK_NAMES = ("localhost", "ip6-localhost")
-
-
-def split_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); ValueError naming the problem."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"listen must be HOST:PORT with a port 1..65535, e.g. 127.0.0.1:8080 (given {text!r})")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not host:
-        raise ValueError(f"listen needs a host, e.g. 127.0.0.1:8080 or 0.0.0.0:8080 (given {text!r})")
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class WebConfig(Section):
@@ -45,6 +22,8 @@ class WebConfig(Section):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
+        from edge.outputs.web.listen import split_listen  # standard library only
+
         split_listen(v)
         return v
 

@@ -15,29 +15,17 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import wave
 from collections import deque
 from pathlib import Path
 
 import numpy as np
 
-from edge.contract.record import Detection, parse_utc
+from edge.contract.record import Detection
+from edge.outputs.clip_paths import clip_path
 from edge.types import AudioBlock, DetectionSink
 
 log = logging.getLogger(__name__)
-
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def clip_path(directory: str | Path, start_utc: str, label: str, det_id: str) -> Path:
-    """Where the clip of a detection is (or would be) written."""
-    try:
-        when = parse_utc(start_utc)
-        stamp, day = when.strftime("%Y%m%dT%H%M%SZ"), when.strftime("%Y-%m-%d")
-    except ValueError:
-        stamp, day = "unknown", "unknown"
-    return Path(directory) / day / f"{stamp}_{_SAFE.sub('_', label)}_{det_id[:8]}.wav"
 
 
 class ClipWriter(DetectionSink):

@@ -70,8 +70,12 @@ def connect(path: str | Path, *, timeout_s: float = 10.0, readonly: bool = False
     return conn
 
 
-def migrate_aux(conn: sqlite3.Connection, name: str, migrations: list[str]) -> int:
-    """Bring part ``name``'s tables/indexes to ``len(migrations)``; returns how many steps ran."""
+def migrate_aux(conn: sqlite3.Connection, name: str, migrations: list[str | list[str]]) -> int:
+    """Bring part ``name``'s tables/indexes to ``len(migrations)``; returns how many steps ran.
+
+    A step is SQL text split on ``;``, or a list of statements (for triggers, whose bodies hold ``;``).
+    All of a step runs in one transaction with its version bump.
+    """
     conn.execute("CREATE TABLE IF NOT EXISTS aux_schema (name TEXT PRIMARY KEY, version INTEGER NOT NULL)")
     row = conn.execute("SELECT version FROM aux_schema WHERE name = ?", [name]).fetchone()
     have = int(row[0]) if row else 0
@@ -80,7 +84,8 @@ def migrate_aux(conn: sqlite3.Connection, name: str, migrations: list[str]) -> i
     for v in range(have, len(migrations)):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for stmt in migrations[v].split(";"):
+            step = migrations[v]
+            for stmt in (step.split(";") if isinstance(step, str) else step):
                 if stmt.strip():
                     conn.execute(stmt)
             conn.execute("INSERT OR REPLACE INTO aux_schema (name, version) VALUES (?, ?)", [name, v + 1])
@@ -133,7 +138,7 @@ class Reviews:
     def _keep_clip(self, det) -> None:
         if not (self.kept_dir and self.clips_dir):
             return
-        from edge.outputs.clips import clip_path
+        from edge.outputs.clip_paths import clip_path
 
         src = clip_path(self.clips_dir, det["start_utc"], det["label"], det["id"])
         dst = self.kept_dir / f"{det['id']}.wav"
@@ -196,7 +201,7 @@ def class_folder(label: str, common_name: str) -> str:
 
 def export_reviews(reviews: Reviews, out: Path) -> ExportSummary:
     """Copy each reviewed clip into ``out`` by class; see the module doc for the layout."""
-    from edge.outputs.clips import clip_path
+    from edge.outputs.clip_paths import clip_path
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Callable, Optional
 
-from edge.config.web import is_loopback, split_listen
+from edge.outputs.web.listen import is_loopback, split_listen
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ MAX_FORM = 8 * 1024
 
 
 def find_clip(web, det: dict) -> Path | None:
-    from edge.outputs.clips import clip_path
+    from edge.outputs.clip_paths import clip_path
 
     candidates = [web.ctx.reviewed_clips_dir / f"{det['id']}.wav"]
     if web.ctx.clips_dir:

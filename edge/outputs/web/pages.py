@@ -80,7 +80,8 @@ def detection(web):
 def species_index(web):
     def page(request: Request):
         check_known(request.query_params, ())
-        return web.render(request, "species_index.html", title="Species", species=web.queries.species_list())
+        return web.render(request, "species_index.html", title="Species", species=web.queries.species_list(),
+                          counts=web.queries.species_counts())
     return page
 
 
