@@ -178,3 +178,31 @@ def test_broken_or_missing_headers_fall_back_to_the_name(tmp_path, caplog):
     sf.write(str(flac), _tone(), SR)
     assert recording_start(flac).source == "file-name"
     assert recording_start(tmp_path / "no-time.wav") is None
+
+
+def test_replay_stores_the_right_utc_for_local_names_and_headers(tmp_path, tone_bundle_path):
+    """``python -m edge replay --timezone``: a local-time file name and a GUANO file, end to end into the store."""
+    from fixtures_replay import SR as TONE_SR, TONES, noise, tone_bursts
+    from test_replay import replay, rows, tone_args
+
+    d = tmp_path / "recs"
+    d.mkdir()
+    x = np.concatenate([tone_bursts(TONES["Tonus_midus"], 6, seed=3), noise(3)])
+    sf.write(str(d / "garden_20240715_073000.wav"), x, TONE_SR, subtype="PCM_16")
+    sf.write(str(d / "SMM_20200101_000000.wav"), x, TONE_SR, subtype="PCM_16")
+    import guano
+
+    g = guano.GuanoFile(str(d / "SMM_20200101_000000.wav"))
+    g["Timestamp"] = guano.parse_timestamp("2024-07-15T07:30:00-04:00")
+    g.write(make_backup=False)
+    db = tmp_path / "d.db"
+    r = replay(d, *tone_args(tone_bundle_path), "--db", db, "--timezone", "Europe/Berlin", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    got = {(row["source"].rsplit("/", 1)[-1], row["time_source"]): row["start_utc"] for row in rows(db)}
+    named = [t for (src, ts), t in got.items() if src.startswith("garden") and ts == "file-name"]
+    headed = [t for (src, ts), t in got.items() if src.startswith("SMM") and ts == "guano"]
+    assert named and headed, got
+    # 07:30 CEST is 05:30 UTC; the GUANO 07:30-04:00 is 11:30 UTC whatever --timezone says
+    assert min(named).startswith("2024-07-15T05:30") and min(headed).startswith("2024-07-15T11:30")
+    bad = replay(d, *tone_args(tone_bundle_path), "--no-db", "--timezone", "Europe/Berlln")
+    assert bad.returncode == 2 and "Europe/Berlln" in bad.stderr

@@ -35,4 +35,16 @@ def main(args) -> int:
     print(f"  clips {'to ' + str(cfg.clips.dir) if cfg.clips.enabled else 'off'}; "
           f"mqtt {'to ' + cfg.mqtt.host + ':' + str(cfg.mqtt.port) if cfg.mqtt.enabled else 'off'}; "
           f"updates {'on' if cfg.updates.enabled else 'off'}")
-    return 0
+    print(f"  retention {_retention(cfg.store)}; home assistant {'on' if cfg.mqtt.homeassistant.enabled else 'off'}; "
+          f"notifications {'on' if cfg.notify.enabled else 'off'}; local time zone {cfg.location.timezone or 'UTC'}")
+    from edge.service.alerts import check_config
+
+    problems = check_config(cfg.notify)
+    for line in problems:
+        print(f"{args.file}: {line}", file=sys.stderr)
+    return 2 if problems else 0
+
+
+def _retention(store) -> str:
+    parts = [f"{store.keep_days:g} days" if store.keep_days else "", f"{store.max_mb:g} MB" if store.max_mb else ""]
+    return "up to " + " and ".join(p for p in parts if p) if any(parts) else "off (keep everything)"

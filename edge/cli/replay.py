@@ -6,7 +6,9 @@ uses the bundled default model; without ``--db`` the default store
 ``~/.local/share/dawnchorus/detections.db``). Detections go to the store
 (re-runs add nothing twice) and to standard output (or ``--out``) in the
 chosen format; the summary goes to standard error. A file that cannot be
-used is reported and skipped; the exit status is 1 when any was.
+used is reported and skipped; the exit status is 1 when any was. Detections
+the store cannot take (disk full, locked, read-only) wait in
+``<store>.journal`` for the next run; the exit status is then 3.
 """
 from __future__ import annotations
 
@@ -79,12 +81,12 @@ def _effort_settings(pipeline) -> dict:
 
 
 def replay_file(path: Path, pipeline, store, writer, stats: ReplayStats, *, start_utc: datetime | None = None,
-                channel: int | None = None, realtime: bool = False, progress: bool = False,
+                channel: int | None = None, realtime: bool = False, progress: bool = False, timezone: str | None = None,
                 stop: threading.Event | None = None) -> bool:
     """One file through ``pipeline`` into ``store`` and ``writer``; False (and a reason in stats) if refused."""
     stop = stop or threading.Event()
     try:
-        source = FileSource(path, pipeline.sample_rate, channel=channel, start_utc=start_utc,
+        source = FileSource(path, pipeline.sample_rate, channel=channel, start_utc=start_utc, timezone=timezone,
                             block_s=0.5 if realtime else 4.0)
     except SourceError as exc:
         stats.refused.append((str(path), str(exc)))
@@ -208,6 +210,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--start-time", metavar="ISO", help="recording start (UTC unless a zone is given) for every file")
     p.add_argument("--device-id", help="device id stored with the detections (default: from --config, else 'recorder')")
     p.add_argument("--channel", type=int, metavar="N", help="use channel N (from 0) instead of mixing all down")
+    p.add_argument("--timezone", metavar="ZONE", help="IANA zone of local times in file names, e.g. Europe/Berlin "
+                   "(default: location.timezone from --config, else UTC; GUANO/AudioMoth headers carry their own)")
     p.add_argument("--config", type=Path, help="edge configuration file (detection settings, model, store, device id)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--mqtt", action="store_true",
@@ -220,7 +224,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _settings(args) -> dict | None:
     """Defaults, then --config, then the command line; None (after a message) if the config is bad."""
-    s = dict(DEFAULTS, detection=None, store=None, mqtt=None, location=None, channel=None)
+    s = dict(DEFAULTS, detection=None, store=None, mqtt=None, location=None, channel=None, timezone=None)
     if args.config:
         from edge.config import ConfigError, load_config
 
@@ -232,9 +236,10 @@ def _settings(args) -> dict | None:
         s.update(bundle=cfg.model.bundle_path, public_key=cfg.model.public_key_path, num_threads=cfg.model.num_threads,
                  overlap_s=cfg.model.overlap_s, device_id=cfg.device_id, max_bundle_mb=cfg.model.max_bundle_mb,
                  detection=cfg.detection, store=cfg.store.path if "path" in cfg.store.model_fields_set else None,
-                 mqtt=cfg.mqtt, location=cfg.location)
+                 mqtt=cfg.mqtt, location=cfg.location, timezone=cfg.location.timezone)
     for key, value in (("bundle", args.bundle), ("public_key", args.public_key), ("num_threads", args.threads),
-                       ("overlap_s", args.overlap), ("device_id", args.device_id), ("channel", args.channel)):
+                       ("overlap_s", args.overlap), ("device_id", args.device_id), ("channel", args.channel),
+                       ("timezone", getattr(args, "timezone", None))):
         if value is not None:
             s[key] = value
     return s
@@ -259,6 +264,13 @@ def run(args) -> int:
             print(f"error: --start-time {args.start_time!r} is not an ISO 8601 time (e.g. 2024-05-01T05:30:00Z)",
                   file=sys.stderr)
             return 2
+    from edge.sources.metadata import TimeZoneError, load_zone
+
+    try:
+        load_zone(cfg["timezone"])
+    except TimeZoneError as exc:
+        print(f"error: --timezone: {exc}", file=sys.stderr)
+        return 2
     try:
         bundle = load_bundle(cfg["bundle"], load_public_key(cfg["public_key"]),
                              max_bytes=int(cfg["max_bundle_mb"] * 2**20))
@@ -289,6 +301,9 @@ def run(args) -> int:
         except StoreError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        from edge.outputs.journal import StoreGuard
+
+        guard = StoreGuard(store)  # a store that refuses (full, locked, read-only): the journal keeps them
     fe = bundle.frontend
     try:
         writer = make_writer(args.format, args.out, low_hz=fe.fmin, high_hz=fe.fmax)
@@ -317,8 +332,9 @@ def run(args) -> int:
         for path in files:
             if stop.is_set():
                 break
-            replay_file(path, pipeline, store, writer, stats, start_utc=start_utc, channel=cfg["channel"],
-                        realtime=args.realtime, progress=progress, stop=stop)
+            replay_file(path, pipeline, guard if store is not None else None, writer, stats, start_utc=start_utc,
+                        channel=cfg["channel"], realtime=args.realtime, progress=progress, stop=stop,
+                        timezone=cfg["timezone"])
     except KeyboardInterrupt:
         stop.set()
         print("interrupted", file=sys.stderr)
@@ -329,10 +345,16 @@ def run(args) -> int:
             from edge.outputs.mqtt.publisher import drain_and_stop
 
             drain_and_stop(publisher, args.mqtt_wait)
+        unstored = guard.close() if store is not None else 0
         if store is not None:
             store.close()
     print(summary(stats, bundle=bundle, pipeline=pipeline, db_path=db_path, threads=threads, writer=writer),
           file=sys.stderr)
+    if unstored:
+        from edge.outputs.journal import EXIT_UNSTORED
+
+        print(guard.summary(), file=sys.stderr)
+        return EXIT_UNSTORED
     if stop.is_set():
         return 130
     return 1 if stats.refused else 0

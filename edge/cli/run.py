@@ -2,7 +2,9 @@
 
 Exit status: 0 after an ordered stop (SIGTERM, SIGINT, or ``--duration``
 captured), 2 for a configuration error (the message names the key), 1 when
-no model, store or other essential part can be set up.
+no model, store or other essential part can be set up, 3 after a stop that
+left detections outside the store (kept in ``<store>.journal`` and stored at
+the next start; see docs/faults.md).
 """
 from __future__ import annotations
 

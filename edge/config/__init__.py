@@ -26,6 +26,7 @@ from edge.config.location import LocationConfig
 from edge.config.logs import LoggingConfig
 from edge.config.model import ModelConfig
 from edge.config.mqtt import HomeAssistantConfig, MQTTConfig, MQTTSettings, TLSConfig, load_mqtt_settings
+from edge.config.notify import NotifyConfig
 from edge.config.root import Config
 from edge.config.store import StoreConfig
 from edge.config.updates import UpdatesConfig
@@ -34,7 +35,7 @@ from edge.config.web import WebConfig
 __all__ = [
     "DEFAULT_BUNDLE", "DEFAULT_PUBLIC_KEY", "DEFAULT_STATE_DIR", "PACKAGE_DIR", "AudioConfig", "ClipsConfig", "Config",
     "ConfigError", "DetectionConfig", "HomeAssistantConfig", "LocationConfig", "LoggingConfig", "MQTTConfig",
-    "MQTTSettings", "ModelConfig", "Section", "StoreConfig", "TLSConfig", "UpdatesConfig", "WebConfig",
+    "MQTTSettings", "ModelConfig", "NotifyConfig", "Section", "StoreConfig", "TLSConfig", "UpdatesConfig", "WebConfig",
     "format_validation_error", "load_config", "load_mqtt_settings", "parse_config",
 ]
 

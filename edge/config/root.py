@@ -18,6 +18,7 @@ from edge.config.location import LocationConfig
 from edge.config.logs import LoggingConfig
 from edge.config.model import ModelConfig
 from edge.config.mqtt import DEVICE_ID_PATTERN, MQTTConfig
+from edge.config.notify import NotifyConfig
 from edge.config.store import StoreConfig
 from edge.config.updates import UpdatesConfig
 from edge.config.web import WebConfig
@@ -34,6 +35,7 @@ class Config(Section):
     clips: ClipsConfig = ClipsConfig()
     mqtt: MQTTConfig = MQTTConfig()
     updates: UpdatesConfig = UpdatesConfig()
+    notify: NotifyConfig = NotifyConfig()
     logging: LoggingConfig = LoggingConfig()
     web: WebConfig = WebConfig()
     status_interval_s: float = Field(30, ge=1)

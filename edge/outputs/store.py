@@ -238,6 +238,12 @@ class Store(DetectionSink):
         """
         return self._requeue("acked_t >= ?", float(since_t))
 
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long a write waits for another process's lock (``edge.outputs.journal.StoreGuard`` shortens it
+        while the store is failing, so retries do not stall the audio)."""
+        with self._lock:
+            self.db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
     def last_acked_t(self) -> float | None:
         """The latest first acknowledgement (``acked_t``) stored, or None."""
         with self._lock:

@@ -90,9 +90,23 @@ def updates_service(ctx: DaemonContext):
                          progress=lambda: ctx.health.windows)
 
 
+def retention_service(ctx: DaemonContext):
+    from edge.outputs.retention import service_factory
+
+    return service_factory(ctx)
+
+
+def alerts_service(ctx: DaemonContext):
+    from edge.service.alerts import service_factory
+
+    return service_factory(ctx)
+
+
 SERVICE_FACTORIES: list[tuple[str, ServiceFactory]] = [
     ("mqtt", mqtt_service),
     ("updates", updates_service),
+    ("retention", retention_service),
+    ("alerts", alerts_service),
 ]
 
 
@@ -147,7 +161,7 @@ class Daemon:
         self.device_info = None
         self.effort_id: str | None = None
         self._effort_model = None
-        self._unstored: list[Detection] = []
+        self.unstored = 0  # detections not in the store at the stop (journal or lost): a non-zero exit
         self.ready = False
         self.source_name = str(cfg.audio.device) if cfg.audio.device is not None else "default"
 
@@ -174,6 +188,9 @@ class Daemon:
 
         cfg = self.cfg
         self.store = Store(cfg.store.path)
+        from edge.outputs.journal import StoreGuard
+
+        self.guard = StoreGuard(self.store)  # what the store cannot take waits in <store>.journal
         self.model_store = ModelStore(models_dir_for(cfg))
         self.running = resolve_startup(cfg, self.model_store)
         bundle = self.running.bundle
@@ -184,7 +201,7 @@ class Daemon:
             from edge.outputs.clips import ClipWriter
 
             self.clips = ClipWriter(cfg.clips.dir, self.pipeline.sample_rate, padding_s=cfg.clips.padding_s,
-                                    max_disk_mb=cfg.clips.max_disk_mb)
+                                    max_disk_mb=cfg.clips.max_disk_mb, min_free_mb=cfg.store.reserve_mb)
             self.sinks.append(self.clips)
         ctx = DaemonContext(cfg, self.stop_event, self.health, self.store, self.pipeline, self.running,
                             self.model_store)
@@ -255,14 +272,9 @@ class Daemon:
 
     # -- the loop ----------------------------------------------------------------
     def _emit(self, dets: list[Detection]) -> None:
-        dets = self._unstored + dets
-        try:
-            self.store.insert(dets)
-        except Exception as exc:  # keep them and retry with the next batch
-            self._unstored = dets[-10000:]
-            log.error("cannot store %d detection(s), will retry: %s", len(dets), exc)
+        dets = self.guard.insert(dets)  # those stored now (with any that waited in the journal)
+        if not dets:
             return
-        self._unstored = []
         self.health.note_detections(dets)
         for d in dets:
             log.info("detected %s (%s) %s..%s score %.2f", d.common_name or d.label, d.label, d.start_utc,
@@ -294,7 +306,7 @@ class Daemon:
             self._account(block, w0, i0)
             if self.clips is not None:
                 self.clips.add_audio(block)
-            if dets or self._unstored:
+            if dets or self.guard.pending:
                 self._emit(dets)
             if not self.ready:
                 self.ready = True
@@ -305,7 +317,7 @@ class Daemon:
         dets = p.finish()  # the last segment's tail window
         if p.stats["windows"] > w0:
             self.health.note_windows(p.stats["windows"] - w0, (p.stats["invoke_s"] - i0) / (p.stats["windows"] - w0))
-        if dets or self._unstored:
+        if dets or self.guard.pending:
             self._emit(dets)
 
     # -- shutdown ----------------------------------------------------------------
@@ -324,6 +336,8 @@ class Daemon:
                 log.exception("service %s did not stop cleanly", name)
         if getattr(self, "watchdog", None) is not None:
             self.watchdog.stop()
+        if getattr(self, "guard", None) is not None:
+            self.unstored = self.guard.close()
         if self.store is not None:
             self.store.close()
         self.notifier.close()
@@ -338,6 +352,11 @@ class Daemon:
             self.loop()
         finally:
             self.shutdown()
+        if self.unstored:
+            from edge.outputs.journal import EXIT_UNSTORED
+
+            log.error("%s", self.guard.summary())
+            return EXIT_UNSTORED
         return 0
 
     def status_json(self) -> str:

@@ -77,7 +77,7 @@ class WebContext:
         return cls(db_path=cfg.store.path, clips_dir=cfg.clips.dir, cache_dir=paths["cache_dir"],
                    reviewed_clips_dir=paths["reviewed_clips_dir"], password_file=paths["password_file"],
                    models_dir=cfg.model.models_dir or cfg.state_dir / "models", bundle_path=cfg.model.bundle_path,
-                   state_dir=cfg.state_dir, host=host, port=port, timezone=web.timezone, page_size=web.page_size,
+                   state_dir=cfg.state_dir, host=host, port=port, timezone=web.timezone or getattr(cfg.location, "timezone", None), page_size=web.page_size,
                    device_id=cfg.device_id, health=health, status_interval_s=cfg.status_interval_s)
 
 
