@@ -155,3 +155,42 @@ def test_set_password_from_standard_input(tmp_path):
     assert res.returncode == 1 and "at least 8 characters" in res.stderr
     res = subprocess.run(cmd, input="long enough one\n", capture_output=True, text=True, env=env_with_repo(), timeout=60)
     assert res.returncode == 0 and (tmp_path / "web.password").read_text().startswith("scrypt$")
+
+
+def test_the_daemon_service_serves_live_health_and_stops(state, tmp_path):
+    """web.enabled in the daemon: its factory makes a service that serves the store and the live health
+    numbers (no file in between), and stops on request; beyond loopback without a password it is left out."""
+    import threading
+    import urllib.request
+    from types import SimpleNamespace
+
+    from edge.config import parse_config
+    from edge.outputs.web.service import service_factory
+    from edge.service.health import Health
+
+    port = free_port()
+    cfg = parse_config({"state_dir": str(tmp_path), "store": {"path": str(state / "detections.db")},
+                        "web": {"enabled": True, "listen": f"127.0.0.1:{port}"}})
+    health = Health("live-one", tmp_path)
+    health.note_device("Live USB mic", 44100)
+    ctx = SimpleNamespace(cfg=cfg, health=health, services={}, stop=threading.Event())
+    assert service_factory(SimpleNamespace(**{**vars(ctx), "cfg": parse_config({"store": {"path": str(state / "x.db")}})})) is None
+    svc = service_factory(ctx)
+    svc.start()
+    try:
+        body = b""
+        for _ in range(100):
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
+                break
+            except OSError:
+                import time
+
+                time.sleep(0.1)
+        assert b"Live USB mic" in body and b"44100" in body
+    finally:
+        svc.stop()
+    assert not svc.thread.is_alive()
+    public = parse_config({"state_dir": str(tmp_path), "store": {"path": str(state / "detections.db")},
+                           "web": {"enabled": True, "listen": f"0.0.0.0:{free_port()}"}})
+    assert service_factory(SimpleNamespace(**{**vars(ctx), "cfg": public})) is None  # no password file there

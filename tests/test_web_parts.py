@@ -181,7 +181,9 @@ def test_reviews_are_their_own_rows_and_export_by_class(store, tmp_path):
     assert len((tmp_path / "out" / "reviews.csv").read_text().splitlines()) == 5
 
 
-def test_keyset_pages_equal_a_plain_order_by(store):
+@pytest.mark.parametrize("cap", [10, 10_000])  # score filters read by time (many match) and by score (few)
+def test_keyset_pages_equal_a_plain_order_by(store, cap, monkeypatch):
+    monkeypatch.setattr("edge.outputs.web.queries.SCORE_PLAN_CAP", cap)
     rng = random.Random(3)
     t0 = datetime(2026, 5, 1, 3, 0, tzinfo=timezone.utc)
     labels = ["Coereba_flaveola", "Vireo_latimeri", "Todus_mexicanus"]
@@ -258,3 +260,13 @@ def test_hourly_counts_follow_inserts_and_deletes(store):
     q = Queries(conn, ZoneInfo("America/Puerto_Rico"))
     assert q.species_counts() == {lab: n for lab, n in conn.execute(
         "SELECT label, count(*) FROM detections GROUP BY label")}
+
+
+@pytest.mark.parametrize("zone", ["Europe/Paris", "Asia/Kolkata", "America/St_Johns", "Australia/Lord_Howe", "UTC"])
+def test_local_buckets_place_every_hour_of_a_year_like_the_zone_does(zone):
+    q = Queries(None, ZoneInfo(zone))
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    hours = [(t0 + timedelta(hours=i)).strftime("%Y-%m-%dT%H") for i in range(366 * 24)]
+    got = list(q.local_buckets([(h, 1) for h in hours]))
+    want = [(q.local_hour(h).date(), q.local_hour(h).hour, 1) for h in hours]
+    assert got == want

@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from edge.types import Service
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "health.json"
@@ -48,8 +50,10 @@ def write(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-class HealthFile:
+class HealthFile(Service):
     """A daemon service: start/stop, writing the report every ``interval_s`` on its own thread."""
+
+    name = "health_file"
 
     def __init__(self, path: str | Path, snapshot: Callable[[], dict], *, interval_s: float = 30.0,
                  publisher: Any = None):
@@ -80,3 +84,9 @@ class HealthFile:
         if self._thread is not None:
             self._thread.join(5)
         self.write_now(state="stopped")
+
+
+def service_factory(ctx: Any) -> HealthFile:
+    """For the daemon's service list: always (the report is small; a dashboard in another process reads it)."""
+    return HealthFile(Path(ctx.cfg.state_dir) / FILE_NAME, ctx.health.snapshot, interval_s=ctx.cfg.status_interval_s,
+                      publisher=ctx.services.get("mqtt"))

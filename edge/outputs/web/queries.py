@@ -38,8 +38,11 @@ WEB_MIGRATIONS: list[str | list[str]] = [
         "CREATE TRIGGER IF NOT EXISTS web_hourly_delete AFTER DELETE ON detections BEGIN "
         "UPDATE web_hourly SET n = n - 1 WHERE label = OLD.label AND hour = substr(OLD.start_utc, 1, 13); END",
     ],
+    # 3: the detections list filtered by score alone, when few match (see Queries._source)
+    "CREATE INDEX IF NOT EXISTS detections_score ON detections(score)",
 ]
 OUTBOX_COUNT_CAP = 100_000
+SCORE_PLAN_CAP = 10_000
 
 
 def iso_z(t: datetime) -> str:
@@ -103,6 +106,27 @@ class Queries:
         h = utc_hour
         return datetime(int(h[0:4]), int(h[5:7]), int(h[8:10]), int(h[11:13]), tzinfo=timezone.utc).astimezone(self.tz)
 
+    def local_buckets(self, rows):
+        """(local date, local hour, n) for each (UTC hour bucket, n): the zone's offset is looked up
+        once per UTC day (per hour only on a day when it changes)."""
+        per_day: dict[str, tuple] = {}
+        for h, n in rows:
+            ds = h[:10]
+            info = per_day.get(ds)
+            if info is None:
+                d = date.fromisoformat(ds)
+                start = datetime(d.year, d.month, d.day, tzinfo=timezone.utc).astimezone(self.tz).utcoffset()
+                end = datetime(d.year, d.month, d.day, 23, tzinfo=timezone.utc).astimezone(self.tz).utcoffset()
+                info = per_day[ds] = (d, start if start == end else None)
+            d, off = info
+            if off is None:
+                t = self.local_hour(h)
+                yield t.date(), t.hour, n
+                continue
+            minutes = int(h[11:13]) * 60 + int(off.total_seconds() // 60)
+            shift, rest = divmod(minutes, 24 * 60)
+            yield (d + timedelta(days=shift)) if shift else d, rest // 60, n
+
     def today(self) -> date:
         return datetime.now(self.tz).date()
 
@@ -124,7 +148,7 @@ class Queries:
         for h in self._all(
                 "SELECT label, substr(start_utc, 1, 13) AS h, count(*) AS n FROM detections "
                 "WHERE start_utc >= ? AND start_utc < ? GROUP BY label, h", [a, b]):
-            hours[h["label"]][self.local_hour(h["h"]).hour] += h["n"]
+            hours[h["label"]][self.local_hour(h["h"]).hour] += h["n"]  # at most 24 per species
         for r in rows:
             r["hours"] = hours[r["label"]]
             best = self._one("SELECT id FROM detections WHERE label = ? AND start_utc >= ? AND start_utc < ? "
@@ -147,6 +171,7 @@ class Queries:
         if min_score is not None:
             where.append("score >= ?")
             params.append(min_score)
+        src = self._source(label, day, min_score)
         ascending = after is not None and before is None
         page_where, page_params = list(where), list(params)
         if before is not None:
@@ -157,7 +182,7 @@ class Queries:
             page_params += [after.start_utc, after.seq]
         order = "ASC" if ascending else "DESC"
         sql = ("SELECT seq, id, start_utc, end_utc, label, common_name, score, n_windows, model_version, source "
-               "FROM detections" + (" WHERE " + " AND ".join(page_where) if page_where else "")
+               f"FROM {src}" + (" WHERE " + " AND ".join(page_where) if page_where else "")
                + f" ORDER BY start_utc {order}, seq {order} LIMIT ?")
         rows = self._all(sql, [*page_params, limit + 1])
         more = len(rows) > limit
@@ -168,15 +193,35 @@ class Queries:
             return rows, None, None
         first, last = Cursor(rows[0]["start_utc"], rows[0]["seq"]), Cursor(rows[-1]["start_utc"], rows[-1]["seq"])
         if ascending:
-            older = last if self._exists(where, params, "<", last) else None
+            older = last if self._exists(src, where, params, "<", last) else None
             newer = first if more else None
         else:
             older = last if more else None
-            newer = first if (before is not None and self._exists(where, params, ">", first)) else None
+            newer = first if (before is not None and self._exists(src, where, params, ">", first)) else None
         return rows, older, newer
 
-    def _exists(self, where, params, op, cur: Cursor) -> bool:
-        sql = ("SELECT 1 FROM detections WHERE " + " AND ".join([*where, f"(start_utc, seq) {op} (?, ?)"]) + " LIMIT 1")
+    def _source(self, label: str | None, day: date | None, min_score: float | None) -> str:
+        """The table, with the index to read it by when a score filter is selective.
+
+        Newest first by the time index is right when matches are dense (a page is found
+        in the first few thousand rows); when they are few, walking the time index
+        until the end costs a scan of the whole table. So: count the matches through
+        the score index, up to SCORE_PLAN_CAP; fewer than that, read them all by score
+        and sort them (cost: the matches); else by time. A day bounds the scan anyway.
+        """
+        if min_score is None or day is not None:
+            return "detections"
+        index = "detections_label_score" if label else "detections_score"
+        cond, params = (("label = ? AND score >= ?", [label, min_score]) if label else ("score >= ?", [min_score]))
+        n = self._one(f"SELECT count(*) FROM (SELECT 1 FROM detections INDEXED BY {index} WHERE {cond} LIMIT ?)",
+                      [*params, SCORE_PLAN_CAP])[0]
+        if n < SCORE_PLAN_CAP:
+            return f"detections INDEXED BY {index}"
+        # dense: by time, which the planner would not pick by itself (two constraints on the score index)
+        return "detections INDEXED BY " + ("detections_label_start" if label else "detections_start")
+
+    def _exists(self, src, where, params, op, cur: Cursor) -> bool:
+        sql = (f"SELECT 1 FROM {src} WHERE " + " AND ".join([*where, f"(start_utc, seq) {op} (?, ?)"]) + " LIMIT 1")
         return self._one(sql, [*params, cur.start_utc, cur.seq]) is not None
 
     # -- one detection ----------------------------------------------------------
@@ -218,21 +263,23 @@ class Queries:
         return {r["label"]: r["n"] for r in self._all("SELECT label, sum(n) AS n FROM web_hourly GROUP BY label")}
 
     def species(self, label: str, days: int = 60) -> dict | None:
-        row = self._one("SELECT min(start_utc), max(start_utc) FROM detections WHERE label = ?", [label])
-        if not row or not row[0]:
+        # two queries: each is one step down the (label, start_utc) index; together they scan the label
+        first = self._one("SELECT min(start_utc) FROM detections WHERE label = ?", [label])[0]
+        if first is None:
             return None
-        first, last = row
+        last = self._one("SELECT max(start_utc) FROM detections WHERE label = ?", [label])[0]
         last_day = self.local(last).date()
         first_day = last_day - timedelta(days=days - 1)
         by_hour = [0] * 24
         counts: dict[date, int] = {}
         n = 0
-        for r in self._all("SELECT hour AS h, n FROM web_hourly WHERE label = ? AND n > 0", [label]):
-            n += r["n"]
-            t = self.local_hour(r["h"])
-            by_hour[t.hour] += r["n"]
-            if t.date() >= first_day:
-                counts[t.date()] = counts.get(t.date(), 0) + r["n"]
+        with self.lock:
+            buckets = self.conn.execute("SELECT hour, n FROM web_hourly WHERE label = ? AND n > 0", [label]).fetchall()
+        for day_, hour, k in self.local_buckets(buckets):
+            n += k
+            by_hour[hour] += k
+            if day_ >= first_day:
+                counts[day_] = counts.get(day_, 0) + k
         by_day = [(first_day + timedelta(days=i)) for i in range(days)]
         best = self._all("SELECT id, start_utc, score FROM detections WHERE label = ? ORDER BY score DESC LIMIT 5",
                          [label])
