@@ -121,7 +121,7 @@ class Daemon:
             store.close()
             raise
         sinks: list[DetectionSink] = []
-        if cfg.clips.enabled:
+        if cfg.clips.enabled or cfg.web.enabled:  # the dashboard plays and draws the clips
             from edge.outputs.clips import ClipWriter
 
             sinks.append(ClipWriter(cfg.clips.dir, pipeline.sample_rate, padding_s=cfg.clips.padding_s,
