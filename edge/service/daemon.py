@@ -305,6 +305,7 @@ class Daemon:
         if n:
             self.health.note_windows(n, (st["invoke_s"] - invoke0) / n)
         self.health.note_audio(len(block.samples), self.pipeline.sample_rate)
+        self.health.note_signal(self.pipeline.guard)
         src = self.source
         self.health.overflows = src.live_overflows
         self.health.dropped_frames = src.live_dropped_frames
