@@ -119,6 +119,9 @@ def test_detection_spectrogram_decodes_and_clip_plays(site):
     assert played > 0.2
     assert b.js("fetch(document.querySelector('audio').src).then(r => r.headers.get('content-type'))") == "audio/wav"
     b.screenshot("detection")
+    # the spectrogram was drawn in a child: the dashboard itself never loads numpy (its memory budget)
+    maps = open(f"/proc/{site['server'].proc.pid}/maps").read()
+    assert "numpy" not in maps and "pydantic_core" in maps  # (--config: the configuration is read)
 
 
 def test_species_effort_model_health_pages(site):

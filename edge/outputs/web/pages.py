@@ -29,9 +29,10 @@ def today(web):
         return web.render(request, "today.html", title="Today" if day == web.queries.today() else day.isoformat(),
                           day=day, rows=rows, fallback=fallback, total=sum(r["n"] for r in rows),
                           prev_day=day - timedelta(days=1), next_day=day + timedelta(days=1),
-                          is_today=day == web.queries.today(),
+                          is_today=day == web.queries.today(), latest=web.queries.latest_of_day(day) if rows else [],
                           chart=charts.bar_chart(hours, [f"{h:02d}" for h in range(24)], every=3,
-                                                 title=f"detections per hour, {day.isoformat()}", height=140))
+                                                 title=f"detections per hour, {day.isoformat()}", width=520,
+                                                 height=250))
     return page
 
 
@@ -175,8 +176,10 @@ def health(web):
         check_known(request.query_params, ())
         report, age = web.ctx.read_health()
         h = (report or {}).get("health", report or {})
+        level = next((h[k] for k in ("audio_level_dbfs", "audio_rms_dbfs") if h.get(k) is not None), None)
         stale = age is not None and age > 3 * max(web.ctx.status_interval_s, 10)
-        return web.render(request, "health.html", title="Health", h=h, report=report or {}, age=age, stale=stale,
+        return web.render(request, "health.html", title="Health", h=h, level=level, report=report or {}, age=age,
+                          stale=stale,
                           mqtt=(report or {}).get("mqtt") or {}, store=web.queries.store_figures(),
                           machine=sysinfo.machine(web.ctx.state_dir, (report or {}).get("pid")))
     return page
