@@ -36,6 +36,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from edge.contract.record import format_utc
 from edge.types import Service
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,6 @@ class PruneReport:
     over_cap: bool = False
     skipped: str = ""  # why nothing was pruned
     ids: list[str] = field(default_factory=list)
-
-
-def _iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class Retention(Service):
@@ -142,7 +139,7 @@ class Retention(Service):
             log.error("retention: %s; nothing pruned", why)
             return rep
         if self.keep_days:
-            cutoff = _iso(self._clock() - timedelta(days=self.keep_days))
+            cutoff = format_utc(self._clock() - timedelta(days=self.keep_days))
             rep.by_age = self._delete(db, protect, rep, lambda rows: [r for r in rows if r[3] < cutoff],
                                       stop_at=lambda r: r[3] >= cutoff)
         if self.max_bytes:

@@ -43,6 +43,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+from edge.contract.record import format_utc, parse_utc
 from edge.types import Service
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,8 @@ class Alerts(Service):
     def __init__(self, urls: Sequence[str], *, device_id: str = "recorder", location_name: str = "",
                  zone: Optional[tzinfo] = None, new_species: bool = True, watch_list: Sequence[str] = (),
                  no_signal: bool = True, model_update_failed: bool = True, min_score: float = 0.0,
-                 max_per_hour: int = 20, cooldown_s: float = 3600.0, no_signal_after: int = 20, queue_size: int = 100, timeout_s: float = 10.0,
-                 check_s: float = 5.0, health: Optional[Callable[[], Mapping[str, Any]]] = None,
+                 max_per_hour: int = 20, cooldown_s: float = 3600.0, no_signal_after: int = 20,
+                 queue_size: int = 100, timeout_s: float = 10.0, check_s: float = 5.0, health: Optional[Callable[[], Mapping[str, Any]]] = None,
                  updates: Any = None, seen_today: Optional[Callable[[str], Iterable[str]]] = None,
                  stop: Optional[threading.Event] = None, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         self.urls = list(urls)
@@ -160,7 +161,7 @@ class Alerts(Service):
         self._no_signal_on = False
         self._updates_seen = 0
         # rollbacks after this (UTC text) are new; a rollback at this start (crash loop) happened moments ago
-        self._rollbacks_after = (clock() - timedelta(seconds=120)).strftime("%Y-%m-%dT%H:%M:%S")
+        self._rollbacks_after = format_utc(clock() - timedelta(seconds=120))
         self._thread: Optional[threading.Thread] = None
         self._watcher: Optional[threading.Thread] = None
         self._timeout_kw: dict = {}
@@ -233,7 +234,7 @@ class Alerts(Service):
     def _for_detection(self, d: Any) -> Optional[Alert]:
         if d.score < self.min_score:
             return None
-        start = datetime.fromisoformat(str(d.start_utc).replace("Z", "+00:00"))
+        start = parse_utc(str(d.start_utc))
         day, today = self._local_day(start), self._local_day(self._clock())
         name = d.common_name or d.label.replace("_", " ")
         sci = d.label.replace("_", " ")
@@ -425,7 +426,7 @@ def service_factory(ctx: Any) -> Optional[Alerts]:
 
     def seen_today(day: str) -> set[str]:
         start = datetime.fromisoformat(day).replace(tzinfo=zone)
-        span = [t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") for t in (start, start + timedelta(days=1))]
+        span = [format_utc(t) for t in (start, start + timedelta(days=1))]
         return {r["label"] for r in store.detections(since=span[0], until=span[1])}
 
     try:
