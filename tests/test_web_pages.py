@@ -101,6 +101,7 @@ def test_detection_spectrogram_decodes_and_clip_plays(site):
     w, h = b.js("(async () => { const i = document.querySelector('img.spectrogram'); await i.decode();"
                 " return [i.naturalWidth, i.naturalHeight]; })()")
     assert w > 100 and h == 256  # 128 mel bands, 2 px each
+    assert b.js("document.querySelector('svg.span rect').width.baseVal.value") > 0  # the event's box on it
     ctype = b.js("fetch(document.querySelector('img.spectrogram').src).then(r => r.headers.get('content-type'))")
     assert ctype == "image/png"
     duration = b.js("new Promise((ok, bad) => { const a = document.querySelector('audio');"

@@ -69,12 +69,31 @@ def detection(web):
         review = web.reviews.latest(det_id)
         from edge.outputs.web.forms import find_clip
 
+        clip = find_clip(web, det)
         return web.render(request, "detection.html", title=det["common_name"] or det["label"], d=det,
-                          review=review, neighbours=web.queries.neighbours(det), has_clip=find_clip(web, det) is not None,
+                          review=review, neighbours=web.queries.neighbours(det), has_clip=clip is not None,
+                          span=clip and event_span(clip, det, web.ctx.clip_padding_s),
                           prev_id=web.queries.step(det, newer=False), next_id=web.queries.step(det, newer=True),
                           labels=modelinfo.label_names(web.ctx.models_dir, web.ctx.bundle_path),
                           duration=(parse_utc(det["end_utc"]) - parse_utc(det["start_utc"])).total_seconds())
     return page
+
+
+def event_span(clip, det: dict, padding_s: float) -> tuple[float, float] | None:
+    """Where the event lies in its clip, as (x, width) out of 1000 (the clip starts ``padding_s``
+    before the event, or at the start of its source)."""
+    import wave
+
+    try:
+        with wave.open(str(clip), "rb") as w:
+            total = w.getnframes() / w.getframerate()
+    except (OSError, wave.Error, EOFError, ZeroDivisionError):
+        return None
+    if total <= 0:
+        return None
+    a = min(det["offset_s"], padding_s)
+    b = min(a + det["end_offset_s"] - det["offset_s"], total)
+    return round(1000 * a / total, 1), round(1000 * max(b - a, 0) / total, 1)
 
 
 def species_index(web):
