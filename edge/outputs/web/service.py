@@ -1,0 +1,126 @@
+"""Running the dashboard: in the foreground (``python -m edge web``) or as a daemon service.
+
+``check(ctx)`` refuses, with one line, what must not start: a dashboard
+bound beyond loopback without a password file, or a store that cannot be
+opened. ``WebService`` runs uvicorn on a thread of the daemon (start/stop,
+the service interface); the daemon's live health numbers feed the health page.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+
+from edge.outputs.web.context import WebContext
+from edge.types import Service
+
+log = logging.getLogger(__name__)
+
+
+class WebError(RuntimeError):
+    """The dashboard cannot start; the message says why and what to do."""
+
+
+def check(ctx: WebContext) -> None:
+    from edge.outputs.web.auth import PasswordError, read_password_file
+
+    if ctx.require_login:
+        try:
+            read_password_file(ctx.password_file)
+        except PasswordError as exc:
+            raise WebError(f"listening on {ctx.host} (beyond this machine) needs a password: {exc}") from None
+    if not ctx.db_path.exists():
+        raise WebError(f"{ctx.db_path}: no store yet (run the daemon or python -m edge replay first, or pass --db)")
+
+
+def build(ctx: WebContext):
+    from edge.outputs.web.app import create_app
+
+    check(ctx)
+    try:
+        return create_app(ctx)
+    except sqlite3.Error as exc:
+        raise WebError(f"{ctx.db_path}: cannot open the store ({exc})") from None
+
+
+def _server(app, ctx: WebContext):
+    import uvicorn
+
+    config = uvicorn.Config(app, host=ctx.host, port=ctx.port, log_level="warning", access_log=False,
+                            lifespan="on", server_header=False, proxy_headers=False)
+    return uvicorn.Server(config)
+
+
+def serve(ctx: WebContext) -> None:
+    server = _server(build(ctx), ctx)
+    log.warning("dashboard on http://%s:%d/ (store %s)", ctx.host, ctx.port, ctx.db_path)
+    print(f"dashboard on http://{ctx.host}:{ctx.port}/", flush=True)
+    server.run()
+    if not server.started:
+        raise WebError(f"could not listen on {ctx.host}:{ctx.port} (in use, or not an address of this machine?)")
+
+
+class WebService(Service):
+    """The dashboard as one of the daemon's services."""
+
+    name = "web"
+
+    def __init__(self, ctx: WebContext):
+        self.ctx = ctx
+        self.server = None
+        self.thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def start(self) -> None:
+        """Check at once (a refusal is the caller's to report); open the store and serve on a thread:
+        the first start on a large store builds the dashboard's indexes, which must not hold up listening."""
+        check(self.ctx)
+        self.thread = threading.Thread(target=self._run, name="web", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            server = _server(build(self.ctx), self.ctx)
+        except Exception:  # noqa: BLE001 - the recorder goes on without its dashboard
+            log.exception("the dashboard could not start")
+            return
+        with self._lock:
+            if self._stopping:
+                return
+            self.server = server
+        log.info("dashboard on http://%s:%d/", self.ctx.host, self.ctx.port)
+        server.run()
+        if not server.started:
+            log.error("the dashboard could not listen on %s:%d (in use?)", self.ctx.host, self.ctx.port)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._stopping = True
+            if self.server is not None:
+                self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def handle(self, detections) -> None:  # the Service interface: the pages read the store
+        pass
+
+
+def service_factory(ctx) -> WebService | None:
+    """For the daemon's service list: the dashboard when ``web.enabled``, fed the daemon's live health.
+
+    A dashboard that must not start (beyond loopback without a password file) is
+    reported and left out: the recorder goes on recording.
+    """
+    cfg = ctx.cfg
+    if not cfg.web.enabled:
+        return None
+    from edge.service.healthfile import report
+
+    wctx = WebContext.from_config(cfg, health=lambda: report(ctx.health.snapshot, ctx.services.get("mqtt")))
+    try:
+        check(wctx)
+    except WebError as exc:
+        log.error("web: %s; the recorder runs without its dashboard", exc)
+        return None
+    return WebService(wctx)
