@@ -36,3 +36,23 @@ def test_good_values():
                         "store": {"keep_days": 30, "max_mb": 500}, "location": {"timezone": "America/Puerto_Rico"}})
     assert cfg.notify.watch_list == ["Coereba flaveola"] and cfg.store.max_mb == 500
     assert cfg.location.timezone == "America/Puerto_Rico"
+
+
+def test_check_config_names_a_notify_url_apprise_cannot_use(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("apprise")
+    urls = tmp_path / "urls"
+    urls.write_text("# ok\njson://127.0.0.1:9/hook\nnotaservice://x\n")
+    p = tmp_path / "c.yaml"
+    p.write_text(f"notify: {{enabled: true, urls: ['ntfy://ntfy.sh/birds', 'bogus://token@host'], urls_file: {urls}}}\n"
+                 "store: {keep_days: 30}\n")
+    r = subprocess.run([sys.executable, "-m", "edge", "check-config", str(p)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "notify.urls[1]: Apprise cannot use bogus://" in r.stderr and "token" not in r.stderr
+    assert "notify.urls_file line 2: Apprise cannot use notaservice://" in r.stderr
+    assert "notify.urls[0]" not in r.stderr and "retention up to 30 days" in r.stdout
+    p.write_text("notify: {enabled: true, urls: ['ntfy://ntfy.sh/birds']}\n")
+    r = subprocess.run([sys.executable, "-m", "edge", "check-config", str(p)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "notifications on" in r.stdout

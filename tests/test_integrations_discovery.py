@@ -17,12 +17,12 @@ from fixtures_mqtt import Collector
 from mqtt_helpers import make_detections, mqtt_config, unique_client, validate
 
 SCHEMA = jsonschema.Draft202012Validator(load_schema("ha_discovery"))
-KEYS = ("last_species", "last_detection", "detections_count", "outbox_depth")
+KEYS = ("last_species", "last_detection", "detections_count", "outbox_depth", "no_signal")
 
 
 def config_topics(device_id: str) -> list[str]:
     node = Topics("dawnchorus", device_id).ha_node_id
-    return [f"homeassistant/sensor/{node}/{k}/config" for k in KEYS]
+    return [f"homeassistant/{'binary_sensor' if k == 'no_signal' else 'sensor'}/{node}/{k}/config" for k in KEYS]
 
 
 def retained(broker, patterns: list[str]) -> dict[str, bytes]:
@@ -62,7 +62,7 @@ def test_configs_follow_current_conventions_and_validate(device_id):
         SCHEMA.validate(cfg)
         assert "object_id" not in cfg
         domain, obj = cfg["default_entity_id"].split(".")
-        assert domain == "sensor" and obj == entity_slug(cfg["unique_id"]) and obj == obj.lower()
+        assert topic.split("/")[1] == domain and obj == entity_slug(cfg["unique_id"]) and obj == obj.lower()
         assert cfg["origin"] == {"name": "dawnchorus", "sw_version": "1.2.3",
                                  "support_url": "https://github.com/dawnchorus/dawnchorus"}
         assert cfg["device"]["identifiers"] == [topics.ha_node_id]
@@ -209,3 +209,32 @@ def test_example_acl_allows_discovery(tmp_path, make_broker, make_collector, cap
     finally:
         pub.stop()
     assert not [r for r in caplog.records if "refused" in r.getMessage()]
+
+
+def test_value_templates_render_on_real_messages():
+    """Each entity's templates, rendered with Jinja2 (as Home Assistant does) on the recorder's real messages."""
+    jinja2 = pytest.importorskip("jinja2")
+    from edge.outputs.mqtt import payloads
+
+    topics = Topics("dawnchorus", "dev1")
+    found = {t.split("/")[-2]: c for t, c in configs(topics).items()}
+    det = payloads.detection(make_detections(1)[0], {"name": "El Yunque"})
+    health = {"detections_total": 42, "outbox_depth": 3, "no_signal_streak": 0}
+    online = payloads.status("dev1", "online", health)
+    dead = payloads.status("dev1", "online", {**health, "no_signal_streak": 7})
+    offline = payloads.status("dev1", "offline")
+    env = jinja2.Environment()
+
+    def render(key: str, msg: dict, field: str = "value_template") -> str:
+        text = json.loads(json.dumps(msg))  # the JSON the broker carries
+        return env.from_string(found[key][field]).render(value_json=text, this={"state": "kept"})
+
+    assert render("last_species", det) == det["common_name"]
+    attrs = json.loads(render("last_species", det, "json_attributes_template"))
+    assert attrs["id"] == det["id"] and attrs["score"] == det["score"]
+    assert render("last_detection", det) == det["start_utc"]
+    assert (render("detections_count", online), render("outbox_depth", online)) == ("42", "3")
+    assert render("detections_count", offline) == "kept"  # the last will carries no numbers
+    assert (render("no_signal", online), render("no_signal", dead), render("no_signal", offline)) == ("OFF", "ON", "OFF")
+    assert env.from_string(found["last_species"]["availability"][0]["value_template"]).render(value_json=offline) \
+        == "offline"

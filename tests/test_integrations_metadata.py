@@ -206,3 +206,22 @@ def test_replay_stores_the_right_utc_for_local_names_and_headers(tmp_path, tone_
     assert min(named).startswith("2024-07-15T05:30") and min(headed).startswith("2024-07-15T11:30")
     bad = replay(d, *tone_args(tone_bundle_path), "--no-db", "--timezone", "Europe/Berlln")
     assert bad.returncode == 2 and "Europe/Berlln" in bad.stderr
+
+
+def test_guano_in_a_float_wav_and_no_warning_without_headers(tmp_path, caplog):
+    """The guan chunk is found whatever the sample format (Python's wave module reads only integer PCM)."""
+    p = tmp_path / "bat.wav"
+    sf.write(str(p), np.stack([_tone(), _tone()], axis=1), SR, subtype="FLOAT")
+    text = b"GUANO|Version: 1.0\nMake: Pettersson\nTimestamp: 2024-05-01T22:10:05+02:00\n"
+    data = bytearray(p.read_bytes()) + _sub(b"guan", text)
+    data[4:8] = struct.pack("<I", len(data) - 8)
+    p.write_bytes(bytes(data))
+    caplog.set_level("WARNING", logger="edge.sources.metadata")
+    rt = recording_start(p)
+    assert (rt.source, rt.start_utc) == ("guano", datetime(2024, 5, 1, 20, 10, 5, tzinfo=timezone.utc))
+    src = FileSource(p, SR)
+    assert src.time_source == "guano" and sum(len(b.samples) for b in src.blocks()) == SR
+    q = tmp_path / "rec_20240501_000000.wav"
+    sf.write(str(q), np.stack([_tone()] * 3, axis=1), SR, subtype="PCM_24")  # WAVE_FORMAT_EXTENSIBLE, no metadata
+    assert recording_start(q).source == "file-name"
+    assert caplog.records == []

@@ -1,4 +1,5 @@
-"""Resampling (edge/contract/resample.py): streams equal whole signals; trainer and edge get the same samples."""
+"""Resampling (edge/contract/resample.py): files in any blocks and from any block equal the whole signal;
+the live stream is within rounding of it; trainer and edge get the same samples."""
 from __future__ import annotations
 
 import threading
@@ -9,17 +10,16 @@ import pytest
 import soundfile as sf
 
 from edge.contract.frontend import FrontendParams, LogMel
-from edge.contract.resample import StreamResampler, resample
+from edge.contract.resample import FileResampler, StreamResampler, resample
 from edge.sources import FileSource
 
 SR = 32000
 DEMO = sorted((Path(__file__).resolve().parents[1] / "edge" / "demo").glob("*.ogg"))
 
 
-def stream(x: np.ndarray, rate_in: int, rate_out: int, seed: int) -> np.ndarray:
-    """x through a StreamResampler in blocks of random sizes (1 to 9000 samples, some empty)."""
+def feed(r, x: np.ndarray, seed: int) -> np.ndarray:
+    """x through resampler ``r`` in blocks of random sizes (0 to 9000 samples), then its flush."""
     rng = np.random.default_rng(seed)
-    r = StreamResampler(rate_in, rate_out)
     parts, i = [], 0
     while i < len(x):
         n = int(rng.integers(0, 9000))
@@ -29,15 +29,39 @@ def stream(x: np.ndarray, rate_in: int, rate_out: int, seed: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
-@pytest.mark.parametrize("rate_in", [8000, 16000, 22050, 24000, 44100, 48000, 96000])
-def test_stream_in_any_blocks_equals_the_whole_signal(rate_in):
-    x = np.random.default_rng(rate_in).standard_normal(rate_in * 2 + 77).astype(np.float32)
+RATES = [8000, 16000, 22050, 24000, 44100, 48000, 96000]
+
+
+@pytest.mark.parametrize("rate_in", RATES)
+def test_a_file_in_any_blocks_equals_the_whole_signal(rate_in):
+    x = np.random.default_rng(rate_in).standard_normal(int(rate_in * 23.7)).astype(np.float32)
     whole = resample(x, rate_in, SR)
     assert whole.dtype == np.float32
     assert len(whole) == round(len(x) * SR / rate_in)
-    y = stream(x, rate_in, SR, seed=rate_in)
+    y = feed(FileResampler(rate_in, SR), x, seed=rate_in)
     assert y.dtype == np.float32
     np.testing.assert_array_equal(y, whole)
+
+
+@pytest.mark.parametrize("rate_in", [22050, 44100, 48000])
+def test_a_file_read_from_any_block_gives_the_same_samples(rate_in):
+    """What lets a long file be split over processes with exactly the results of one."""
+    x = np.random.default_rng(1).standard_normal(int(rate_in * 35.3)).astype(np.float32)
+    whole = resample(x, rate_in, SR)
+    for block in (1, 2, 3):
+        r = FileResampler(rate_in, SR, start_block=block)
+        part = feed(r, x[r.input_start(block) :], seed=block)
+        np.testing.assert_array_equal(part, whole[r.output_start(block) :])
+        assert r.block_of_output(r.output_start(block)) == block
+
+
+@pytest.mark.parametrize("rate_in", RATES)
+def test_the_live_stream_is_within_rounding_of_the_file_path(rate_in):
+    x = np.random.default_rng(rate_in).standard_normal(int(rate_in * 23.7)).astype(np.float32)
+    live = feed(StreamResampler(rate_in, SR), x, seed=rate_in)
+    whole = resample(x, rate_in, SR)
+    assert len(live) == len(whole)
+    assert np.abs(live - whole).max() < 1e-5
 
 
 def test_same_rate_is_the_identity():

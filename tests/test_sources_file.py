@@ -76,7 +76,7 @@ def test_streams_in_bounded_blocks_with_offsets(tmp_path):
     sf.write(path, x, 48000, subtype="PCM_16")
     src, y, blocks = decode(path, block_s=2.0)
     assert len(blocks) >= 14
-    assert max(len(b.samples) for b in blocks) <= 2.0 * SR + 512  # the resampler holds back a few ms
+    assert max(len(b.samples) for b in blocks) <= 2.0 * SR
     pos = 0
     for b in blocks:
         assert b.offset_s == pytest.approx(pos / SR)
@@ -165,7 +165,7 @@ def test_truncated_compressed_stream_fails_while_decoding(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(SourceError, match="nothere.wav: cannot read"):
+    with pytest.raises(SourceError, match="cannot read .*nothere.wav: no such file"):
         FileSource(tmp_path / "nothere.wav", SR)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from edge.contract.record import format_utc, parse_utc
 from edge.detection.postprocess import ID_NAMESPACE
-from edge.sources import AUDIO_EXTENSIONS, FileSource, SourceError, find_audio_files
+from edge.sources import AUDIO_EXTENSIONS, FileSource, SourceError, display_path, find_audio_files
 from edge.outputs.writers import FORMATS
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,10 @@ def summary(stats: ReplayStats, *, bundle, pipeline, db_path, threads: int, writ
             lines.append(f"  {n:5d}  {stats.names.get(label, label)} ({label})")
     else:
         lines.append("no detections")
+    guard = getattr(pipeline, "guard", None)
+    if guard is not None and guard.no_signal_windows:
+        lines.append(f"{guard.no_signal_windows} window(s) without signal not scored (digital silence, constant "
+                     f"input or {guard.nonfinite_samples} non-finite sample(s))")
     if stats.refused:
         lines.append(f"refused {len(stats.refused)} file(s):")
         lines += [f"  {reason}" for _, reason in stats.refused]
@@ -286,7 +290,7 @@ def run(args) -> int:
         print(f"error: no PATH given and no demo recording in {DEMO_DIR}", file=sys.stderr)
         return 2
     files, problems = find_audio_files(paths)
-    stats = ReplayStats(refused=[(str(p), f"{p}: {why}") for p, why in problems])
+    stats = ReplayStats(refused=[(display_path(p), f"{display_path(p)}: {why}") for p, why in problems])
     if start_utc is not None and len(files) > 1:
         log.warning("--start-time applies to every one of the %d files", len(files))
 
@@ -306,7 +310,7 @@ def run(args) -> int:
         guard = StoreGuard(store)  # a store that refuses (full, locked, read-only): the journal keeps them
     fe = bundle.frontend
     try:
-        writer = make_writer(args.format, args.out, low_hz=fe.fmin, high_hz=fe.fmax)
+        writer = make_writer(args.format, args.out, low_hz=fe.fmin, high_hz=fe.fmax, inputs=paths)
     except OSError as exc:
         print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2

@@ -25,8 +25,9 @@ OutputKind = Literal["probability", "logit"]
 OUTPUT_KINDS: tuple[str, ...] = get_args(OutputKind)
 DEFAULT_OUTPUT_KIND: OutputKind = "probability"  # bundles written before output kinds existed
 
-#: how a detection's start_utc was known (``time_source``)
-TIME_SOURCES = ("file-name", "config", "replay-time", "clock")
+#: how a detection's start_utc was known (``time_source``); "guano" and "audiomoth": the recorder's
+#: header (``edge.sources.metadata``)
+TIME_SOURCES = ("file-name", "config", "replay-time", "clock", "guano", "audiomoth")
 
 
 def format_utc(t: datetime, *, ms: bool = True) -> str:

@@ -31,6 +31,7 @@ service logs one error and stays idle while the daemon runs on.
 from __future__ import annotations
 
 import collections
+import contextlib
 import inspect
 import logging
 import queue
@@ -42,6 +43,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+from edge.contract.record import format_utc, parse_utc
 from edge.types import Service
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,45 @@ def redact(url: str) -> str:
     return f"{m[1]}://..." if m else "<url>"
 
 
+@contextlib.contextmanager
+def _quiet_apprise():
+    """Apprise logs an unparseable URL in full (tokens and all): hush it while adding; we log a redacted line."""
+    logger = logging.getLogger("apprise")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def add_url(ap: Any, url: str) -> bool:
+    with _quiet_apprise():
+        return bool(ap.add(url))
+
+
+def check_config(n: Any) -> list[str]:
+    """Problems with a ``notify`` section that only Apprise can see (for ``check-config``), one line each."""
+    if not n.enabled:
+        return []
+    try:
+        urls = read_urls(n.urls, n.urls_file)
+    except ValueError as exc:
+        return [str(exc)]
+    try:
+        import apprise
+    except ImportError:
+        return ["notify.enabled: Apprise is not installed; install it with pip install 'dawnchorus[notify]'"]
+    problems = []
+    for i, url in enumerate(urls):
+        if not add_url(apprise.Apprise(), url):
+            where = f"notify.urls[{i}]" if i < len(n.urls) else f"notify.urls_file line {i - len(n.urls) + 1}"
+            problems.append(f"{where}: Apprise cannot use {redact(url)} (check the scheme and its fields)")
+    if not urls:
+        problems.append(f"notify.urls_file {n.urls_file}: no URL in it")
+    return problems
+
+
 class Alerts(Service):
     """The notification service (``start``/``stop``/``handle``)."""
 
@@ -88,8 +129,8 @@ class Alerts(Service):
     def __init__(self, urls: Sequence[str], *, device_id: str = "recorder", location_name: str = "",
                  zone: Optional[tzinfo] = None, new_species: bool = True, watch_list: Sequence[str] = (),
                  no_signal: bool = True, model_update_failed: bool = True, min_score: float = 0.0,
-                 max_per_hour: int = 20, cooldown_s: float = 3600.0, no_signal_after: int = 20, queue_size: int = 100, timeout_s: float = 10.0,
-                 check_s: float = 5.0, health: Optional[Callable[[], Mapping[str, Any]]] = None,
+                 max_per_hour: int = 20, cooldown_s: float = 3600.0, no_signal_after: int = 20,
+                 queue_size: int = 100, timeout_s: float = 10.0, check_s: float = 5.0, health: Optional[Callable[[], Mapping[str, Any]]] = None,
                  updates: Any = None, seen_today: Optional[Callable[[str], Iterable[str]]] = None,
                  stop: Optional[threading.Event] = None, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         self.urls = list(urls)
@@ -120,7 +161,7 @@ class Alerts(Service):
         self._no_signal_on = False
         self._updates_seen = 0
         # rollbacks after this (UTC text) are new; a rollback at this start (crash loop) happened moments ago
-        self._rollbacks_after = (clock() - timedelta(seconds=120)).strftime("%Y-%m-%dT%H:%M:%S")
+        self._rollbacks_after = format_utc(clock() - timedelta(seconds=120))
         self._thread: Optional[threading.Thread] = None
         self._watcher: Optional[threading.Thread] = None
         self._timeout_kw: dict = {}
@@ -193,7 +234,7 @@ class Alerts(Service):
     def _for_detection(self, d: Any) -> Optional[Alert]:
         if d.score < self.min_score:
             return None
-        start = datetime.fromisoformat(str(d.start_utc).replace("Z", "+00:00"))
+        start = parse_utc(str(d.start_utc))
         day, today = self._local_day(start), self._local_day(self._clock())
         name = d.common_name or d.label.replace("_", " ")
         sci = d.label.replace("_", " ")
@@ -257,7 +298,7 @@ class Alerts(Service):
         ap = apprise.Apprise()
         good = 0
         for url in self.urls:
-            if ap.add(url):
+            if add_url(ap, url):
                 good += 1
             else:
                 log.error("alerts: notify.urls: Apprise cannot use %s (check the URL's scheme and fields)",
@@ -385,7 +426,7 @@ def service_factory(ctx: Any) -> Optional[Alerts]:
 
     def seen_today(day: str) -> set[str]:
         start = datetime.fromisoformat(day).replace(tzinfo=zone)
-        span = [t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") for t in (start, start + timedelta(days=1))]
+        span = [format_utc(t) for t in (start, start + timedelta(days=1))]
         return {r["label"] for r in store.detections(since=span[0], until=span[1])}
 
     try:

@@ -102,11 +102,25 @@ def alerts_service(ctx: DaemonContext):
     return service_factory(ctx)
 
 
+def health_file_service(ctx: DaemonContext):
+    from edge.service.healthfile import service_factory
+
+    return service_factory(ctx)
+
+
+def web_service(ctx: DaemonContext):
+    from edge.outputs.web.service import service_factory
+
+    return service_factory(ctx)
+
+
 SERVICE_FACTORIES: list[tuple[str, ServiceFactory]] = [
     ("mqtt", mqtt_service),
     ("updates", updates_service),
     ("retention", retention_service),
     ("alerts", alerts_service),
+    ("health_file", health_file_service),
+    ("web", web_service),
 ]
 
 
@@ -197,7 +211,7 @@ class Daemon:
         self.health.note_model(bundle.version, bundle.sha256)
         self.pipeline = Pipeline(bundle, self.running.model, detection=cfg.detection, overlap_s=cfg.model.overlap_s,
                                  device_id=cfg.device_id)
-        if cfg.clips.enabled:
+        if cfg.clips.enabled or cfg.web.enabled:  # the dashboard plays and draws the clips
             from edge.outputs.clips import ClipWriter
 
             self.clips = ClipWriter(cfg.clips.dir, self.pipeline.sample_rate, padding_s=cfg.clips.padding_s,
@@ -301,6 +315,7 @@ class Daemon:
         if n:
             self.health.note_windows(n, (st["invoke_s"] - invoke0) / n)
         self.health.note_audio(len(block.samples), self.pipeline.sample_rate)
+        self.health.note_signal(self.pipeline.guard)
         src = self.source
         self.health.overflows = src.live_overflows
         self.health.dropped_frames = src.live_dropped_frames

@@ -40,6 +40,13 @@ from edge.types import Service
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+MAX_REASON_CHARS = 300
+
+
+def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """A reason fit for a report and a log line: one line, bounded."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 REPORT_SCHEMA = "dawnchorus/model/1"  # edge/schemas/model.json
 
 
@@ -229,7 +236,12 @@ class UpdateService(Service):
             if digest == self._last_refused_digest:
                 log.debug("same refused bundle again from %s; ignored", origin)
                 return UpdateResult("ignored", "identical to the bundle refused last", origin, received)
-            result = self._process(payload, origin, received)
+            try:
+                result = self._process(payload, origin, received)
+            except Exception as exc:  # noqa: BLE001 - whatever a bundle does, it is refused with a report
+                log.debug("bundle check traceback", exc_info=True)
+                result = UpdateResult("refused", one_line(f"{origin}: cannot check the bundle: "
+                                                          f"{type(exc).__name__}: {exc}"), origin, received)
             self._last_refused_digest = digest if result.result == "refused" else None
             self.results.append(result)
             if result.result == "ignored":
@@ -249,7 +261,7 @@ class UpdateService(Service):
         try:
             bundle = parse_bundle(payload, self.public_key, path=origin, max_bytes=self.max_bytes)
         except BundleError as exc:
-            return refuse(str(exc))
+            return refuse(one_line(str(exc)))
         cur = self.running.bundle
         if bundle.version == cur.version and bundle.sha256 == cur.sha256:
             return refuse(f"{bundle.version} is already active", bundle, "ignored")

@@ -4,8 +4,9 @@ Recorders write the start time into the file, with its time zone:
 
 * **GUANO** (Wildlife Acoustics Song Meter, Titley, Pettersson and many
   others): a ``guan`` chunk in the WAV with ``Timestamp: 2024-05-01T05:30:00-04:00``
-  (ISO 8601; without an offset it is the recorder's local time). Read with
-  the ``guano`` package (the format's reference implementation).
+  (ISO 8601; without an offset it is the recorder's local time). The chunk is
+  found here (whatever the WAV's sample format) and its text parsed with the
+  ``guano`` package (the format's reference implementation).
 * **AudioMoth**: the WAV's ``LIST/INFO/ICMT`` comment, ``Recorded at
   12:00:00 01/05/2024 (UTC+1) by AudioMoth 24F319055FDF2F5B ...``. Parsed
   with ``metamoth`` (every firmware's comment format it knows); comments it
@@ -30,7 +31,7 @@ import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import Optional
 
 log = logging.getLogger(__name__)
 
@@ -117,60 +118,59 @@ def time_from_name(path: str | Path) -> tuple[datetime, bool] | None:
 
 
 # ---- RIFF chunks --------------------------------------------------------------
-def _riff_chunks(f: BinaryIO, size: int):
-    """(id, offset of its data, length) of each top-level chunk of a RIFF/WAVE file."""
-    f.seek(0)
-    head = f.read(12)
-    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
-        return
-    pos = 12
-    while pos + 8 <= size:
-        f.seek(pos)
-        cid, length = struct.unpack("<4sI", f.read(8))
-        yield cid, pos + 8, length
-        pos += 8 + length + (length & 1)
+MAX_CHUNK = 1 << 16  # metadata chunks are small; a larger one is not read
 
 
-def _info_comment(path: Path) -> Optional[str]:
-    """The ``LIST/INFO/ICMT`` text of a WAV file, or None."""
+def wav_metadata_chunks(path: Path) -> dict[str, bytes]:
+    """The ``guan`` chunk and the ``LIST/INFO/ICMT`` comment of a RIFF/WAVE file (raw bytes), by name.
+
+    Reads only chunk headers and the two small chunks (the audio is skipped),
+    whatever the WAV's sample format.
+    """
+    found: dict[str, bytes] = {}
     with open(path, "rb") as f:
         size = f.seek(0, 2)
-        for cid, start, length in _riff_chunks(f, size):
-            if cid != b"LIST":
-                continue
-            f.seek(start)
-            body = f.read(min(length, 1 << 16))
-            if body[:4] != b"INFO":
-                continue
-            i = 4
-            while i + 8 <= len(body):
-                sid, slen = struct.unpack("<4sI", body[i:i + 8])
-                if sid == b"ICMT":
-                    return body[i + 8:i + 8 + slen].split(b"\0", 1)[0].decode("utf-8", "replace").strip()
-                i += 8 + slen + (slen & 1)
-    return None
+        f.seek(0)
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+            return found
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            cid, length = struct.unpack("<4sI", f.read(8))
+            if cid == b"guan" and length <= MAX_CHUNK:
+                found["guan"] = f.read(length)
+            elif cid == b"LIST" and length <= MAX_CHUNK:
+                body = f.read(length)
+                i = 4 if body[:4] == b"INFO" else len(body)
+                while i + 8 <= len(body):
+                    sid, slen = struct.unpack("<4sI", body[i:i + 8])
+                    if sid == b"ICMT":
+                        found["ICMT"] = body[i + 8:i + 8 + slen].split(b"\0", 1)[0]
+                    i += 8 + slen + (slen & 1)
+            pos += 8 + length + (length & 1)
+    return found
 
 
 # ---- GUANO ----------------------------------------------------------------------
-def guano_time(path: Path, zone: Optional[tzinfo]) -> Optional[RecordingTime]:
-    """The GUANO ``Timestamp`` of a WAV file, or None (no GUANO, no timestamp, no ``guano`` package)."""
+def guano_time(text: bytes, zone: Optional[tzinfo], what: str = "") -> Optional[RecordingTime]:
+    """The ``Timestamp`` of GUANO metadata (the ``guan`` chunk's text), or None."""
     try:
         import guano
     except ImportError:  # pragma: no cover - guano is in the edge extra
         log.debug("guano is not installed; GUANO metadata is not read")
         return None
     try:
-        g = guano.GuanoFile(str(path))
-        stamp = g.get("Timestamp") if g else None
+        stamp = guano.GuanoFile.from_string(text).get("Timestamp")
     except Exception as exc:  # noqa: BLE001 - a broken header is skipped, not fatal
-        log.warning("%s: GUANO metadata unreadable, ignored (%s)", path, exc)
+        log.warning("%s: GUANO metadata unreadable, ignored (%s)", what, exc)
         return None
     if not isinstance(stamp, datetime):
         if stamp:
-            log.warning("%s: GUANO Timestamp %r is not an ISO 8601 time, ignored", path, stamp)
+            log.warning("%s: GUANO Timestamp %r is not an ISO 8601 time, ignored", what, stamp)
         return None
     if stamp.tzinfo is None:  # the recorder's local time
-        utc, zone_name = localize(stamp, zone, f"{path.name} GUANO Timestamp")
+        utc, zone_name = localize(stamp, zone, f"{what} GUANO Timestamp")
         return RecordingTime(utc, "guano", zone_name)
     return RecordingTime(stamp.astimezone(timezone.utc), "guano", _offset_name(stamp))
 
@@ -207,18 +207,24 @@ def parse_audiomoth_comment(comment: str) -> Optional[datetime]:
     return naive.replace(tzinfo=timezone(off))
 
 
-def audiomoth_time(path: Path) -> Optional[RecordingTime]:
-    try:
-        comment = _info_comment(path)
-    except (OSError, struct.error) as exc:
-        log.warning("%s: WAV comment unreadable, ignored (%s)", path, exc)
-        return None
-    if not comment:
-        return None
-    when = parse_audiomoth_comment(comment)
+def audiomoth_time(comment: bytes) -> Optional[RecordingTime]:
+    when = parse_audiomoth_comment(comment.decode("utf-8", "replace").strip())
     if when is None:
         return None
     return RecordingTime(when.astimezone(timezone.utc), "audiomoth", _offset_name(when))
+
+
+def header_time(path: Path, zone: Optional[tzinfo]) -> Optional[RecordingTime]:
+    """The start time in a WAV file's GUANO or AudioMoth header, or None."""
+    try:
+        chunks = wav_metadata_chunks(path)
+    except (OSError, struct.error) as exc:
+        log.warning("%s: WAV header unreadable, ignored (%s)", path, exc)
+        return None
+    found = guano_time(chunks["guan"], zone, path.name) if "guan" in chunks else None
+    if found is None and "ICMT" in chunks:
+        found = audiomoth_time(chunks["ICMT"])
+    return found
 
 
 # ---- all together -------------------------------------------------------------------
@@ -230,7 +236,7 @@ def recording_start(path: str | Path, zone: str | tzinfo | None = None) -> Optio
     p = Path(path)
     tz = load_zone(zone) if isinstance(zone, str) else zone
     if p.suffix.lower() in WAV_SUFFIXES and p.is_file():
-        found = guano_time(p, tz) or audiomoth_time(p)
+        found = header_time(p, tz)
         if found is not None:
             return found
     named = time_from_name(p)

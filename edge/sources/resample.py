@@ -1,9 +1,9 @@
 """Streaming resampling for the sources: the contract's resampler (``edge.contract.resample``).
 
-Files and microphones resample with the same libsoxr settings the trainer
-uses for whole recordings, so the edge computes the features the model was
-trained on.
+Files resample exactly as the trainer does (``FileResampler``, in fixed
+blocks, so a file split over processes gives the same samples);
+microphones resample one continuous stream (``StreamResampler``).
 """
-from edge.contract.resample import QUALITY, StreamResampler, resample
+from edge.contract.resample import QUALITY, FileResampler, StreamResampler, resample
 
-__all__ = ["QUALITY", "StreamResampler", "resample"]
+__all__ = ["QUALITY", "FileResampler", "StreamResampler", "resample"]

@@ -1,7 +1,7 @@
 """Home Assistant MQTT discovery: announce the recorder's entities, remove them when they go.
 
-Each entity is one retained config on
-``<discovery_prefix>/<component>/dawnchorus_<device_id>/<object_id>/config``
+Each entity (four sensors and a "no signal" problem binary sensor) is one
+retained config on ``<discovery_prefix>/<component>/dawnchorus_<device_id>/<key>/config``
 (schema: ``edge/schemas/ha_discovery.json``), following Home Assistant's
 current conventions:
 
@@ -124,14 +124,25 @@ def configs(topics: Topics, *, location_name: str = "", sw_version: str = "") ->
             "entity_category": "diagnostic",
             "icon": "mdi:tray-full",
         },
+        "no_signal": {
+            "component": "binary_sensor",
+            "name": "No signal",
+            "state_topic": topics.status,
+            # the signal guard's streak of windows without signal (digital silence, constant, non-finite)
+            "value_template": ("{{ 'ON' if value_json.health is defined and "
+                               "(value_json.health.no_signal_streak or 0) > 0 else 'OFF' }}"),
+            "device_class": "problem",
+            "entity_category": "diagnostic",
+        },
     }
     out = {}
     for key, entity in entities.items():
+        component = entity.pop("component", "sensor")
         ident = f"{node}_{key}"
-        out[topics.ha_config(key)] = {
+        out[topics.ha_config(key, component)] = {
             **entity,
             "unique_id": ident,
-            "default_entity_id": f"sensor.{entity_slug(ident)}",
+            "default_entity_id": f"{component}.{entity_slug(ident)}",
             **common,
         }
     return out
