@@ -37,7 +37,7 @@ DEMO_DIR = PACKAGE_DIR / "demo"
 # edge.config's defaults, used when no --config is given: importing pydantic for the
 # configuration costs about 18 MB of the replay's 100 MB budget (a test keeps them equal).
 DEFAULTS = {"bundle": PACKAGE_DIR / "models" / "default.bundle", "public_key": PACKAGE_DIR / "models" / "default.pub",
-            "num_threads": 1, "overlap_s": None, "device_id": "recorder", "max_bundle_mb": 32.0}
+            "num_threads": 1, "overlap_s": None, "device_id": "recorder", "max_bundle_mb": 8.0}
 PROGRESS_MIN_S = 300.0  # show a progress bar for files longer than this (on a terminal)
 
 
