@@ -181,6 +181,8 @@ def summary(stats: ReplayStats, *, bundle, pipeline, db_path, threads: int, writ
         lines.append(f"store: {db_path} ({stats.new} new detection(s), {stats.detections - stats.new} already stored)")
     if getattr(writer, "written", None):
         lines.append(f"raven selection tables: {', '.join(str(p) for p in writer.written)}")
+    for err in getattr(writer, "errors", []):
+        lines.append(f"  {err}")
     if stats.species:
         lines.append(f"detections per species ({stats.detections} event(s)):")
         for label, n in sorted(stats.species.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -361,4 +363,4 @@ def run(args) -> int:
         return EXIT_UNSTORED
     if stop.is_set():
         return 130
-    return 1 if stats.refused else 0
+    return 1 if stats.refused or getattr(writer, "errors", None) else 0
