@@ -126,6 +126,9 @@ def test_a_review_needs_the_password_and_the_csrf_token_and_only_adds_a_review(s
     assert [line for line in dump(state) if "INTO \"detections\"" in line] == before
     _, _, page = server.get(f"/detections/{det_id}", {"Cookie": cookie})
     assert b"badge-wrong" in page
+    logout = urlencode({"csrf": token}).encode()
+    assert server.get("/logout", {**FORM, "Cookie": cookie}, logout)[0] == 303
+    assert server.get(path, {**FORM, "Cookie": cookie}, with_token)[0] == 403  # that session is over
 
 
 def test_beyond_loopback_needs_a_password_file_and_a_login(state, tmp_path):

@@ -101,6 +101,7 @@ def test_detection_spectrogram_decodes_and_clip_plays(site):
     w, h = b.js("(async () => { const i = document.querySelector('img.spectrogram'); await i.decode();"
                 " return [i.naturalWidth, i.naturalHeight]; })()")
     assert w > 100 and h == 256  # 128 mel bands, 2 px each
+    assert b.js("document.querySelector('svg.span rect').width.baseVal.value") > 0  # the event's box on it
     ctype = b.js("fetch(document.querySelector('img.spectrogram').src).then(r => r.headers.get('content-type'))")
     assert ctype == "image/png"
     duration = b.js("new Promise((ok, bad) => { const a = document.querySelector('audio');"
@@ -118,6 +119,9 @@ def test_detection_spectrogram_decodes_and_clip_plays(site):
     assert played > 0.2
     assert b.js("fetch(document.querySelector('audio').src).then(r => r.headers.get('content-type'))") == "audio/wav"
     b.screenshot("detection")
+    # the spectrogram was drawn in a child: the dashboard itself never loads numpy (its memory budget)
+    maps = open(f"/proc/{site['server'].proc.pid}/maps").read()
+    assert "numpy" not in maps and "pydantic_core" in maps  # (--config: the configuration is read)
 
 
 def test_species_effort_model_health_pages(site):

@@ -129,6 +129,9 @@ def test_password_file_and_sessions(tmp_path):
     assert s.valid(c) and not s.valid(c[:-1] + ("0" if c[-1] != "0" else "1")) and not Sessions().valid(c)
     tok = s.csrf_token(c)
     assert s.csrf_ok(c, tok) and not s.csrf_ok(c, tok[:-1] + "x") and not s.csrf_ok(s.new(), tok)
+    other = s.new()
+    s.revoke(other)  # logged out
+    assert not s.valid(other) and s.valid(c)
     now[0] += 8 * 24 * 3600
     assert not s.valid(c)
 
@@ -270,3 +273,11 @@ def test_local_buckets_place_every_hour_of_a_year_like_the_zone_does(zone):
     got = list(q.local_buckets([(h, 1) for h in hours]))
     want = [(q.local_hour(h).date(), q.local_hour(h).hour, 1) for h in hours]
     assert got == want
+
+
+def test_a_long_clip_is_compressed_in_time(tmp_path):
+    from edge.outputs.web.spectrogram import MAX_WIDTH, render_png
+
+    write_wav(tmp_path / "long.wav", 0.1 * np.sin(np.arange(32000 * 40) * 0.3))
+    w, h = decode_png_size(render_png(tmp_path / "long.wav"))
+    assert MAX_WIDTH // 2 < w <= MAX_WIDTH and h == 256

@@ -29,9 +29,10 @@ def today(web):
         return web.render(request, "today.html", title="Today" if day == web.queries.today() else day.isoformat(),
                           day=day, rows=rows, fallback=fallback, total=sum(r["n"] for r in rows),
                           prev_day=day - timedelta(days=1), next_day=day + timedelta(days=1),
-                          is_today=day == web.queries.today(),
+                          is_today=day == web.queries.today(), latest=web.queries.latest_of_day(day) if rows else [],
                           chart=charts.bar_chart(hours, [f"{h:02d}" for h in range(24)], every=3,
-                                                 title=f"detections per hour, {day.isoformat()}", height=140))
+                                                 title=f"detections per hour, {day.isoformat()}", width=520,
+                                                 height=250))
     return page
 
 
@@ -69,12 +70,31 @@ def detection(web):
         review = web.reviews.latest(det_id)
         from edge.outputs.web.forms import find_clip
 
+        clip = find_clip(web, det)
         return web.render(request, "detection.html", title=det["common_name"] or det["label"], d=det,
-                          review=review, neighbours=web.queries.neighbours(det), has_clip=find_clip(web, det) is not None,
+                          review=review, neighbours=web.queries.neighbours(det), has_clip=clip is not None,
+                          span=clip and event_span(clip, det, web.ctx.clip_padding_s),
                           prev_id=web.queries.step(det, newer=False), next_id=web.queries.step(det, newer=True),
                           labels=modelinfo.label_names(web.ctx.models_dir, web.ctx.bundle_path),
                           duration=(parse_utc(det["end_utc"]) - parse_utc(det["start_utc"])).total_seconds())
     return page
+
+
+def event_span(clip, det: dict, padding_s: float) -> tuple[float, float] | None:
+    """Where the event lies in its clip, as (x, width) out of 1000 (the clip starts ``padding_s``
+    before the event, or at the start of its source)."""
+    import wave
+
+    try:
+        with wave.open(str(clip), "rb") as w:
+            total = w.getnframes() / w.getframerate()
+    except (OSError, wave.Error, EOFError, ZeroDivisionError):
+        return None
+    if total <= 0:
+        return None
+    a = min(det["offset_s"], padding_s)
+    b = min(a + det["end_offset_s"] - det["offset_s"], total)
+    return round(1000 * a / total, 1), round(1000 * max(b - a, 0) / total, 1)
 
 
 def species_index(web):
@@ -156,8 +176,10 @@ def health(web):
         check_known(request.query_params, ())
         report, age = web.ctx.read_health()
         h = (report or {}).get("health", report or {})
+        level = next((h[k] for k in ("audio_level_dbfs", "audio_rms_dbfs") if h.get(k) is not None), None)
         stale = age is not None and age > 3 * max(web.ctx.status_interval_s, 10)
-        return web.render(request, "health.html", title="Health", h=h, report=report or {}, age=age, stale=stale,
+        return web.render(request, "health.html", title="Health", h=h, level=level, report=report or {}, age=age,
+                          stale=stale,
                           mqtt=(report or {}).get("mqtt") or {}, store=web.queries.store_figures(),
                           machine=sysinfo.machine(web.ctx.state_dir, (report or {}).get("pid")))
     return page

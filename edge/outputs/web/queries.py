@@ -156,6 +156,11 @@ class Queries:
             r["best_id"] = best[0] if best else None
         return rows
 
+    def latest_of_day(self, day: date, limit: int = 8) -> list[dict]:
+        a, b = self.day_bounds(day)
+        return self._all("SELECT id, start_utc, label, common_name, score FROM detections "
+                         "WHERE start_utc >= ? AND start_utc < ? ORDER BY start_utc DESC, seq DESC LIMIT ?", [a, b, limit])
+
     # -- detections list --------------------------------------------------------
     def detections_page(self, *, label: str | None = None, day: date | None = None, min_score: float | None = None,
                         before: Cursor | None = None, after: Cursor | None = None, limit: int = 50):
