@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from edge.outputs.writers import FORMATS, Writer, make_writer
+from edge.outputs.writers import FORMATS, RavenWriter, Writer, make_writer
 from edge.service.replay import ReplayStats
-from edge.sources import AUDIO_EXTENSIONS, find_audio_files
+from edge.sources import AUDIO_EXTENSIONS, display_path, find_audio_files
 
 if TYPE_CHECKING:  # replay imports the configuration (pydantic) only when it runs
     from edge.config import Config
@@ -64,14 +64,20 @@ def summary(stats: ReplayStats, *, bundle: Any, pipeline: Any, db_path: Optional
     ]
     if db_path is not None:
         lines.append(f"store: {db_path} ({stats.new} new detection(s), {stats.detections - stats.new} already stored)")
-    if getattr(writer, "written", None):
-        lines.append(f"raven selection tables: {', '.join(str(p) for p in writer.written)}")
+    if isinstance(writer, RavenWriter):
+        if writer.written:
+            lines.append(f"raven selection tables: {', '.join(str(p) for p in writer.written)}")
+        lines += [f"  {err}" for err in writer.errors]
     if stats.species:
         lines.append(f"detections per species ({stats.detections} event(s)):")
         for label, n in sorted(stats.species.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  {n:5d}  {stats.names.get(label, label)} ({label})")
     else:
         lines.append("no detections")
+    guard = pipeline.guard
+    if guard.no_signal_windows:
+        lines.append(f"{guard.no_signal_windows} window(s) without signal not scored (digital silence, constant "
+                     f"input or {guard.nonfinite_samples} non-finite sample(s))")
     if stats.refused:
         lines.append(f"refused {len(stats.refused)} file(s):")
         lines += [f"  {reason}" for _, reason in stats.refused]
@@ -189,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: no PATH given and no demo recording in {DEMO_DIR}", file=sys.stderr)
         return 2
     files, problems = find_audio_files(paths)
-    stats = ReplayStats(refused=[(str(p), f"{p}: {why}") for p, why in problems])
+    stats = ReplayStats(refused=[(display_path(p), f"{display_path(p)}: {why}") for p, why in problems])
     if start_utc is not None and len(files) > 1:
         log.warning("--start-time applies to every one of the %d files", len(files))
 
@@ -201,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     fe = rt.pipeline.bundle.frontend
     try:
-        writer = make_writer(args.format, args.out, low_hz=fe.fmin, high_hz=fe.fmax)
+        writer = make_writer(args.format, args.out, low_hz=fe.fmin, high_hz=fe.fmax, inputs=paths)
     except OSError as exc:
         rt.stop()
         print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
@@ -241,4 +247,4 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNSTORED
     if interrupted:
         return 130
-    return 1 if stats.refused else 0
+    return 1 if stats.refused or (isinstance(writer, RavenWriter) and writer.errors) else 0

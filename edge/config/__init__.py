@@ -3,7 +3,7 @@
 ``base`` (the strict ``Section`` model, ``ConfigError``, YAML reading, the
 default paths), then one module per concern: ``location``, ``model``,
 ``detection``, ``audio``, ``store``, ``clips``, ``mqtt`` (also the small
-settings ``trainer push`` reads, and the password), ``updates``, ``logs``;
+settings ``trainer push`` reads, and the password), ``updates``, ``logs``, ``web``;
 ``root`` holds ``Config``, one field per section. Every option is
 documented in ``config.example.yaml``.
 
@@ -30,12 +30,13 @@ from edge.config.notify import NotifyConfig
 from edge.config.root import Config
 from edge.config.store import StoreConfig
 from edge.config.updates import UpdatesConfig
+from edge.config.web import WebConfig
 
 __all__ = [
     "DEFAULT_BUNDLE", "DEFAULT_PUBLIC_KEY", "DEFAULT_STATE_DIR", "PACKAGE_DIR", "AudioConfig", "ClipsConfig", "Config",
     "ConfigError", "DetectionConfig", "HomeAssistantConfig", "LocationConfig", "LoggingConfig", "MQTTConfig",
-    "MQTTSettings", "ModelConfig", "NotifyConfig", "Section", "StoreConfig", "TLSConfig", "UpdatesConfig", "format_validation_error",
-    "load_config", "load_mqtt_settings", "parse_config",
+    "MQTTSettings", "ModelConfig", "NotifyConfig", "Section", "StoreConfig", "TLSConfig", "UpdatesConfig", "WebConfig",
+    "format_validation_error", "load_config", "load_mqtt_settings", "parse_config",
 ]
 
 

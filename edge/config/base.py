@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edge.config.safe_yaml import YAMLConfigError, cap, load_yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the edge package
 DEFAULT_BUNDLE = PACKAGE_DIR / "models" / "default.bundle"
@@ -53,17 +54,13 @@ def validate(model: type[M], data: object, origin: str = "config") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, origin)) from None
+        raise ConfigError(cap(format_validation_error(exc, origin))) from None
 
 
 def read_yaml(path: str | Path) -> object:
-    """The parsed YAML document at ``path``; raises ``ConfigError`` if it cannot be read or parsed."""
-    p = Path(path)
+    """The parsed YAML document at ``path``; raises ``ConfigError`` (one line naming the file) if it cannot
+    be read or parsed: bounded size, UTF-8 only, duplicate keys and alias bombs refused (``safe_yaml``)."""
     try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read the configuration ({exc.strerror or exc})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        return load_yaml(path)
+    except YAMLConfigError as exc:
+        raise ConfigError(str(exc)) from None

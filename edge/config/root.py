@@ -21,6 +21,7 @@ from edge.config.mqtt import DEVICE_ID_PATTERN, MQTTConfig
 from edge.config.notify import NotifyConfig
 from edge.config.store import StoreConfig
 from edge.config.updates import UpdatesConfig
+from edge.config.web import WebConfig
 
 
 class Config(Section):
@@ -36,4 +37,5 @@ class Config(Section):
     updates: UpdatesConfig = UpdatesConfig()
     notify: NotifyConfig = NotifyConfig()
     logging: LoggingConfig = LoggingConfig()
+    web: WebConfig = WebConfig()
     status_interval_s: float = Field(30, ge=1)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import wave
 from collections import deque
@@ -30,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.contract.record import Detection, parse_utc
+from edge.contract.record import Detection
+from edge.outputs.clip_paths import clip_path
 from edge.types import AudioBlock, DetectionSink
 
 log = logging.getLogger(__name__)
-
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 class ClipWriter(DetectionSink):
@@ -136,16 +134,10 @@ class ClipWriter(DetectionSink):
         if not len(samples):
             log.warning("no audio left for the clip of detection %s", d.id)
             return
-        try:
-            when = parse_utc(d.start_utc)
-            stamp, day = when.strftime("%Y%m%dT%H%M%SZ"), when.strftime("%Y-%m-%d")
-        except ValueError:
-            stamp, day = "unknown", "unknown"
         if not self._make_room(44 + 2 * len(samples), d):  # before the mkdir: it may empty (and remove) a day's dir
             return
-        sub = self.dir / day
-        sub.mkdir(parents=True, exist_ok=True)
-        path = sub / f"{stamp}_{_SAFE.sub('_', d.label)}_{d.id[:8]}.wav"
+        path = clip_path(self.dir, d.start_utc, d.label, d.id)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".wav.part")
         try:
             with open(tmp, "wb") as f, wave.open(f, "wb") as w:

@@ -102,12 +102,26 @@ def alerts_service(ctx: RuntimeContext) -> Optional[Service]:
     return service_factory(ctx)
 
 
+def health_file_service(ctx: RuntimeContext) -> Optional[Service]:
+    from edge.service.healthfile import service_factory
+
+    return service_factory(ctx)
+
+
+def web_service(ctx: RuntimeContext) -> Optional[Service]:
+    from edge.outputs.web.service import service_factory
+
+    return service_factory(ctx)
+
+
 #: the live daemon's services; add one with its factory here
 SERVICE_FACTORIES: list[tuple[str, ServiceFactory]] = [
     ("mqtt", mqtt_service),
     ("updates", updates_service),
     ("retention", retention_service),
     ("alerts", alerts_service),
+    ("health_file", health_file_service),
+    ("web", web_service),
 ]
 #: replay's: publishing what it stores, when MQTT is on (no model updates)
 REPLAY_SERVICES: list[tuple[str, ServiceFactory]] = [("mqtt", mqtt_service)]
@@ -235,6 +249,7 @@ class Runtime:
             self.health.note_windows(n, (p.stats["invoke_s"] - i0) / n)
         if block is not None:
             self.health.note_audio(len(block.samples), p.sample_rate)
+            self.health.note_signal(p.guard)
             if self.source is not None:
                 c = self.source.counters()
                 self.health.overflows, self.health.dropped_frames = c.overflows, c.dropped_frames

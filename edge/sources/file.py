@@ -13,14 +13,18 @@ which (``edge.sources.metadata``). Local times (file names, GUANO without an
 offset) are taken in ``timezone`` if given, else as UTC (AudioMoth's default).
 
 A file that cannot be used raises ``SourceError`` naming the file and the
-problem: not audio, empty, truncated (header promises more than the file
-holds), or undecodable part-way.
+problem: unreadable (permission denied, a symlink loop), not a regular file
+(a fifo, a device), not audio, empty, truncated (header promises more than
+the file holds), a header that declares more channels or a higher rate than
+any recorder makes, or undecodable part-way. File names that are not valid
+UTF-8 are shown (and stored) with their odd bytes escaped (``caf\xe9.wav``).
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
+import stat
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,8 +41,38 @@ AUDIO_EXTENSIONS = frozenset(
     {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".w64", ".rf64", ".caf"}
 )
 
+MAX_CHANNELS = 64  # a header declaring more is refused (a block of it would not fit in memory)
+MIN_FILE_RATE, MAX_FILE_RATE = 1000, 768_000
+
+
 class SourceError(ValueError):
     """An audio file that cannot be used; the message names the file and the problem."""
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
+
+
+def display_path(path: str | Path) -> str:
+    """A path as printable, storable, one-line text: bytes that are not UTF-8 and control
+    characters (a newline in a name) escaped (``caf\\xe9.wav``, ``two\\x0alines.wav``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace").translate(_CONTROL)
+
+
+def check_readable(path: Path) -> None:
+    """SourceError unless ``path`` is a regular file this process can open (never blocks on a fifo)."""
+    where = display_path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SourceError(f"cannot read {where}: {(exc.strerror or str(exc)).lower()}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a fifo" if stat.S_ISFIFO(mode) else \
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "special"
+        raise SourceError(f"{where}: not a regular file ({kind})")
 
 
 def start_time_from_name(path: str | Path, zone: str | None = None) -> datetime | None:
@@ -56,22 +90,29 @@ def find_audio_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[tupl
     """Expand paths (files and directories, walked recursively, sorted) into audio files.
 
     Returns (files, problems): a named file is kept whatever its extension (it
-    is refused later if it is not audio); missing paths become problems.
+    is refused later if it is not audio, with the reason); missing paths and
+    directories that cannot be read become problems. Symbolic links to
+    directories are not followed inside a walk (no loops); a link that cannot
+    be followed is kept, to be refused by name.
     """
     files: list[Path] = []
     problems: list[tuple[Path, str]] = []
+
+    def unreadable(exc: OSError) -> None:
+        problems.append((Path(exc.filename), f"cannot read directory: {(exc.strerror or str(exc)).lower()}"))
+
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
             found = []
-            for root, dirs, names in os.walk(p):
+            for root, dirs, names in os.walk(p, onerror=unreadable):
                 dirs.sort()
                 found += [Path(root) / n for n in sorted(names)
                           if Path(n).suffix.lower() in AUDIO_EXTENSIONS and not n.startswith(".")]
             if not found:
                 problems.append((p, "directory holds no audio files"))
             files += found
-        elif p.exists():
+        elif p.exists() or p.is_symlink():
             files.append(p)
         else:
             problems.append((p, "no such file or directory"))
@@ -96,20 +137,17 @@ class FileSource(AudioSource):
         import soundfile as sf
 
         self.path = Path(path)
-        self.name = str(self.path.resolve())
         self.sample_rate = int(sample_rate)
         self.channel = channel
         self.block_s = float(block_s)
         self.span = span  # (first, end) output samples: one piece of a file split over processes
-        where = str(self.path)
-        try:
-            size = self.path.stat().st_size
-        except OSError as exc:
-            raise SourceError(f"{where}: cannot read ({exc.strerror or exc})") from None
-        if size == 0:
+        where = display_path(self.path)
+        check_readable(self.path)
+        self.name = display_path(self.path.resolve())
+        if self.path.stat().st_size == 0:
             raise SourceError(f"{where}: empty file (0 bytes)")
         try:
-            self._sf = sf.SoundFile(str(self.path))
+            self._sf = sf.SoundFile(os.fsencode(self.path))
         except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
             reason = str(exc).split(": ", 1)[-1] if ":" in str(exc) else str(exc)
             raise SourceError(f"{where}: not an audio file that can be decoded ({reason})") from None
@@ -124,8 +162,11 @@ class FileSource(AudioSource):
         try:
             if self.frames <= 0:
                 raise SourceError(f"{where}: empty audio (no samples; {self.format}, header only?)")
-            if self.file_rate <= 0:
-                raise SourceError(f"{where}: invalid sample rate {self.file_rate}")
+            if not MIN_FILE_RATE <= self.file_rate <= MAX_FILE_RATE:
+                raise SourceError(f"{where}: header declares a sample rate of {self.file_rate} Hz "
+                                  f"(allowed {MIN_FILE_RATE}..{MAX_FILE_RATE})")
+            if not 0 < self.channels <= MAX_CHANNELS:
+                raise SourceError(f"{where}: header declares {self.channels} channels (allowed up to {MAX_CHANNELS})")
             info = self._sf.extra_info or ""
             if re.search(r"^data\s*:.*should be", info, re.M):
                 raise SourceError(
@@ -183,7 +224,7 @@ class FileSource(AudioSource):
         With ``span=(first, end)``: only output samples ``first`` to ``end`` (None: the end of the file),
         bit for bit as the whole file gives them, with their offsets and times in the whole file.
         """
-        where = str(self.path)
+        where = display_path(self.path)
         first, end = self.span or (0, None)
         resampler = None
         in_pos = out_pos = first  # input frames read, output samples produced (whole-file positions)
