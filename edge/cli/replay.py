@@ -155,14 +155,20 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Optional[Path]]:
     return cfg, cfg.store.path
 
 
-def _runs(rt, files, job, args, progress: bool):
+def _close(executor, status: int) -> int:
+    if executor is not None:
+        executor.close(cancel=True)
+    return status
+
+
+def _runs(rt, files, job, executor, progress: bool):
     """(path, SourceRun) per file: in this process, or on worker processes / a cluster (edge.service.parallel)."""
-    from edge.service.parallel import available_cores, replay_parallel
     from edge.service.replay import replay_file
 
-    jobs = args.jobs or available_cores()
-    if (jobs > 1 or args.dask) and not args.realtime and len(files) > 0:
-        return replay_parallel(rt, files, job, jobs=jobs, dask=args.dask, progress=progress)
+    if executor is not None:
+        from edge.service.parallel import replay_parallel
+
+        return replay_parallel(rt, files, job, executor, progress=progress)
     return ((path, replay_file(rt, path, job, progress=progress)) for path in files)
 
 
@@ -199,37 +205,40 @@ def run(args: argparse.Namespace) -> int:
     if start_utc is not None and len(files) > 1:
         log.warning("--start-time applies to every one of the %d files", len(files))
 
+    executor = None  # worker processes or a cluster: started first, they load the model while this process does
+    if (args.jobs != 1 or args.dask) and not args.realtime:
+        from edge.service.parallel import available_cores, start_workers
+
+        try:
+            executor = start_workers(job, args.jobs or available_cores(), args.dask, files)
+        except RuntimeError as exc:  # edge.service.cluster.ClusterError: no cluster there
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     try:
         rt = open_replay(job, stop=stop, services=False)
     except ReplaySetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _close(executor, 2)
     fe = rt.pipeline.bundle.frontend
     try:
         writer = make_writer(args.format, args.out, low_hz=fe.fmin, high_hz=fe.fmax, inputs=paths)
     except OSError as exc:
         rt.stop()
         print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return _close(executor, 2)
     rt.sinks.append(writer)
     try:
         start_services(rt)  # MQTT (when on): sends what the replay stores, and the outbox left from before
     except ReplaySetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _close(executor, 2)
 
     progress = not args.no_progress and sys.stderr.isatty()
     interrupted = False
     t0 = time.perf_counter()
     try:
-        runs = _runs(rt, files, job, args, progress)
-    except RuntimeError as exc:  # edge.service.cluster.ClusterError: no cluster there
-        rt.stop()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        for path, run in runs:
+        for path, run in _runs(rt, files, job, executor, progress):
             stats.add(path, run)
     except KeyboardInterrupt:
         interrupted = True

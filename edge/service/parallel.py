@@ -277,10 +277,23 @@ PRELOAD = ["edge.service.parallel", "edge.service.replay", "edge.detection.pipel
            "edge.contract.signing", "ai_edge_litert.interpreter", "soxr"]
 
 
-class ProcessExecutor:
-    """``jobs`` worker processes on this machine (forkserver where there is one, else spawn)."""
+def _warm(work: Work) -> None:
+    """A worker's first act: load the model (a failure shows again, with its reason, on the first unit)."""
+    try:
+        _runtime(work)
+    except Exception:  # noqa: BLE001
+        pass
 
-    def __init__(self, jobs: int):
+
+def _nothing() -> None:
+    pass
+
+
+class ProcessExecutor:
+    """``jobs`` worker processes on this machine (forkserver where there is one, else spawn), started now:
+    each loads the model for ``work`` at once, while the caller gets on with its own set-up."""
+
+    def __init__(self, jobs: int, work: Optional[Work] = None):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
@@ -291,7 +304,10 @@ class ProcessExecutor:
             ctx.set_forkserver_preload(PRELOAD)
         self.jobs = jobs
         self.description = f"{jobs} worker processes ({method})"
-        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+        kw = {"initializer": _warm, "initargs": (work,)} if work is not None else {}
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **kw)
+        for _ in range(jobs):  # workers start on demand: ask for all of them now
+            self._pool.submit(_nothing)
 
     def submit(self, unit: Unit, work: Work):
         return self._pool.submit(analyse, unit, work)
@@ -359,14 +375,17 @@ class ParallelReplay:
             src.close()  # only its header and start time are needed here
             opened[i] = src
         self.units = plan(list(opened.items()), p.bundle, p.overlap_s, self.jobs, self.piece_s)
-        if self.executor is None and len(self.units) < 2:
+        local = self.executor is None or isinstance(self.executor, ProcessExecutor)
+        if len(self.units) < 2 and local:  # nothing to share out: this process, as one job
             from edge.service.replay import replay_file
 
+            if self.executor is not None:
+                self.executor.close()
             for path in paths:
                 yield path, replay_file(rt, path, self.work.job, progress=self.progress)
             return
         if self.executor is None:
-            self.executor = ProcessExecutor(min(self.jobs, len(self.units)))
+            self.executor = ProcessExecutor(min(self.jobs, len(self.units)), self.work)
         split = sum(1 for u in self.units if u.span is not None and u.span[0] == 0)
         log.info("replay: %d unit(s) of work (%d file(s), %d split into pieces) on %s", len(self.units),
                  len(opened), split, self.executor.description)
@@ -448,13 +467,29 @@ class ParallelReplay:
         return run
 
 
-def replay_parallel(runtime, paths: Sequence, job, *, jobs: int, dask: Optional[str] = None,
-                    piece_s: Optional[float] = None, progress: bool = False) -> Iterator[tuple[Any, Any]]:
-    """(path, SourceRun) for every file: on up to ``jobs`` local processes, or on the Dask cluster at
-    ``dask`` (connected now: ``edge.service.cluster.ClusterError`` if it cannot be used)."""
-    executor = None
+def start_workers(job, jobs: int, dask: Optional[str], paths: Sequence):
+    """The executor a replay of ``paths`` will use, started now (before the caller loads its own model):
+    the Dask cluster at ``dask`` (``edge.service.cluster.ClusterError`` if it cannot be used), local
+    worker processes when there is work for more than one, else None (replay in this process)."""
     if dask:
         from edge.service.cluster import DaskExecutor
 
-        executor = DaskExecutor(dask)
-    return ParallelReplay(runtime, job, jobs=jobs, executor=executor, piece_s=piece_s, progress=progress).run(paths)
+        return DaskExecutor(dask)
+    if jobs < 2 or not paths:
+        return None
+    if len(paths) == 1:  # one file: worth workers only if it is long enough to split
+        import soundfile as sf
+
+        try:
+            if sf.info(str(paths[0])).duration < 1.5 * MIN_PIECE_S:
+                return None
+        except Exception:  # noqa: BLE001 - refused with its reason by the replay
+            return None
+    return ProcessExecutor(jobs, Work(job))
+
+
+def replay_parallel(runtime, paths: Sequence, job, executor, *, piece_s: Optional[float] = None,
+                    progress: bool = False) -> Iterator[tuple[Any, Any]]:
+    """(path, SourceRun) for every file, analysed by ``executor`` (from ``start_workers``)."""
+    return ParallelReplay(runtime, job, jobs=executor.jobs, executor=executor, piece_s=piece_s,
+                          progress=progress).run(paths)
