@@ -103,6 +103,7 @@ class UnitResult:
     frontend_s: float = 0.0
     invoke_s: float = 0.0
     wall_s: float = 0.0
+    cpu_s: float = 0.0
     worker: str = ""
     peak_rss_mb: float = 0.0
 
@@ -219,7 +220,7 @@ def analyse(unit: Unit, work: Work) -> UnitResult:
     A piece that is not the file's last ends with its last window's samples, so the end of the
     source adds no tail window; only the last piece (or a piece whose decoding broke off) has one.
     """
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     rt = _runtime(work)
     p = rt.pipeline
     res = UnitResult(unit, worker=f"{os.uname().nodename}:{os.getpid()}")
@@ -258,6 +259,7 @@ def analyse(unit: Unit, work: Work) -> UnitResult:
     res.frontend_s = p.stats["frontend_s"] - s0["frontend_s"]
     res.invoke_s = p.stats["invoke_s"] - s0["invoke_s"]
     res.wall_s = time.perf_counter() - t_start
+    res.cpu_s = time.process_time() - c_start
     res.peak_rss_mb = peak_rss_mb()
     return res
 
@@ -358,6 +360,7 @@ class ParallelReplay:
         self.progress = progress
         self.units: list[Unit] = []
         self.workers: dict[str, float] = {}  # worker -> its peak RSS (MB)
+        self.cpu_s = 0.0  # the workers' CPU time on the units
 
     def run(self, paths: Sequence) -> Iterator[tuple[Any, Any]]:
         """(path, SourceRun) for every file, in order, as ``replay_file`` gives them."""
@@ -409,8 +412,8 @@ class ParallelReplay:
                     yield path, self._file(opened[i], [next(results) for _ in by_file[i]], bar)
             cancel = rt.stop_event.is_set()
             if self.workers:
-                log.info("replay: analysed by %d worker process(es), peak RSS %s MB", len(self.workers),
-                         ", ".join(f"{mb:.0f}" for _, mb in sorted(self.workers.items())))
+                log.info("replay: analysed by %d worker process(es), peak RSS %s MB, %.2f CPU s", len(self.workers),
+                         ", ".join(f"{mb:.0f}" for _, mb in sorted(self.workers.items())), self.cpu_s)
         finally:
             if bar is not None:
                 bar.close()
@@ -431,6 +434,7 @@ class ParallelReplay:
         index, opened, end_utc = 0, False, None
         for res in results:
             self.workers[res.worker] = max(self.workers.get(res.worker, 0.0), res.peak_rss_mb)
+            self.cpu_s += res.cpu_s
             if bar is not None:
                 bar.update(max(0.0, res.audio_end_s - (res.unit.span or (0,))[0] / p.sample_rate))
             if run.error is not None or rt.stop_event.is_set():
