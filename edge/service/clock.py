@@ -135,6 +135,34 @@ class StreamClock:
         return step
 
 
+_stream_clock: Optional[StreamClock] = None
+_stream_clock_lock = threading.Lock()
+
+
+def stream_clock() -> StreamClock:
+    """The process's one stream clock (anchored on first use): every live source and the daemon share it."""
+    global _stream_clock
+    with _stream_clock_lock:
+        if _stream_clock is None:
+            _stream_clock = StreamClock()
+        return _stream_clock
+
+
+def anchor_after_store(clock: StreamClock, store, device_id: str, source: str) -> Optional[float]:
+    """After a restart with the wall clock behind what this device already stored, continue after it."""
+    try:
+        with store._lock:
+            rows = store.db.execute(
+                "SELECT max(end_utc) FROM detections WHERE device_id = ? AND time_source = 'clock' UNION ALL "
+                "SELECT max(end_utc) FROM effort WHERE device_id = ? AND source = ?", [device_id, device_id, source]
+            ).fetchall()
+    except Exception as exc:  # noqa: BLE001 - only a guard
+        log.debug("cannot read the store's newest time: %s", exc)
+        return None
+    times = [datetime.fromisoformat(r[0].replace("Z", "+00:00")).timestamp() for r in rows if r[0]]
+    return clock.not_before(max(times) + 0.001) if times else None
+
+
 def record_step(step: float, at: float, store, device_id: str, source: str) -> None:
     """Log a wall-clock step and record it in the store as a zero-sample gap (``reason`` starts 'clock step')."""
     direction = "forward" if step > 0 else "back"
