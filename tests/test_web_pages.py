@@ -155,6 +155,11 @@ def test_species_effort_model_health_pages(site):
         bg = b.js("getComputedStyle(document.body).backgroundColor")
         assert sum(int(v) for v in bg[bg.index("(") + 1:-1].split(",")[:3]) < 150, bg
         b.screenshot("today-dark")
+        b.js("document.getElementById('theme').click()")  # the person's choice wins, and is kept
+        assert b.js("document.documentElement.dataset.theme") == "light"
+        b.goto(f"{url}/health")
+        assert b.js("document.documentElement.dataset.theme") == "light"
+        b.js("localStorage.removeItem('dawnchorus-theme')")
     finally:
         b.call("Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme", "value": "light"}])
 

@@ -140,9 +140,10 @@ class Queries:
 
     def day_summary(self, day: date) -> list[dict]:
         a, b = self.day_bounds(day)
+        # SQLite takes a bare column (id) from the row holding the one max() of the query: the best one
         rows = self._all(
-            "SELECT label, max(common_name) AS common_name, count(*) AS n, min(start_utc) AS first, "
-            "max(start_utc) AS last, max(score) AS best FROM detections WHERE start_utc >= ? AND start_utc < ? "
+            "SELECT label, common_name, count(*) AS n, min(start_utc) AS first, max(start_utc) AS last, "
+            "max(score) AS best, id AS best_id FROM detections WHERE start_utc >= ? AND start_utc < ? "
             "GROUP BY label ORDER BY n DESC, label", [a, b])
         hours: dict[str, list[int]] = {r["label"]: [0] * 24 for r in rows}
         for h in self._all(
@@ -151,9 +152,6 @@ class Queries:
             hours[h["label"]][self.local_hour(h["h"]).hour] += h["n"]  # at most 24 per species
         for r in rows:
             r["hours"] = hours[r["label"]]
-            best = self._one("SELECT id FROM detections WHERE label = ? AND start_utc >= ? AND start_utc < ? "
-                             "ORDER BY score DESC LIMIT 1", [r["label"], a, b])
-            r["best_id"] = best[0] if best else None
         return rows
 
     def latest_of_day(self, day: date, limit: int = 8) -> list[dict]:
