@@ -67,6 +67,7 @@ def csrf_of(server, cookie: str, path: str) -> str:
     ("/detections?min_score=1.5", "min_score must be between 0 and 1"),
     ("/detections?min_score=nan", "min_score must be between 0 and 1"),
     ("/detections?species=%3Cscript%3E", "species must be a species label"),
+    ("/detections?review=maybe", "review must be one of none, any, correct, wrong, species"),
     ("/detections?before=2026-05-01~x", "page cursor"),
     ("/detections?before=garbage&after=x", "page cursor"),
     ("/detections?date=2026-05-01&date=2026-05-02", "more than once"),
