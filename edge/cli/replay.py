@@ -37,7 +37,7 @@ DEMO_DIR = PACKAGE_DIR / "demo"
 # edge.config's defaults, used when no --config is given: importing pydantic for the
 # configuration costs about 18 MB of the replay's 100 MB budget (a test keeps them equal).
 DEFAULTS = {"bundle": PACKAGE_DIR / "models" / "default.bundle", "public_key": PACKAGE_DIR / "models" / "default.pub",
-            "num_threads": 1, "overlap_s": None, "device_id": "recorder", "max_bundle_mb": 32.0}
+            "num_threads": 1, "overlap_s": None, "device_id": "recorder", "max_bundle_mb": 8.0}
 PROGRESS_MIN_S = 300.0  # show a progress bar for files longer than this (on a terminal)
 
 
@@ -181,6 +181,8 @@ def summary(stats: ReplayStats, *, bundle, pipeline, db_path, threads: int, writ
         lines.append(f"store: {db_path} ({stats.new} new detection(s), {stats.detections - stats.new} already stored)")
     if getattr(writer, "written", None):
         lines.append(f"raven selection tables: {', '.join(str(p) for p in writer.written)}")
+    for err in getattr(writer, "errors", []):
+        lines.append(f"  {err}")
     if stats.species:
         lines.append(f"detections per species ({stats.detections} event(s)):")
         for label, n in sorted(stats.species.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -361,4 +363,4 @@ def run(args) -> int:
         return EXIT_UNSTORED
     if stop.is_set():
         return 130
-    return 1 if stats.refused else 0
+    return 1 if stats.refused or getattr(writer, "errors", None) else 0

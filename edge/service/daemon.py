@@ -227,7 +227,12 @@ class Daemon:
             self.services.append((name, svc))
             ctx.services[name] = svc
             log.info("service %s started", name)
-        self.source = MicSource(cfg.audio, self.pipeline.sample_rate, _Capture(self), max_seconds=self.duration_s)
+        from edge.service.clock import anchor_after_store, stream_clock
+
+        self.clock = stream_clock()  # live times: the wall clock read once, then monotonic; steps recorded as such
+        anchor_after_store(self.clock, self.store, cfg.device_id, self.source_name)
+        self.source = MicSource(cfg.audio, self.pipeline.sample_rate, _Capture(self), max_seconds=self.duration_s,
+                                clock=self.clock)
         grace = 4 * max(cfg.audio.block_s, self.pipeline.hop_s, 0.5)  # no audio or window for this long: stalled
         self.watchdog = Watchdog(self.notifier, self.health.progressing, self.health.summary, self.stop_event,
                                  status_s=cfg.status_interval_s, grace_s=grace)
@@ -259,11 +264,16 @@ class Daemon:
         except Exception as exc:
             log.error("cannot record the listening session: %s", exc)
 
+    def _now(self) -> datetime:
+        from edge.service.clock import utc
+
+        return utc(self.clock.now()) if getattr(self, "clock", None) is not None else datetime.now(timezone.utc)
+
     def close_effort(self, at: datetime | None = None) -> None:
         if self.effort_id is None:
             return
         try:
-            self.store.close_effort(self.effort_id, format_utc(at or datetime.now(timezone.utc)))
+            self.store.close_effort(self.effort_id, format_utc(at or self._now()))
         except Exception as exc:
             log.error("cannot close the listening session: %s", exc)
         self.effort_id = None
@@ -273,14 +283,14 @@ class Daemon:
             return
         b = self.pipeline.bundle
         if (b.version, b.sha256) != self._effort_model:  # a model update: a new session
-            now = datetime.now(timezone.utc)
+            now = self._now()
             self.close_effort(now)
             self.open_effort(now)
             self.health.note_model(b.version, b.sha256)
         elif time.monotonic() - self._effort_touched > self.cfg.status_interval_s:
             self._effort_touched = time.monotonic()
             try:
-                self.store.close_effort(self.effort_id, format_utc(datetime.now(timezone.utc)))
+                self.store.close_effort(self.effort_id, format_utc(self._now()))
             except Exception as exc:
                 log.error("cannot update the listening session: %s", exc)
 
@@ -315,6 +325,10 @@ class Daemon:
         p = self.pipeline
         p.begin(self.source_name, self.source.time_source)
         for block in self.source.blocks(self.stop_event):
+            if (step := self.clock.check()) is not None:  # an NTP step: logged and recorded, times unmoved
+                from edge.service.clock import record_step
+
+                record_step(step, self.clock.now(), self.store, self.cfg.device_id, self.source_name)
             st = p.stats
             w0, i0 = st["windows"], st["invoke_s"]
             dets = p.feed(block)
