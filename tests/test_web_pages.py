@@ -137,9 +137,9 @@ def test_species_effort_model_health_pages(site):
     b.goto(f"{url}/effort")
     assert b.js("document.querySelectorAll('svg.timeline rect.seg-on').length") >= 1
     b.screenshot("effort")
-    from edge.cli.replay import DEFAULTS
+    from edge.config import DEFAULT_BUNDLE
 
-    manifest = json.loads(zipfile.ZipFile(DEFAULTS["bundle"]).read("manifest.json"))
+    manifest = json.loads(zipfile.ZipFile(DEFAULT_BUNDLE).read("manifest.json"))
     b.goto(f"{url}/model")
     text = b.text()
     assert manifest["version"] in text and "macro roc auc" in text.lower()
