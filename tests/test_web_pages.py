@@ -155,6 +155,11 @@ def test_species_effort_model_health_pages(site):
         bg = b.js("getComputedStyle(document.body).backgroundColor")
         assert sum(int(v) for v in bg[bg.index("(") + 1:-1].split(",")[:3]) < 150, bg
         b.screenshot("today-dark")
+        b.js("document.getElementById('theme').click()")  # the person's choice wins, and is kept
+        assert b.js("document.documentElement.dataset.theme") == "light"
+        b.goto(f"{url}/health")
+        assert b.js("document.documentElement.dataset.theme") == "light"
+        b.js("localStorage.removeItem('dawnchorus-theme')")
     finally:
         b.call("Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme", "value": "light"}])
 
@@ -187,6 +192,11 @@ def test_review_in_the_browser_then_export_reads_in_the_trainer(site, tmp_path):
     click(a[2]["id"], "wrong")
     click(bb[1]["id"], "correct")
     b.screenshot("review")
+    b.goto(f"{url}/detections?review=any")  # the list of what was reviewed, and of what is left
+    shown = b.js("[...document.querySelectorAll('table.det-table tbody a')].map(a => a.href.split('/').pop())")
+    assert sorted(shown) == sorted([a[0]["id"], a[1]["id"], a[2]["id"], bb[0]["id"], bb[1]["id"]])
+    b.goto(f"{url}/detections?review=wrong")
+    assert b.js("[...document.querySelectorAll('table.det-table tbody a')].map(a => a.href.split('/').pop())") == [a[2]["id"]]
     assert rows(site, "SELECT * FROM detections ORDER BY seq") == before  # reviews never change a detection
     assert len(rows(site, "SELECT * FROM reviews")) == 5
 
