@@ -228,6 +228,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return _close(executor, 2)
     rt.sinks.append(writer)
+    if job.use_store:  # clips.enabled (or web.enabled): a clip of each detection, as the daemon keeps them
+        from edge.outputs.clips import ClipWriter
+
+        try:
+            clips = ClipWriter.from_config(cfg, rt.pipeline.sample_rate)
+        except OSError as exc:
+            rt.stop()
+            print(f"error: cannot write clips to {cfg.clips.dir}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        if clips is not None:
+            rt.sinks.append(clips)
     try:
         start_services(rt)  # MQTT (when on): sends what the replay stores, and the outbox left from before
     except ReplaySetupError as exc:
