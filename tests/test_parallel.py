@@ -161,3 +161,16 @@ def test_jobs_2_stores_exactly_what_jobs_1_stores(tmp_path, archive, tone_bundle
     one, two = summary_lines(runs[1][2]), summary_lines(runs[2][2])
     assert one == two and any("refused 1 file(s)" in ln for ln in one)
     assert any("window(s) without signal not scored" in ln and "non-finite sample(s)" in ln for ln in one), one
+
+
+def test_clips_need_the_audio_so_replay_stays_in_one_process(tmp_path, archive, tone_bundle_path):
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text(f"state_dir: {tmp_path}\nstore:\n  path: {tmp_path / 'd.db'}\n"
+                   f"clips:\n  enabled: true\n  dir: {tmp_path / 'clips'}\n")
+    r = replay("-v", "replay", archive, "--config", cfg, "--bundle", tone_bundle_path, "--public-key",
+               tone_bundle_path.parent / "signing.pub", "--jobs", 2, "--format", "csv", "--out", os.devnull)
+    assert r.returncode == 1, r.stderr
+    assert "clips are on: replaying in this process (--jobs 1)" in r.stderr
+    assert "worker process" not in r.stderr
+    dets = table(tmp_path / "d.db", "detections")
+    assert dets and len(list((tmp_path / "clips").rglob("*.wav"))) == len(dets)

@@ -155,7 +155,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Optional[Path]]:
     return cfg, cfg.store.path
 
 
-def _close(executor, status: int) -> int:
+def _close(executor, status):
     if executor is not None:
         executor.close(cancel=True)
     return status
@@ -236,9 +236,12 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             rt.stop()
             print(f"error: cannot write clips to {cfg.clips.dir}: {exc.strerror or exc}", file=sys.stderr)
-            return 2
+            return _close(executor, 2)
         if clips is not None:
             rt.sinks.append(clips)
+            if executor is not None:  # clips are cut from the audio, which only this process would see
+                log.warning("clips are on: replaying in this process (--jobs 1)")
+                executor = _close(executor, None)
     try:
         start_services(rt)  # MQTT (when on): sends what the replay stores, and the outbox left from before
     except ReplaySetupError as exc:
