@@ -16,7 +16,7 @@ cleanly (exit 0).
 Used by bench/faults (``hostile_rows``); alone:
 
   bench/_hostile.py                 # prints the table (about a minute)
-  bench/_hostile.py --json out.json
+  bench/_hostile.py --suite --json out.json   # and the hostile test suite's cases per kind (a few minutes)
 """
 from __future__ import annotations
 
@@ -157,25 +157,57 @@ def hostile_rows(workdir: Path, *, max_bundle_mb: float | None = None, log=print
             "traceback": traceback, "kinds": kinds, "cases": rows}
 
 
+SUITE = [  # (kind, test module, test-name prefix): the crafted inputs of tests/hostile_inputs.py
+    ("hostile audio files and file systems (replay)", "test_hostile_files.py", "test_each_file"),
+    ("hostile stores (replay)", "test_hostile_files.py", "test_hostile_store"),
+    ("hostile configurations (check-config)", "test_hostile_configs.py", "test_check_config_refuses"),
+    ("hostile configurations (run: exit 2)", "test_hostile_configs.py", "test_run_exits_2"),
+    ("hostile bundles (in process, memory)", "test_hostile_bundles.py", "test_each_hostile_bundle"),
+]
+
+
+def suite_rows(workdir: Path) -> list[dict]:
+    """The hostile suite's per-input cases (pytest, real processes), counted per kind: cases run and passed."""
+    import xml.etree.ElementTree as ET
+
+    xml = workdir / "hostile-suite.xml"
+    files = sorted({f"tests/{m}" for _, m, _ in SUITE})
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *files],
+                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800)
+    cases = [(c.get("classname", ""), c.get("name", ""), not any(x.tag in ("failure", "error") for x in c))
+             for c in ET.parse(xml).iter("testcase")]
+    rows = []
+    for kind, module, prefix in SUITE:
+        mine = [ok for cls, name, ok in cases if cls.endswith(module[:-3]) and name.startswith(prefix)]
+        rows.append({"kind": kind, "cases": len(mine), "passed": sum(mine)})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", help="write the figures to this file")
     ap.add_argument("--max-bundle-mb", type=float, help="model.max_bundle_mb of the daemon (default: the config's)")
+    ap.add_argument("--suite", action="store_true", help="also run the hostile test suite and count its cases per kind")
     args = ap.parse_args()
     import logging
 
     logging.getLogger("paho").setLevel(logging.CRITICAL)  # publish.single's "not connected" after its own disconnect
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
         out = hostile_rows(Path(tmp), max_bundle_mb=args.max_bundle_mb)
+        if args.suite:
+            out["suite"] = suite_rows(Path(tmp))
     print(f"\nidle daemon {out['idle_rss_mb']} MB RSS; good bundle accepted after: {out['good_bundle_accepted_after']}; "
           f"exit {out['exit_code']}; traceback: {out['traceback']}")
     print(f"{'kind':40s} {'cases':>5s} {'passed':>6s} {'peak MB above idle':>19s} {'target':>7s}  worst case")
     for k in out["kinds"]:
         print(f"{k['kind']:40s} {k['cases']:5d} {k['passed']:6d} {k['max_peak_above_idle_mb']:19.1f} "
               f"{k['target_mb']:7.0f}  {k['worst_case']}")
+    for k in out.get("suite", []):
+        print(f"{k['kind']:40s} {k['cases']:5d} {k['passed']:6d}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
-    ok = all(k["passed"] == k["cases"] and k["max_peak_above_idle_mb"] <= TARGET_MB for k in out["kinds"])
+    ok = all(k["passed"] == k["cases"] and k["max_peak_above_idle_mb"] <= TARGET_MB for k in out["kinds"]) and \
+        all(k["passed"] == k["cases"] for k in out.get("suite", []))
     return 0 if ok and out["good_bundle_accepted_after"] and out["exit_code"] == 0 and not out["traceback"] else 1
 
 

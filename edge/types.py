@@ -21,7 +21,8 @@ import numpy as np
 
 from edge.contract.record import Detection
 
-__all__ = ["AudioBlock", "AudioSource", "Detection", "DetectionSink", "HealthSource", "Outbox", "Service"]
+__all__ = ["AudioBlock", "AudioSource", "Detection", "DetectionSink", "HealthSource", "Outbox", "Service",
+           "SourceCounters"]
 
 
 @dataclass
@@ -40,6 +41,15 @@ class AudioBlock:
     discontinuity: bool = False
 
 
+@dataclass(frozen=True)
+class SourceCounters:
+    """Audio a source lost so far: overflowed blocks, dropped frames, device losses (a file loses none)."""
+
+    overflows: int = 0
+    dropped_frames: int = 0
+    device_losses: int = 0
+
+
 class AudioSource(ABC):
     """Where audio comes from: a file, a microphone."""
 
@@ -52,16 +62,38 @@ class AudioSource(ABC):
     def blocks(self, stop: threading.Event) -> Iterator[AudioBlock]:
         """Yield blocks until the source ends or ``stop`` is set."""
 
+    def describe(self) -> dict[str, Any]:
+        """What a listening session (the effort row) records about this source: device or file, rates, channels."""
+        return {"source": self.name, "time_source": self.time_source}
+
+    def counters(self) -> SourceCounters:
+        """Audio lost so far (health numbers)."""
+        return SourceCounters()
+
     def close(self) -> None:  # noqa: B027 - optional: most sources close when their blocks end
         """Release the device or file."""
 
 
 class DetectionSink(ABC):
-    """Takes detection records: an output writer, the clip writer. The runtime calls it after the store."""
+    """Takes detection records: an output writer, the clip writer. The runtime calls it after the store.
+
+    ``begin_source``/``end_source`` bracket each source's detections (a
+    writer's per-file table); ``add_audio`` sees every block (the clip
+    writer keeps recent audio). Only ``handle`` is required.
+    """
 
     @abstractmethod
     def handle(self, detections: Sequence[Detection]) -> None:
         """New detections, in order, already committed to the store when there is one."""
+
+    def begin_source(self, name: str) -> None:  # noqa: B027 - optional
+        """A source starts (its name: the file path or the device)."""
+
+    def end_source(self) -> None:  # noqa: B027 - optional
+        """The source ended; every one of its detections was handled."""
+
+    def add_audio(self, block: AudioBlock) -> None:  # noqa: B027 - optional
+        """A block of the source's audio, before its detections."""
 
     def close(self) -> None:  # noqa: B027 - optional
         """Flush and release what the sink holds."""
@@ -87,6 +119,9 @@ class Service(ABC):
 
     def handle(self, detections: Sequence[Detection]) -> None:  # noqa: B027 - most services ignore detections
         """New detections, already committed to the store."""
+
+    def drain(self, timeout_s: float) -> None:  # noqa: B027 - most services hold nothing back
+        """Before a planned stop (the end of a replay): finish outstanding work, waiting at most ``timeout_s``."""
 
 
 @runtime_checkable

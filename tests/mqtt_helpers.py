@@ -59,3 +59,8 @@ def start_publisher(broker, store, device_id: str = "dev1", **kw) -> Publisher:
     p = Publisher(mqtt_config(broker, **kw), device_id, store, location=location, health=health)
     p.start()
     return p
+
+
+def store_then_publish(store, pub, detections) -> None:
+    """What the runtime does with each batch (``Runtime.deliver``): commit to the store, hand the new ones over."""
+    pub.handle(store.insert(detections))

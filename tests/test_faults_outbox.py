@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from edge.outputs.mqtt.publisher import StoreThenPublish
 from edge.outputs.store import Store
 from fixtures_mqtt import wait_until
-from mqtt_helpers import make_detections, start_publisher
+from mqtt_helpers import make_detections, start_publisher, store_then_publish
 
 DET = "dawnchorus/dev1/detections"
 
@@ -31,7 +30,7 @@ def test_acknowledged_before_a_device_restart_are_resent_when_the_broker_then_cr
     pub = start_publisher(broker, store, resend_window_s=60)
     try:
         assert pub.wait_connected(10)
-        StoreThenPublish(store, pub).handle(dets)
+        store_then_publish(store, pub, dets)
         assert wait_until(lambda: store.outbox_depth() == 0, 20)  # all acknowledged
     finally:
         pub.stop()  # the device restarts (a clean stop: this side said goodbye)
@@ -68,7 +67,7 @@ def test_resends_do_not_refresh_the_window_so_crashes_close_together_do_not_ampl
     pub = start_publisher(mqtt_broker, store, resend_window_s=window)
     try:
         assert pub.wait_connected(10)
-        StoreThenPublish(store, pub).handle(dets)
+        store_then_publish(store, pub, dets)
         assert col.wait_for(lambda c: set(c.ids(DET)) >= set(ids), 20)
         assert wait_until(lambda: store.outbox_depth() == 0, 10)
         for _ in range(5):

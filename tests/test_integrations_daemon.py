@@ -60,7 +60,6 @@ def test_daemon_with_retention_discovery_and_a_failing_notifier(tmp_path, alsa_d
     # every detection stored (and published) although one notifier fails; the 40-day-old ones pruned at start
     assert {d["label"] for d in rows} == labels and all(d["published_utc"] for d in rows)
     assert not {d.id for d in old} & {d["id"] for d in rows}, r.stderr[-3000:]
-    assert "retention: deleted 3 detections" in r.stderr, r.stderr[-3000:]
     # the working notifier got the first detection of each species today
     titles = sorted(b["title"] for b in receiver.bodies)
     assert titles == sorted(f"dawnchorus: New today: {d['common_name'] or d['label'].replace('_', ' ')}"

@@ -10,11 +10,11 @@ import pytest
 
 from edge.outputs.mqtt.discovery import STATE_FILE, configs, entity_slug
 from edge.outputs.mqtt.payloads import load_schema
-from edge.outputs.mqtt.publisher import Publisher, StoreThenPublish
+from edge.outputs.mqtt.publisher import Publisher
 from edge.outputs.mqtt.topics import Topics
 from edge.outputs.store import Store
 from fixtures_mqtt import Collector
-from mqtt_helpers import make_detections, mqtt_config, unique_client, validate
+from mqtt_helpers import make_detections, mqtt_config, unique_client, validate, store_then_publish
 
 SCHEMA = jsonschema.Draft202012Validator(load_schema("ha_discovery"))
 KEYS = ("last_species", "last_detection", "detections_count", "outbox_depth", "no_signal")
@@ -106,12 +106,12 @@ def test_announce_and_retained_last_detection(tmp_path, mqtt_broker, make_collec
         assert last["id"] == newest["id"] and last["location"]["name"] == "El Yunque"
         # a live detection becomes the new last detection
         live = make_detections(1, start=100)
-        StoreThenPublish(store, pub).handle(live)
+        store_then_publish(store, pub, live)
         assert col.wait_for(lambda c: live[0].id in c.ids("dawnchorus/dev1/last_detection"), 10)
         kept = retained(mqtt_broker, ["dawnchorus/+/last_detection"])
         assert json.loads(kept["dawnchorus/dev1/last_detection"])["id"] == live[0].id
         # an older detection sent later (backlog after an outage) does not replace it
-        StoreThenPublish(store, pub).handle(make_detections(1, start=50))
+        store_then_publish(store, pub, make_detections(1, start=50))
         assert col.wait_for(lambda c: store.outbox_depth() == 0, 10)
         kept = retained(mqtt_broker, ["dawnchorus/+/last_detection"])
         assert json.loads(kept["dawnchorus/dev1/last_detection"])["id"] == live[0].id

@@ -193,14 +193,3 @@ def test_demo_replay_with_shipped_models(tmp_path, name):
         # a training recording (not in the hold-out): its labelled species must lead the detections
         assert ranked[0] in labelled, (ranked, sorted(labelled))
         assert len(set(ranked[:3]) & labelled) >= 2, (ranked[:3], sorted(labelled))
-
-
-def test_replay_defaults_are_the_configs():
-    """replay avoids importing the configuration (pydantic) without --config; its defaults must not drift."""
-    from edge.config import Config
-    from edge.cli.replay import DEFAULTS
-
-    c = Config()
-    assert DEFAULTS == {"bundle": c.model.bundle_path, "public_key": c.model.public_key_path,
-                        "num_threads": c.model.num_threads, "overlap_s": c.model.overlap_s,
-                        "device_id": c.device_id, "max_bundle_mb": c.model.max_bundle_mb}

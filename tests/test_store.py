@@ -80,7 +80,7 @@ def test_insert_is_idempotent_and_reports_new(tmp_path):
     assert [d.id for d in s.insert([det(1), det(2)])] == ["id-1", "id-2"]
     assert [d.id for d in s.insert([det(2), det(3), det(1)])] == ["id-3"]
     assert s.count() == 3
-    s.handle([det(3), det(4)])  # the DetectionSink interface
+    s.insert([det(3), det(4)])
     assert s.count() == 4
     row = s.detections(label="Aa_one")[0]
     assert {k: row[k] for k in DETECTION_COLUMNS} == det(1).to_dict()

@@ -22,6 +22,10 @@ PASSWORD = "dawn-chorus-test"
 def site(tmp_path_factory):
     state = tmp_path_factory.mktemp("web-state")
     cfg = replay_demo(state)
+    db = sqlite3.connect(state / "detections.db")
+    n = db.execute("SELECT count(*) FROM detections").fetchone()[0]
+    assert n >= 10 and len(list((state / "clips").rglob("*.wav"))) == n  # the replay kept a clip of each
+    db.close()
     cfg.write_text(cfg.read_text() + "web:\n  page_size: 10\n")
     subprocess.run([sys.executable, "-m", "edge", "web", "--config", str(cfg), "--set-password"], input=PASSWORD + "\n",
                    text=True, check=True, env=env_with_repo(), capture_output=True)
@@ -137,9 +141,9 @@ def test_species_effort_model_health_pages(site):
     b.goto(f"{url}/effort")
     assert b.js("document.querySelectorAll('svg.timeline rect.seg-on').length") >= 1
     b.screenshot("effort")
-    from edge.cli.replay import DEFAULTS
+    from edge.config import DEFAULT_BUNDLE
 
-    manifest = json.loads(zipfile.ZipFile(DEFAULTS["bundle"]).read("manifest.json"))
+    manifest = json.loads(zipfile.ZipFile(DEFAULT_BUNDLE).read("manifest.json"))
     b.goto(f"{url}/model")
     text = b.text()
     assert manifest["version"] in text and "macro roc auc" in text.lower()
@@ -192,6 +196,11 @@ def test_review_in_the_browser_then_export_reads_in_the_trainer(site, tmp_path):
     click(a[2]["id"], "wrong")
     click(bb[1]["id"], "correct")
     b.screenshot("review")
+    b.goto(f"{url}/detections?review=any")  # the list of what was reviewed, and of what is left
+    shown = b.js("[...document.querySelectorAll('table.det-table tbody a')].map(a => a.href.split('/').pop())")
+    assert sorted(shown) == sorted([a[0]["id"], a[1]["id"], a[2]["id"], bb[0]["id"], bb[1]["id"]])
+    b.goto(f"{url}/detections?review=wrong")
+    assert b.js("[...document.querySelectorAll('table.det-table tbody a')].map(a => a.href.split('/').pop())") == [a[2]["id"]]
     assert rows(site, "SELECT * FROM detections ORDER BY seq") == before  # reviews never change a detection
     assert len(rows(site, "SELECT * FROM reviews")) == 5
 

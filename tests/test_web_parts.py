@@ -281,3 +281,76 @@ def test_a_long_clip_is_compressed_in_time(tmp_path):
     write_wav(tmp_path / "long.wav", 0.1 * np.sin(np.arange(32000 * 40) * 0.3))
     w, h = decode_png_size(render_png(tmp_path / "long.wav"))
     assert MAX_WIDTH // 2 < w <= MAX_WIDTH and h == 256
+
+
+def test_review_filters_page_like_a_plain_query(store):
+    rng = random.Random(5)
+    t0 = datetime(2026, 5, 1, 3, 0, tzinfo=timezone.utc)
+    dets = [det(i, t0 + timedelta(seconds=rng.randrange(0, 86400, 10)), rng.choice(["Coereba_flaveola", "Vireo_latimeri"]),
+                round(rng.random(), 3)) for i in range(400)]
+    store.insert(dets)
+    conn = connect(store.path)
+    rv = Reviews(conn)
+    q = Queries(conn, timezone.utc)
+    q.migrate()
+    latest = {}
+    for d in rng.sample(dets, 60):
+        for _ in range(rng.choice((1, 1, 2))):  # some changed their mind: the newest verdict counts
+            v = rng.choice(["correct", "wrong", "species"])
+            rv.add(d.id, v, "Todus_mexicanus" if v == "species" else None)
+            latest[d.id] = v
+    order = [r[0] for r in conn.execute("SELECT id FROM detections ORDER BY start_utc DESC, seq DESC")]
+    scores = {d.id: d.score for d in dets}
+    for review, keep in [("none", lambda i: i not in latest), ("any", lambda i: i in latest),
+                         ("correct", lambda i: latest.get(i) == "correct"), ("wrong", lambda i: latest.get(i) == "wrong"),
+                         ("species", lambda i: latest.get(i) == "species")]:
+        for min_score in (None, 0.5):
+            want = [i for i in order if keep(i) and (min_score is None or scores[i] >= min_score)]
+            got, before = [], None
+            while True:
+                rows, older, _ = q.detections_page(review=review, min_score=min_score, before=before, limit=7)
+                got += [r["id"] for r in rows]
+                if older is None:
+                    break
+                before = older
+            assert got == want, (review, min_score)
+    first = conn.execute("SELECT * FROM detections ORDER BY start_utc DESC, seq DESC LIMIT 1").fetchone()
+    nxt = q.step(dict(first), newer=False, unreviewed=True)
+    assert nxt == next(i for i in order[1:] if i not in latest)
+
+
+def test_replay_keeps_a_clip_of_each_detection_file_after_file(tmp_path):
+    """clips.enabled in replay, two recordings in one run: every detection has its clip, and each clip holds
+    its own file's samples around the event (the clip writer finishes a file before the next one starts)."""
+    import subprocess
+    import sys
+    import threading
+
+    import soundfile as sf
+
+    from edge.cli.replay import demo_files
+    from edge.outputs.clip_paths import clip_path
+    from edge.sources import FileSource
+
+    x, rate = sf.read(str(demo_files()[0]), dtype="float32")
+    sf.write(str(tmp_path / "a.wav"), x, rate, subtype="PCM_16")
+    sf.write(str(tmp_path / "b.wav"), x[::-1].copy(), rate, subtype="PCM_16")  # the same birds, backwards
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"store: {{path: {tmp_path / 'd.db'}}}\nclips: {{enabled: true, dir: {tmp_path / 'clips'}}}\n")
+    r = subprocess.run([sys.executable, "-m", "edge", "replay", str(tmp_path / "a.wav"), str(tmp_path / "b.wav"),
+                        "--config", str(cfg), "--no-progress", "--format", "csv", "--out", str(tmp_path / "out.csv"),
+                        "--start-time", "2026-05-01T05:00:00Z"], capture_output=True, text=True, env=env_with_repo(),
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [dict(d) for d in connect(tmp_path / "d.db").execute("SELECT * FROM detections ORDER BY seq")]
+    assert len({d["source"] for d in rows}) == 2 and len(list((tmp_path / "clips").rglob("*.wav"))) == len(rows)
+    audio = {}
+    for src in {d["source"] for d in rows}:
+        y = np.concatenate([b.samples for b in FileSource(src, 32000).blocks(threading.Event())])
+        audio[src] = np.clip(y * 32767.0, -32768, 32767).astype(np.int16)
+    for d in rows:
+        with wave.open(str(clip_path(tmp_path / "clips", d["start_utc"], d["label"], d["id"]))) as w:
+            got = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+        a = max(int((d["offset_s"] - 1.0) * 32000), 0)
+        want = audio[d["source"]][a:a + len(got)]
+        assert len(got) > 32000 and np.array_equal(got, want), d["source"]

@@ -1,6 +1,6 @@
 """Blocks of samples -> windows -> int8 model scores -> detection events.
 
-Pure logic, no I/O: the caller (replay, the daemon) owns the source, the
+Pure logic, no I/O: the runtime (``edge.service.runtime``) owns the source, the
 sink and the threads. Samples are framed once: log-mel frames are computed
 as the samples arrive (``LogMel.frames`` on the new samples plus the few
 left over from the last block) and every window - overlapping or not - is
@@ -33,7 +33,7 @@ from edge.contract.frontend import LogMel
 from edge.detection.guard import SignalGuard
 from edge.detection.postprocess import ModelInfo, PostProcessor, SourceInfo, unknown_labels
 from edge.contract.record import Detection
-from edge.types import AudioBlock, AudioSource, DetectionSink
+from edge.types import AudioBlock
 
 log = logging.getLogger(__name__)
 
@@ -188,26 +188,6 @@ class Pipeline:
     def finish(self) -> list[Detection]:
         """End of the source: the tail window, then every open event."""
         return self._end_segment()
-
-    def run(self, source: AudioSource, sink: DetectionSink | None, stop: threading.Event | None = None,
-            on_block=None) -> list[Detection]:
-        """Convenience loop: every block of ``source`` through the pipeline into ``sink``."""
-        self.begin(source.name, source.time_source)
-        found: list[Detection] = []
-        for block in source.blocks(stop or threading.Event()):
-            dets = self.feed(block)
-            if dets:
-                found += dets
-                if sink is not None:
-                    sink.handle(dets)
-            if on_block is not None:
-                on_block(block)
-        dets = self.finish()
-        if dets:
-            found += dets
-            if sink is not None:
-                sink.handle(dets)
-        return found
 
     # -- internals ---------------------------------------------------------
     def _append_frames(self, fr: np.ndarray) -> None:

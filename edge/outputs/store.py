@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Iterable
 
 from edge.contract.record import DETECTION_FIELDS, Detection, utc_now
-from edge.types import DetectionSink
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ class StoreError(RuntimeError):
     """A store that cannot be opened or used; the message says why."""
 
 
-class Store(DetectionSink):
+class Store:
     """Detections, effort and gaps in one SQLite file."""
 
     def __init__(self, path: str | Path, *, timeout_s: float = 10.0):
@@ -165,9 +164,6 @@ class Store(DetectionSink):
                 self.db.conn.rollback()
                 raise
         return new
-
-    def handle(self, detections: list[Detection]) -> None:  # DetectionSink
-        self.insert(detections)
 
     # -- the outbox (edge.outputs.mqtt.publisher) ---------------------------
     def unpublished(self, limit: int = 100) -> list[dict]:

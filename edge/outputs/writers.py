@@ -39,11 +39,7 @@ RAVEN_COLUMNS = (  # BirdNET-Analyzer's twelve, in its order, then ours
 
 
 class Writer(DetectionSink):
-    def begin_source(self, path: str) -> None:
-        pass
-
-    def end_source(self) -> None:
-        pass
+    """An output format: a ``DetectionSink`` told where each source begins and ends."""
 
 
 class _StreamWriter(Writer):

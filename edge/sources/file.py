@@ -28,7 +28,7 @@ import stat
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -266,6 +266,11 @@ class FileSource(AudioSource):
                 f"{where}: truncated ({self.format}: {in_pos / self.file_rate:.1f} s decoded of "
                 f"{self.duration_s:.1f} s the header declares)"
             )
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.name, "time_source": self.time_source, "replay": True, "format": self.format,
+                "capture_rate": self.file_rate, "resampled": self.file_rate != self.sample_rate,
+                "channels": self.channels, "channel": self.channel}
 
     def close(self) -> None:
         if not self._sf.closed:

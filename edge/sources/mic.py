@@ -24,12 +24,12 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from edge.sources.ringbuffer import RingBuffer
-from edge.types import AudioBlock, AudioSource
+from edge.types import AudioBlock, AudioSource, SourceCounters
 from edge.sources.resample import StreamResampler
 
 log = logging.getLogger(__name__)
@@ -353,6 +353,16 @@ class MicSource(AudioSource):
         self.overflows += ring.overflows
         self.driver_overflows += ring.driver_overflows
         self.dropped_frames += ring.dropped_frames
+
+    def describe(self) -> dict[str, Any]:
+        info, a = self.info, self.cfg
+        return {"device": info.name if info else self.name, "device_index": info.index if info else None,
+                "hostapi": info.hostapi if info else None, "capture_rate": info.capture_rate if info else None,
+                "resampled": bool(info and info.resampled), "channels": a.channels, "channel": a.channel,
+                "gain_db": a.gain_db}
+
+    def counters(self) -> SourceCounters:
+        return SourceCounters(self.live_overflows, self.live_dropped_frames, self.device_losses)
 
     @property
     def live_overflows(self) -> int:

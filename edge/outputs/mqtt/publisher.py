@@ -146,8 +146,20 @@ class Publisher(Service):
             self._live.extend(detections)
             self._wake.set()
 
-    def close(self) -> None:
-        self.stop()
+    def drain(self, timeout_s: float) -> None:
+        """Wait until the broker acknowledged everything in the outbox, at most ``timeout_s`` (end of a replay)."""
+        end = time.monotonic() + timeout_s
+        left = -1
+        while time.monotonic() < end:
+            outbox = self._outbox
+            if outbox is not None and self.connected:
+                left = outbox.outbox_depth()
+                if left == 0:
+                    return
+            time.sleep(0.2)
+        log.warning("MQTT: %s detections not yet acknowledged after %gs; they stay in the store's outbox and are "
+                    "sent by the next replay --mqtt or daemon using this store", "some" if left < 0 else left,
+                    timeout_s)
 
     # ---- API for other parts (model updates) -------------------------------
     def subscribe(self, topic: str, handler: Handler, max_bytes: Optional[int] = None) -> None:
@@ -452,47 +464,3 @@ class Publisher(Service):
             left = len(self._inflight_ids)
         if left:
             log.info("MQTT: stopping with %d detections unacknowledged; they stay in the outbox", left)
-
-
-class StoreThenPublish:
-    """A ``DetectionSink``: commit to the store first, then hand the new detections to the publisher."""
-
-    def __init__(self, store, publisher: Publisher):
-        self.store = store
-        self.publisher = publisher
-
-    def handle(self, detections: Sequence[Detection]) -> None:
-        new = self.store.insert(detections)
-        if new:
-            self.publisher.handle(new)
-
-    def close(self) -> None:
-        pass
-
-
-def start_for_replay(cfg: MQTTConfig, device_id: str, db_path, location: Any = None) -> Publisher:
-    """A publisher that drains the replay's store (its own connection); raises MQTTSetupError."""
-    from edge.outputs.store import Store
-
-    pub = Publisher(cfg, device_id, lambda: Store(db_path), location=location, poll_s=0.5)
-    pub.start()
-    return pub
-
-
-def drain_and_stop(pub: Publisher, timeout_s: float) -> int:
-    """Wait until the outbox is empty (or ``timeout_s``), stop; returns how many are left for next time."""
-    end = time.monotonic() + timeout_s
-    left = -1
-    while time.monotonic() < end:
-        outbox = pub._outbox
-        if outbox is not None and pub.connected:
-            left = outbox.outbox_depth()
-            if left == 0:
-                break
-        time.sleep(0.2)
-    pub.stop()
-    if left != 0:
-        log.warning("MQTT: %s detections not yet acknowledged after %gs; they stay in the store's outbox and are "
-                    "sent by the next replay --mqtt or daemon using this store", "some" if left < 0 else left,
-                    timeout_s)
-    return left

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from edge.outputs.web import charts, modelinfo, sysinfo
 from edge.outputs.web.params import (BadRequest, check_id, check_known, check_label, get_date, get_int, get_label,
                                      get_score)
-from edge.outputs.web.queries import Cursor, parse_utc
+from edge.outputs.web.queries import REVIEW_FILTERS, Cursor, parse_utc
 
 
 def today(web):
@@ -39,8 +39,11 @@ def today(web):
 def detections(web):
     def page(request: Request):
         q = request.query_params
-        check_known(q, ("species", "date", "min_score", "before", "after"))
+        check_known(q, ("species", "date", "min_score", "review", "before", "after"))
         label, day, min_score = get_label(q), get_date(q), get_score(q)
+        review = q.get("review", "").strip() or None
+        if review is not None and review not in REVIEW_FILTERS:
+            raise BadRequest(f"review must be one of {', '.join(REVIEW_FILTERS)}, not {review[:40]!r}")
         try:
             before = Cursor.decode(q["before"]) if q.get("before") else None
             after = Cursor.decode(q["after"]) if q.get("after") else None
@@ -48,14 +51,14 @@ def detections(web):
             raise BadRequest("before/after must be a page cursor from this dashboard's own links") from None
         if before and after:
             raise BadRequest("give before or after, not both")
-        rows, older, newer = web.queries.detections_page(label=label, day=day, min_score=min_score, before=before,
-                                                         after=after, limit=web.ctx.page_size)
+        rows, older, newer = web.queries.detections_page(label=label, day=day, min_score=min_score, review=review,
+                                                         before=before, after=after, limit=web.ctx.page_size)
         reviews = web.reviews.latest_for([r["id"] for r in rows]) if rows else {}
         keep = {k: v for k, v in (("species", label), ("date", day and day.isoformat()),
-                                  ("min_score", q.get("min_score", "").strip())) if v}
+                                  ("min_score", q.get("min_score", "").strip()), ("review", review)) if v}
         return web.render(request, "detections.html", title="Detections", rows=rows, reviews=reviews,
                           species=web.queries.species_list(), label=label, day=day,
-                          min_score=q.get("min_score", "").strip(), keep=keep,
+                          min_score=q.get("min_score", "").strip(), review=review, keep=keep,
                           older=older and older.encode(), newer=newer and newer.encode())
     return page
 
@@ -75,6 +78,7 @@ def detection(web):
                           review=review, neighbours=web.queries.neighbours(det), has_clip=clip is not None,
                           span=clip and event_span(clip, det, web.ctx.clip_padding_s),
                           prev_id=web.queries.step(det, newer=False), next_id=web.queries.step(det, newer=True),
+                          unreviewed_id=web.queries.step(det, newer=False, unreviewed=True) if review else None,
                           labels=modelinfo.label_names(web.ctx.models_dir, web.ctx.bundle_path),
                           duration=(parse_utc(det["end_utc"]) - parse_utc(det["start_utc"])).total_seconds())
     return page

@@ -57,3 +57,17 @@ def serve(ctx: WebContext) -> None:
     server.run()
     if not server.started:
         raise WebError(f"could not listen on {ctx.host}:{ctx.port} (in use, or not an address of this machine?)")
+
+
+def config_lines(cfg) -> tuple[str, list[str]]:
+    """For ``check-config``: what the dashboard will do (one line), and its problems (``web.<key>: ...``)."""
+    web = cfg.web
+    ctx = WebContext.from_config(cfg)
+    where = f"http://{ctx.host}:{ctx.port}/" + ("" if ctx.require_login else " (this machine only)")
+    summary = (f"dashboard {'in the daemon' if web.enabled else 'off in the daemon'} on {where}; "
+               f"password {'set' if ctx.password_file.is_file() else 'not set'} ({ctx.password_file})")
+    problems = []
+    if web.enabled and ctx.require_login and not ctx.password_file.is_file():
+        problems.append(f"web.listen: {web.listen} is reachable beyond this machine and needs a password, but "
+                        f"{ctx.password_file} does not exist: python -m edge web --config FILE --set-password")
+    return summary, problems
