@@ -325,20 +325,26 @@ class Publisher(Service):
         self.client.maintain()
         with self._lock:  # taken before the flush: the lost connection's acks are already in _acked
             requeue_since, self._requeue_since = self._requeue_since, None
-        self._flush_acks()
+        refused = None
+        try:
+            self._flush_acks()
+        except (sqlite3.Error, OSError) as exc:  # the store refuses writes: keep sending, record the acks later
+            refused = exc
         if requeue_since is not None:
             self._requeue(requeue_since)
         if not self.client.connected:
             self._live.clear()  # they are in the store: the backlog sends them after reconnecting
-            return
-        now = time.monotonic()
-        if self._just_connected.is_set():
-            self._just_connected.clear()
-            self._connected_now(now)
-        self._send_live()
-        self._send_backlog(now)
-        if now >= self._next_health:
-            self.publish_health()
+        else:
+            now = time.monotonic()
+            if self._just_connected.is_set():
+                self._just_connected.clear()
+                self._connected_now(now)
+            self._send_live()
+            self._send_backlog(now)
+            if now >= self._next_health:
+                self.publish_health()
+        if refused is not None:
+            raise refused
 
     def _requeue(self, since: float) -> None:
         """Back to the outbox: what was first acknowledged since ``since`` (OutboxClock), after an unclean loss."""
