@@ -197,7 +197,7 @@ class Feeder:
         if dets:
             self.detections += dets
             if self.sink is not None:
-                self.sink.handle(dets)
+                self.sink.insert(dets)
 
     def _run(self) -> None:
         t0 = datetime.now(timezone.utc)

@@ -12,7 +12,7 @@ from edge.config import MQTTConfig
 from edge.outputs.mqtt.payloads import load_schema
 from edge.detection.postprocess import detection_id
 from edge.outputs.mqtt.publisher import Publisher
-from edge.types import Detection
+from edge.contract.record import Detection
 
 SCHEMAS = {name: jsonschema.Draft202012Validator(load_schema(name)) for name in ("detection", "status", "ha_discovery")}
 SHA = hashlib.sha256(b"test model").hexdigest()
@@ -59,3 +59,8 @@ def start_publisher(broker, store, device_id: str = "dev1", **kw) -> Publisher:
     p = Publisher(mqtt_config(broker, **kw), device_id, store, location=location, health=health)
     p.start()
     return p
+
+
+def store_then_publish(store, pub, detections) -> None:
+    """What the runtime does with each batch (``Runtime.deliver``): commit to the store, hand the new ones over."""
+    pub.handle(store.insert(detections))

@@ -6,7 +6,7 @@ import tempfile
 import threading
 import time
 import wave
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,8 @@ from edge.outputs.clips import ClipWriter
 from edge.service.health import Health
 from edge.service.sdnotify import Notifier, Watchdog
 from edge.sources.ringbuffer import RingBuffer
-from edge.types import AudioBlock, Detection
+from edge.contract.record import Detection
+from edge.types import AudioBlock
 
 
 # -- ring buffer ----------------------------------------------------------------------
@@ -268,11 +269,12 @@ def test_new_model_version_with_the_same_network_starts_a_new_effort_row(tmp_pat
     listening: the session closes and a new one opens with the new version; health follows."""
     from edge.contract.bundle import load_bundle
     from edge.config import parse_config
-    from edge.service.daemon import Daemon
     from edge.contract.interpreter import load_model
     from edge.detection.pipeline import Pipeline
     from edge.contract.signing import load_public_key
     from edge.outputs.store import Store
+    from edge.service.runtime import Runtime
+    from edge.types import AudioSource
     from fixtures_replay import make_tone_bundle, tone_bursts
 
     keys = tmp_path / "keys"
@@ -283,26 +285,30 @@ def test_new_model_version_with_the_same_network_starts_a_new_effort_row(tmp_pat
     assert b2.sha256 == b1.sha256 and b2.version != b1.version  # same network, new version
     cfg = parse_config({"device_id": "rec1", "state_dir": str(tmp_path / "state"),
                         "store": {"path": str(tmp_path / "state" / "d.db")}})
-    d = Daemon(cfg)
-    d.store = Store(cfg.store.path)
-    d.pipeline = Pipeline(b1, load_model(b1), device_id="rec1")
-    d.pipeline.begin("mic", "clock")
-    d.health.note_model(b1.version, b1.sha256)
-    d.open_effort(datetime.now(timezone.utc))
+    store = Store(cfg.store.path)
+    rt = Runtime(cfg, Pipeline(b1, load_model(b1), device_id="rec1"), store)
     x = tone_bursts(1200.0, 2)
-    sr = d.pipeline.sample_rate
-    d.pipeline.feed(AudioBlock(x[:sr], datetime.now(timezone.utc), 0.0))
-    d._effort_tick()
-    assert len(d.store.effort()) == 1  # same model: same session
-    d.pipeline.set_model(b2, load_model(b2))  # what the update service does
-    d.pipeline.feed(AudioBlock(x[sr:2 * sr], datetime.now(timezone.utc), 1.0))  # applied between blocks
-    d._effort_tick()
-    effort = d.store.effort()
-    assert [e["model_version"] for e in effort] == ["1.0.0", "1.1.0"]
-    assert effort[0]["end_utc"] and effort[1]["end_utc"] is None
+    sr = rt.pipeline.sample_rate
+    t0 = datetime.now(timezone.utc)
+    seen: list[int] = []
+
+    class Blocks(AudioSource):
+        name, sample_rate, time_source = "mic", sr, "clock"
+
+        def blocks(self, stop):
+            for i in range(4):
+                yield AudioBlock(x[(i % 2) * sr:(i % 2 + 1) * sr], t0 + timedelta(seconds=i), float(i))
+
+    def on_block(block):
+        seen.append(len(store.effort()))
+        if block.offset_s == 1.0:
+            rt.pipeline.set_model(b2, load_model(b2))  # what the update service does; applied between blocks
+
+    rt.run_source(Blocks(), on_block=on_block)
+    assert seen[:2] == [1, 1]  # same model: same session
+    effort = store.effort()
+    assert [e["model_version"] for e in effort] == ["1.0.0", "1.1.0"]  # and only once
+    assert effort[0]["end_utc"] == effort[1]["start_utc"] and effort[1]["end_utc"] > effort[1]["start_utc"]
     assert effort[0]["model_sha256"] == effort[1]["model_sha256"] == b1.sha256
-    assert d.health.model_version == "1.1.0"
-    d._effort_tick()
-    assert len(d.store.effort()) == 2  # and only once
-    d.close_effort()
-    d.store.close()
+    assert rt.health.model_version == "1.1.0"
+    rt.stop()

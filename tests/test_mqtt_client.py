@@ -12,10 +12,9 @@ import time
 
 import paho.mqtt.publish as publish
 
-from edge.outputs.mqtt.publisher import StoreThenPublish
 from edge.outputs.store import Store
 from fixtures_mqtt import REPO, Collector, wait_until
-from mqtt_helpers import make_detections, start_publisher, validate
+from mqtt_helpers import make_detections, start_publisher, validate, store_then_publish
 
 STATUS = "dawnchorus/dev1/status"
 MODEL_SET = "dawnchorus/dev1/model/set"
@@ -55,7 +54,7 @@ def test_garbage_and_oversized_messages_are_dropped_and_never_crash(tmp_path, mq
         assert sum(m.startswith(f"MQTT: dropped a message on {MODEL_SET}") for m in drops) == len(garbage) - 1
         assert any("dawnchorus/models/stable" in m and "ZeroDivisionError" in m for m in drops)
         # the publisher is unharmed
-        StoreThenPublish(store, pub).handle(make_detections(3))
+        store_then_publish(store, pub, make_detections(3))
         assert col.wait_for(lambda c: len(c.on("dawnchorus/dev1/detections")) == 3, 10)
     finally:
         pub.stop()
@@ -68,7 +67,10 @@ PUBLISHER_PROCESS = textwrap.dedent("""
     from edge.config import MQTTConfig
     from edge.outputs.mqtt.publisher import Publisher
     cfg = MQTTConfig(enabled=True, host="127.0.0.1", port={port}, keepalive_s=5, client_id="dawnchorus-dev1")
-    pub = Publisher(cfg, "dev1", Store({db!r}), health=lambda: {{"windows_processed": 1}})
+    class Health:
+        def snapshot(self):
+            return {{"windows_processed": 1}}
+    pub = Publisher(cfg, "dev1", Store({db!r}), health=Health())
     pub.start()
     pub.wait_connected(10)
     while pub.stats["published"] == 0 and pub._next_health == 0.0:  # the online status is on its way
@@ -111,7 +113,7 @@ def test_protocol_311_only(tmp_path, mqtt_broker, make_collector):
     col.wait_subscribed()
     try:
         assert pub.wait_connected(10) and pub.client.protocol == "3.1.1"
-        StoreThenPublish(store, pub).handle(make_detections(5))
+        store_then_publish(store, pub, make_detections(5))
         assert col.wait_for(lambda c: len(c.on("dawnchorus/dev1/detections")) == 5, 10)
         assert wait_until(lambda: store.outbox_depth() == 0, 10)
         line = [x for x in mqtt_broker.log_text().splitlines() if f"as {pub.client.client_id} (" in x][0]
@@ -194,7 +196,7 @@ def test_protocol_auto_falls_back_to_311(tmp_path, mqtt_broker, make_collector, 
         assert pub.wait_connected(15)
         assert proxy.v5_refused >= 1 and pub.client.protocol == "3.1.1"
         assert any("does not speak MQTT 5" in r.getMessage() for r in caplog.records)
-        StoreThenPublish(store, pub).handle(make_detections(5))
+        store_then_publish(store, pub, make_detections(5))
         assert col.wait_for(lambda c: len(c.on("dawnchorus/dev1/detections")) == 5, 10)
     finally:
         pub.stop()

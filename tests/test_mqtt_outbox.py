@@ -5,10 +5,10 @@ import threading
 import time
 
 from edge.service.health import Health
-from edge.outputs.mqtt.publisher import Publisher, StoreThenPublish
+from edge.outputs.mqtt.publisher import Publisher
 from edge.outputs.store import Store
 from fixtures_mqtt import wait_until
-from mqtt_helpers import make_detections, mqtt_config, start_publisher, validate
+from mqtt_helpers import make_detections, mqtt_config, start_publisher, validate, store_then_publish
 
 DET = "dawnchorus/dev1/detections"
 STATUS = "dawnchorus/dev1/status"
@@ -22,10 +22,10 @@ def test_delivery_qos1_validated_and_marked_published(tmp_path, mqtt_broker, mak
     health = Health("dev1", tmp_path)  # the daemon's health object
     health.note_windows(7, 0.0012)
     health.note_model("test-1", "ab" * 32)
-    pub = start_publisher(mqtt_broker, store, health=health.snapshot)
+    pub = start_publisher(mqtt_broker, store, health=health)
     try:
         assert pub.wait_connected(10)
-        StoreThenPublish(store, pub).handle(dets)
+        store_then_publish(store, pub, dets)
         assert col.wait_for(lambda c: len(set(c.ids(DET))) == 25, 20)
         msgs = [validate("detection", p) for p in col.on(DET)]
         by_id = {m["id"]: m for m in msgs}
@@ -52,15 +52,15 @@ def test_broker_down_at_start_then_up(tmp_path, make_broker, make_collector):
     store = Store(tmp_path / "d.db")
     pub = start_publisher(broker, store)
     try:
-        sink = StoreThenPublish(store, pub)
-        sink.handle(make_detections(30))  # stored while the broker is down
+        sink = lambda dets: store_then_publish(store, pub, dets)  # noqa: E731
+        sink(make_detections(30))  # stored while the broker is down
         time.sleep(1.0)
         assert store.outbox_depth() == 30 and not pub.connected
         broker.start()
         col = make_collector(broker, [DET])
         col.wait_subscribed()
         assert pub.wait_connected(15)
-        sink.handle(make_detections(10, start=30))
+        sink(make_detections(10, start=30))
         stored = {r["id"] for r in store.detections()}
         assert col.wait_for(lambda c: set(c.ids(DET)) >= stored, 30)
         assert wait_until(lambda: store.outbox_depth() == 0, 10)
@@ -80,13 +80,13 @@ def test_broker_killed_mid_stream_every_stored_id_arrives(tmp_path, mqtt_broker,
     mqtt_broker.wait_saved()
     store = Store(tmp_path / "d.db")
     pub = start_publisher(mqtt_broker, store, resend_window_s=30)
-    sink = StoreThenPublish(store, pub)
+    sink = lambda dets: store_then_publish(store, pub, dets)  # noqa: E731
     stop = threading.Event()
 
     def produce():
         i = 0
         while not stop.is_set() and i < 400:
-            sink.handle(make_detections(4, start=i))
+            sink(make_detections(4, start=i))
             i += 4
             time.sleep(0.02)
 
@@ -126,7 +126,7 @@ def test_unclean_loss_resends_what_was_acknowledged_within_the_window(tmp_path, 
     ids = {d.id for d in recent}
     try:
         assert pub.wait_connected(10)
-        StoreThenPublish(store, pub).handle(recent)
+        store_then_publish(store, pub, recent)
         assert col.wait_for(lambda c: set(c.ids(DET)) == ids, 20)
         assert wait_until(lambda: store.outbox_depth() == 0, 10)
         first = {r["id"]: r["published_utc"] for r in store.detections()}
@@ -158,7 +158,7 @@ def test_resend_window_zero_resends_nothing(tmp_path, mqtt_broker, make_collecto
     dets = make_detections(6)
     try:
         assert pub.wait_connected(10)
-        StoreThenPublish(store, pub).handle(dets)
+        store_then_publish(store, pub, dets)
         assert col.wait_for(lambda c: len(c.ids(DET)) == 6, 20)
         assert wait_until(lambda: store.outbox_depth() == 0, 10)
         mqtt_broker.restart(down_s=0.3, kill=True)
@@ -174,7 +174,7 @@ def test_restart_resends_unacknowledged_rows(tmp_path, make_broker, make_collect
     path = tmp_path / "d.db"
     store = Store(path)
     pub = start_publisher(broker, store)
-    StoreThenPublish(store, pub).handle(make_detections(40))
+    store_then_publish(store, pub, make_detections(40))
     pub.stop()  # the daemon stops with everything unacknowledged
     store.close()
 
@@ -206,7 +206,7 @@ def test_backlog_is_rate_bounded_and_live_traffic_goes_first(tmp_path, make_brok
         assert pub.wait_connected(10)
         assert col.wait_for(lambda c: len(c.ids(DET)) >= 5, 10)
         live = make_detections(1, start=1000)
-        StoreThenPublish(store, pub).handle(live)
+        store_then_publish(store, pub, live)
         backlog = {r["id"] for r in store.detections() if r["id"] != live[0].id}
         assert col.wait_for(lambda c: set(c.ids(DET)) >= backlog | {live[0].id}, 30)
         order = col.ids(DET)
@@ -229,7 +229,7 @@ def test_home_assistant_discovery(tmp_path, mqtt_broker, make_collector):
                   "homeassistant/sensor/dawnchorus_dev1/detections_count/config"]
         assert col.wait_for(lambda c: all(c.on(t) for t in topics), 10)
         configs = [validate("ha_discovery", col.on(t)[0]) for t in topics]
-        assert configs[0]["state_topic"] == DET
+        assert configs[0]["state_topic"] == "dawnchorus/dev1/last_detection"  # retained (tests/test_integrations_discovery.py)
         assert configs[1]["state_topic"] == STATUS
         assert col.wait_for(lambda c: any(m.get("health", {}).get("detections_total") == 3
                                           for m in c.json_on(STATUS)), 10)
@@ -249,7 +249,7 @@ def test_detections_after_the_stop_event_still_go_out_on_stop(tmp_path, mqtt_bro
     stop.set()
     time.sleep(0.3)
     last = make_detections(3)
-    StoreThenPublish(store, pub).handle(last)
+    store_then_publish(store, pub, last)
     pub.stop()
     assert store.outbox_depth() == 0
     assert col.wait_for(lambda c: set(c.ids(DET)) == {d.id for d in last}, 10)

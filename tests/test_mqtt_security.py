@@ -8,10 +8,10 @@ import signal
 import pytest
 
 from edge.outputs.mqtt.client import MQTTSetupError
-from edge.outputs.mqtt.publisher import Publisher, StoreThenPublish
+from edge.outputs.mqtt.publisher import Publisher
 from edge.outputs.store import Store
 from fixtures_mqtt import REPO, make_password_file, make_test_ca, wait_until
-from mqtt_helpers import make_detections, mqtt_config, start_publisher, validate
+from mqtt_helpers import make_detections, mqtt_config, start_publisher, validate, store_then_publish
 
 DET = "dawnchorus/dev1/detections"
 
@@ -37,7 +37,7 @@ def test_tls_with_password_and_client_certificate(tmp_path, test_ca, make_broker
                                "key_file": test_ca / "dev1.key"})
     try:
         assert pub.wait_connected(15), broker.log_text()
-        StoreThenPublish(store, pub).handle(make_detections(10))
+        store_then_publish(store, pub, make_detections(10))
         assert col.wait_for(lambda c: len(c.on(DET)) >= 10, 15)
         assert {validate("detection", p)["id"] for p in col.on(DET)} == {d.id for d in make_detections(10)}
         assert wait_until(lambda: store.outbox_depth() == 0, 10)
@@ -56,14 +56,14 @@ def test_wrong_password_clear_log_no_crash_storage_goes_on(tmp_path, test_ca, ma
         pub = start_publisher(broker, store, username="dev1", password_file=secret,
                               tls={"ca_file": test_ca / "ca.crt"})
         try:
-            sink = StoreThenPublish(store, pub)
+            sink = lambda dets: store_then_publish(store, pub, dets)  # noqa: E731
             assert wait_until(lambda: any("refused the connection" in r.getMessage() for r in caplog.records), 10)
             refused = [r for r in caplog.records if "refused the connection" in r.getMessage()][0]
             assert refused.levelno == logging.ERROR
             assert "reason code 134" in refused.getMessage() or "reason code 135" in refused.getMessage()
             assert "user dev1" in refused.getMessage()
             # storage goes on while the broker refuses us
-            sink.handle(make_detections(20))
+            sink(make_detections(20))
             assert store.outbox_depth() == 20 and not pub.connected
             assert pub._thread.is_alive()
             # the operator fixes the broker's password file; the retries get through
@@ -102,8 +102,8 @@ def test_example_acl_device_writes_only_its_own_topics(tmp_path, make_broker, ma
     p2 = start_publisher(broker, bad, "dev2", username="dev1", password_file=pwfile, protocol="5")
     try:
         assert p1.wait_connected(10) and p2.wait_connected(10)
-        StoreThenPublish(good, p1).handle(make_detections(5, "dev1"))
-        StoreThenPublish(bad, p2).handle(make_detections(5, "dev2"))
+        store_then_publish(good, p1, make_detections(5, "dev1"))
+        store_then_publish(bad, p2, make_detections(5, "dev2"))
         assert col.wait_for(lambda c: len(c.ids(DET)) == 5, 10)
         assert wait_until(lambda: good.outbox_depth() == 0, 10)
         # MQTT 5: the broker answers "not authorized" (and mosquitto drops the connection):

@@ -94,9 +94,9 @@ def test_raven_tables_and_json(tmp_path, recordings, tone_bundle_path):
     good = [recordings / "20240501_053000.wav", recordings / "night" / "site2.flac"]
     r = replay(*good, *tone_args(tone_bundle_path), "--no-db", "--format", "raven", "--out", tmp_path / "raven")
     assert r.returncode == 0, r.stderr
-    tables = sorted((tmp_path / "raven").iterdir())
-    assert [t.name for t in tables] == ["20240501_053000.dawnchorus.selection.table.txt",
-                                         "site2.dawnchorus.selection.table.txt"]
+    tables = sorted((tmp_path / "raven").rglob("*.txt"))  # the input folders mirrored, as BirdNET-Analyzer does
+    assert [t.relative_to(tmp_path / "raven").as_posix() for t in tables] == [
+        "20240501_053000.dawnchorus.selection.table.txt", "night/site2.dawnchorus.selection.table.txt"]
     body = list(csv.DictReader(tables[0].open(), delimiter="\t"))
     assert [b["Species Code"] for b in body] == ["Tonus_midus"] and body[0]["Selection"] == "1"
     out = tmp_path / "d.json"
@@ -193,14 +193,3 @@ def test_demo_replay_with_shipped_models(tmp_path, name):
         # a training recording (not in the hold-out): its labelled species must lead the detections
         assert ranked[0] in labelled, (ranked, sorted(labelled))
         assert len(set(ranked[:3]) & labelled) >= 2, (ranked[:3], sorted(labelled))
-
-
-def test_replay_defaults_are_the_configs():
-    """replay avoids importing the configuration (pydantic) without --config; its defaults must not drift."""
-    from edge.config import Config
-    from edge.cli.replay import DEFAULTS
-
-    c = Config()
-    assert DEFAULTS == {"bundle": c.model.bundle_path, "public_key": c.model.public_key_path,
-                        "num_threads": c.model.num_threads, "overlap_s": c.model.overlap_s,
-                        "device_id": c.device_id, "max_bundle_mb": c.model.max_bundle_mb}

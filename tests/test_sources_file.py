@@ -7,10 +7,9 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from edge.sources import FileSource, SourceError, find_audio_files, start_time_from_name
-from edge.sources.resample import StreamResampler
+from edge.contract.resample import resample
 
 SR = 32000
 
@@ -42,7 +41,7 @@ def test_wav_every_kind_rate_and_channel_count(tmp_path, subtype, tol, rate, cha
     assert (src.file_rate, src.channels) == (rate, channels)
     want = x.mean(axis=1)
     if rate != SR:
-        want = resample_poly(want.astype(np.float64), SR, rate)
+        want = resample(want, rate, SR)  # the resampler itself is tested in test_resample.py
     assert len(y) == len(want)
     assert y.dtype == np.float32
     assert np.abs(y - want).max() < tol * 4
@@ -77,29 +76,12 @@ def test_streams_in_bounded_blocks_with_offsets(tmp_path):
     sf.write(path, x, 48000, subtype="PCM_16")
     src, y, blocks = decode(path, block_s=2.0)
     assert len(blocks) >= 14
-    assert max(len(b.samples) for b in blocks) <= 2.0 * SR + 64
+    assert max(len(b.samples) for b in blocks) <= 2.0 * SR
     pos = 0
     for b in blocks:
         assert b.offset_s == pytest.approx(pos / SR)
         assert (b.start_utc - blocks[0].start_utc).total_seconds() == pytest.approx(pos / SR, abs=1e-5)
         pos += len(b.samples)
-
-
-@pytest.mark.parametrize("rate_in", [8000, 16000, 22050, 44100, 48000, 96000])
-def test_stream_resampler_equals_resample_poly(rate_in):
-    rng = np.random.default_rng(rate_in)
-    x = rng.standard_normal(rate_in * 2 + 77).astype(np.float32)
-    r = StreamResampler(rate_in, SR)
-    parts, i = [], 0
-    while i < len(x):
-        n = int(rng.integers(1, 9000))
-        parts.append(r.process(x[i : i + n]))
-        i += n
-    parts.append(r.flush())
-    y = np.concatenate(parts)
-    ref = resample_poly(x.astype(np.float64), SR, rate_in)
-    assert len(y) == len(ref)
-    assert np.abs(y - ref).max() < 1e-5
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -183,7 +165,7 @@ def test_truncated_compressed_stream_fails_while_decoding(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(SourceError, match="nothere.wav: cannot read"):
+    with pytest.raises(SourceError, match="cannot read .*nothere.wav: no such file"):
         FileSource(tmp_path / "nothere.wav", SR)
 
 

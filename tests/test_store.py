@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from edge.outputs.store import DETECTION_COLUMNS, SCHEMA_VERSION, Store, StoreError
-from edge.types import Detection
+from edge.contract.record import Detection
 
 
 def det(i: int, label: str = "Aa_one", start: str | None = None) -> Detection:
@@ -44,7 +44,7 @@ def test_schema_created_by_migration(tmp_path, start):
     sc = schema(path)
     assert sc["version"] == SCHEMA_VERSION and sc["mode"] == "wal"
     cols = sc["tables"]["detections"]
-    assert set(DETECTION_COLUMNS) | {"seq", "published_utc"} == set(cols)
+    assert set(DETECTION_COLUMNS) | {"seq", "published_utc", "acked_t"} == set(cols)
     assert {"id", "device_id", "source", "start_utc", "end_utc", "offset_s", "label", "common_name", "score",
             "model_version", "model_sha256", "created_utc"} <= set(cols)
     assert set(sc["tables"]["effort"]) >= {"start_utc", "end_utc", "device_id", "source", "model_version", "settings"}
@@ -80,7 +80,7 @@ def test_insert_is_idempotent_and_reports_new(tmp_path):
     assert [d.id for d in s.insert([det(1), det(2)])] == ["id-1", "id-2"]
     assert [d.id for d in s.insert([det(2), det(3), det(1)])] == ["id-3"]
     assert s.count() == 3
-    s.handle([det(3), det(4)])  # the DetectionSink interface
+    s.insert([det(3), det(4)])
     assert s.count() == 4
     row = s.detections(label="Aa_one")[0]
     assert {k: row[k] for k in DETECTION_COLUMNS} == det(1).to_dict()

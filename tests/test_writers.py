@@ -7,7 +7,7 @@ import json
 
 from edge.outputs.store import DETECTION_COLUMNS
 from edge.outputs.writers import RAVEN_COLUMNS, CSVWriter, JSONWriter, RavenWriter, TableWriter, make_writer
-from edge.types import Detection
+from edge.contract.record import Detection
 
 
 def det(source: str, offset: float, label: str = "Setophaga_adelaidae", score: float = 0.91) -> Detection:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge.contract.frontend import FrontendParams
@@ -229,10 +228,10 @@ def parse_train_config(data: dict | None) -> TrainConfig:
 def load_train_config(path: str | Path | None) -> TrainConfig:
     if path is None:
         return TrainConfig()
+    from edge.config.safe_yaml import YAMLConfigError, load_yaml  # bounded: duplicate keys, alias bombs, not UTF-8
+
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise TrainConfigError(f"cannot read training config {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise TrainConfigError(f"training config {path} is not valid YAML: {exc}") from None
+        data = load_yaml(path)
+    except YAMLConfigError as exc:
+        raise TrainConfigError(f"training config {exc}") from None
     return parse_train_config(data)

@@ -24,7 +24,6 @@ import logging
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +212,8 @@ def read_dataset(path: str | Path) -> Dataset:
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """Decode, mix to mono, resample to sample_rate; float32. Raises DatasetError if unreadable."""
     import soundfile as sf
-    from scipy.signal import resample_poly
+
+    from edge.contract.resample import resample
 
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
@@ -222,9 +222,8 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     if data.size == 0:
         raise DatasetError(f"{path}: no samples")
     x = data.mean(axis=1)
-    if sr != sample_rate:
-        frac = Fraction(sample_rate, sr).limit_denominator(1000)
-        x = resample_poly(x, frac.numerator, frac.denominator).astype(np.float32)
+    if sr != sample_rate:  # the edge's resampler (libsoxr), so trainer and edge compute the same features
+        x = resample(x, sr, sample_rate)
     if not np.all(np.isfinite(x)):
         raise DatasetError(f"{path}: non-finite samples")
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -15,7 +15,9 @@ broker that closes the connection or does not keep the bundle is reported
 with the settings to check.
 
 Connection settings (host, port, TLS, user, password file or variable,
-prefix, channel, public key) come from the same YAML config as the daemon's.
+prefix, channel, public key) come from the same YAML config as the daemon's,
+read with ``edge.config.mqtt.load_mqtt_settings`` (only the sections a push
+needs: ``device_id``, ``mqtt``, ``updates``, ``model``).
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.contract.bundle import BundleError, parse_bundle
-from edge.config import Config, ConfigError, load_config
+from edge.config.mqtt import MQTTSettings, load_mqtt_settings, read_password
+from edge.config.base import ConfigError
 from edge.contract.signing import SigningKeyError, load_public_key
 from edge.outputs.mqtt.topics import Topics
 
@@ -64,23 +67,21 @@ def publish_packet_size(topic: str, payload_len: int, mqtt5: bool) -> int:
     return 1 + _varint_len(remaining) + remaining
 
 
-def topic_for(cfg: Config, channel: str | None, device: str | None) -> str:
+def topic_for(cfg: MQTTSettings, channel: str | None, device: str | None) -> str:
     if device:
         return Topics(cfg.mqtt.prefix, device).model_set
     return Topics(cfg.mqtt.prefix, cfg.device_id).model_channel(channel or cfg.updates.channel)
 
 
-def _password(cfg: Config) -> str | None:
+def _password(cfg: MQTTSettings) -> str | None:
     """The broker password, read as the edge reads it (file or environment, never the config itself)."""
-    from edge.outputs.mqtt.client import MQTTSetupError, read_password
-
     try:
         return read_password(cfg.mqtt)
-    except MQTTSetupError as exc:
+    except ConfigError as exc:
         raise PushError(str(exc)) from None
 
 
-def _client(cfg: Config, mqtt5: bool):
+def _client(cfg: MQTTSettings, mqtt5: bool):
     import paho.mqtt.client as mqtt
 
     m = cfg.mqtt
@@ -143,7 +144,7 @@ def _read_back(client, topic: str, data: bytes, state: dict, where: str, timeout
     state["verified"] = True
 
 
-def push_bytes(data: bytes, cfg: Config, topic: str, public_key, *, timeout: float = 60.0,
+def push_bytes(data: bytes, cfg: MQTTSettings, topic: str, public_key, *, timeout: float = 60.0,
                verify: bool = True) -> PushResult:
     """Verify ``data`` with ``public_key`` and publish it retained, QoS 1; returns after PUBACK."""
     limit = int(cfg.model.max_bundle_mb * MB)
@@ -237,7 +238,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     try:
-        cfg = load_config(args.config)
+        cfg = load_mqtt_settings(args.config)
         key = load_public_key(args.public_key or cfg.model.public_key_path)
         try:
             data = args.bundle.read_bytes()

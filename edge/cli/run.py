@@ -2,7 +2,9 @@
 
 Exit status: 0 after an ordered stop (SIGTERM, SIGINT, or ``--duration``
 captured), 2 for a configuration error (the message names the key), 1 when
-no model, store or other essential part can be set up.
+no model, store or other essential part can be set up, 3 after a stop that
+left detections outside the store (kept in ``<store>.journal`` and stored at
+the next start; see docs/faults.md).
 """
 from __future__ import annotations
 
@@ -46,11 +48,15 @@ def main(args) -> int:
     from edge.outputs.store import StoreError
     from edge.outputs.mqtt.client import MQTTSetupError
     from edge.service.updates import UpdateError
+    from edge.detection.pipeline import PipelineError
 
     daemon = Daemon(cfg, duration_s=args.duration)
     daemon.install_signals()
     try:
         return daemon.run()
+    except PipelineError as exc:  # settings the model cannot honour: a configuration error, not restarted
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 2
     except (StoreError, UpdateError, MQTTSetupError) as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -27,25 +27,30 @@ import json
 import logging
 import zipfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge.contract.archive import ArchiveError, BoundedZip
 from edge.contract.frontend import FrontendError, FrontendParams
+from edge.contract.manifest import FORMAT, FORMAT_VERSION, ManifestError, check_manifest
+from edge.contract.record import DEFAULT_OUTPUT_KIND, OUTPUT_KINDS, utc_now
 from edge.contract.signing import key_id, verify
 
 log = logging.getLogger(__name__)
 
-FORMAT = "dawnchorus-bundle"
-FORMAT_VERSION = 1
 MANIFEST, MODEL, SELFTEST, SIGNATURE = "manifest.json", "model.tflite", "selftest_input.npy", "signature.json"
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
-# "probability": the model ends in a sigmoid. "logit": the edge applies the
-# sigmoid after dequantizing, which keeps int8 resolution for small scores
-# (a sigmoid quantized to 1/256 steps flattens every score below 0.004).
-OUTPUT_KINDS = ("probability", "logit")
+MAX_MANIFEST_BYTES = 1024 * 1024  # read before the signature is checked: bounded
+MAX_SIGNATURE_BYTES = 4096
+
+
+def message_limit(max_bytes: int) -> int:
+    """Bytes a bundle message (MQTT) may have: the bundle limit and 1 MB more, so that a bundle just too big
+    is still refused with a reason. Receiving and checking a message costs about three times its size in
+    memory, so this bounds what any message can cost."""
+    return max_bytes + 1024 * 1024
 
 
 class BundleError(ValueError):
@@ -133,7 +138,7 @@ def build_bundle(
     metrics: dict | None = None,
     selftest_tolerance: int = 2,
     extra: dict | None = None,
-    output_kind: str = "probability",
+    output_kind: str = DEFAULT_OUTPUT_KIND,
 ) -> bytes:
     """Assemble and sign a bundle; returns its bytes. Pure: no TensorFlow."""
     frontend.validate()
@@ -143,7 +148,7 @@ def build_bundle(
         "format_version": FORMAT_VERSION,
         "name": name,
         "version": str(version),
-        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_utc": utc_now(ms=False),
         "labels": [lab.__dict__ for lab in labels],
         "frontend": frontend.to_dict(),
         "window_s": frontend.window_s,
@@ -177,31 +182,6 @@ def build_bundle(
     return buf.getvalue()
 
 
-def _check_manifest(m: Any) -> None:
-    if not isinstance(m, dict):
-        raise BundleError("manifest is not a JSON object")
-    if m.get("format") != FORMAT:
-        raise BundleError(f"manifest format is {m.get('format')!r}, expected {FORMAT!r}")
-    if m.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"bundle format version {m.get('format_version')} is not supported (only {FORMAT_VERSION})")
-    required = ["name", "version", "created_utc", "labels", "frontend", "hop_s", "thresholds", "tensors", "selftest", "members"]
-    missing = [k for k in required if k not in m]
-    if missing:
-        raise BundleError(f"manifest lacks {missing}")
-    labels = m["labels"]
-    if not isinstance(labels, list) or not labels:
-        raise BundleError("manifest has no labels")
-    for lab in labels:
-        if not isinstance(lab, dict) or set(lab) != {"label", "scientific_name", "common_name"}:
-            raise BundleError(f"malformed label entry {lab!r}")
-    names = [lab["label"] for lab in labels]
-    if len(set(names)) != len(names):
-        raise BundleError("duplicate labels in manifest")
-    bad = [k for k, v in m["thresholds"].items() if k not in names or not (0.0 <= float(v) <= 1.0)]
-    if bad:
-        raise BundleError(f"thresholds for unknown labels or outside 0..1: {bad}")
-
-
 def _check_shapes(m: dict, frontend: FrontendParams) -> None:
     t = m["tensors"]
     want_in = [1, *frontend.input_shape]
@@ -211,68 +191,99 @@ def _check_shapes(m: dict, frontend: FrontendParams) -> None:
         raise BundleError(f"model output shape {t.get('output_shape')} does not match {len(m['labels'])} labels")
     if t.get("input_dtype") != "int8" or t.get("output_dtype") != "int8":
         raise BundleError("only full-integer int8 models (int8 input and output) are supported")
-    if t.get("output_kind", "probability") not in OUTPUT_KINDS:
+    if t.get("output_kind", DEFAULT_OUTPUT_KIND) not in OUTPUT_KINDS:
         raise BundleError(f"model output kind {t.get('output_kind')!r} is not one of {OUTPUT_KINDS}")
     hop = float(m["hop_s"])
     if not 0 < hop <= frontend.window_s:
         raise BundleError(f"hop_s {hop} must be in (0, window_s={frontend.window_s}]")
 
 
+def _read_signed(arc: BoundedZip, where: str) -> tuple[bytes, bytes, str]:
+    """(manifest bytes, signature, signer) after the signature checks out."""
+    if SIGNATURE not in arc.names:
+        raise BundleError(f"{where}: unsigned (no {SIGNATURE})")
+    if MANIFEST not in arc.names:
+        raise BundleError(f"{where}: missing member(s) {[MANIFEST]}")
+    manifest_bytes = arc.read(MANIFEST, MAX_MANIFEST_BYTES)
+    try:
+        sig_doc = json.loads(arc.read(SIGNATURE, MAX_SIGNATURE_BYTES))
+        signature = base64.b64decode(sig_doc["signature"], validate=True)
+        signer = str(sig_doc.get("key_id", "?"))[:80]
+        algorithm = sig_doc.get("algorithm")
+    except (ValueError, RecursionError) as exc:
+        raise BundleError(f"{where}: unreadable signature ({str(exc)[:200]})") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BundleError(f"{where}: malformed signature record ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if algorithm != "ed25519":
+        raise BundleError(f"{where}: signature algorithm {str(algorithm)[:40]!r} is not ed25519")
+    return manifest_bytes, signature, signer
+
+
 def parse_bundle(data: bytes, public_key, path: str | None = None, max_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:
-    """Verify bundle bytes against a public key; return the Bundle or raise BundleError."""
+    """Verify bundle bytes against a public key; return the Bundle or raise BundleError.
+
+    Nothing is inflated before it is measured (``edge.contract.archive``), the
+    signature is checked before the manifest is parsed, and the signed
+    manifest's ``members`` must name exactly the archive's other members.
+    """
     where = path or "bundle"
     if len(data) > max_bytes:
         raise BundleError(f"{where}: {len(data)} bytes exceeds the limit of {max_bytes}")
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise BundleError(f"{where}: not a bundle (not a ZIP archive; truncated or another kind of file)")
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            names = set(zf.namelist())
-            if SIGNATURE not in names:
-                raise BundleError(f"{where}: unsigned (no {SIGNATURE})")
-            missing = [n for n in (MANIFEST, MODEL, SELFTEST) if n not in names]
-            if missing:
-                raise BundleError(f"{where}: missing member(s) {missing}")
-            manifest_bytes = zf.read(MANIFEST)
-            sig_doc = json.loads(zf.read(SIGNATURE))
-            model_bytes = zf.read(MODEL)
-            selftest_bytes = zf.read(SELFTEST)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
-        raise BundleError(f"{where}: damaged archive ({exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{where}: unreadable signature ({exc})") from exc
+        arc = BoundedZip(data, max_bytes)
+    except ArchiveError as exc:
+        msg = str(exc)
+        raise BundleError(f"{where}: {'not a bundle (' + msg + ')' if msg.startswith('not a ZIP') else msg}") from None
     try:
-        signature = base64.b64decode(sig_doc["signature"], validate=True)
-        signer = str(sig_doc.get("key_id", "?"))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{where}: malformed signature record ({exc})") from exc
-    if sig_doc.get("algorithm") != "ed25519":
-        raise BundleError(f"{where}: signature algorithm {sig_doc.get('algorithm')!r} is not ed25519")
+        return _parse(arc, public_key, where, path)
+    except ArchiveError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    finally:
+        arc.close()
+
+
+def _parse(arc: BoundedZip, public_key, where: str, path: str | None) -> Bundle:
+    manifest_bytes, signature, signer = _read_signed(arc, where)
     expected = key_id(public_key)
     if not verify(public_key, signature, manifest_bytes):
         hint = "" if signer == expected else f" (it names key {signer})"
         raise BundleError(f"{where}: signature does not verify with the trusted key {expected}{hint}")
     try:
         manifest = json.loads(manifest_bytes)
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{where}: manifest is not JSON ({exc})") from exc
-    _check_manifest(manifest)
-    for member, blob in ((MODEL, model_bytes), (SELFTEST, selftest_bytes)):
-        pinned = manifest["members"].get(member, {})
-        if pinned.get("size") != len(blob) or pinned.get("sha256") != sha256_hex(blob):
+    except (ValueError, RecursionError) as exc:
+        raise BundleError(f"{where}: manifest is not JSON ({str(exc)[:200]})") from None
+    try:
+        check_manifest(manifest, MODEL, SELFTEST)
+    except ManifestError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    pinned = set(manifest["members"])
+    extra = sorted(arc.names - pinned - {MANIFEST, SIGNATURE})
+    if extra:
+        raise BundleError(f"{where}: member(s) {extra[:5]} not pinned by the signed manifest")
+    missing = sorted(pinned - arc.names)
+    if missing:
+        raise BundleError(f"{where}: missing member(s) {missing[:5]}")
+    blobs = {}
+    for member in sorted(pinned):
+        pin = manifest["members"][member]
+        if arc.size(member) != pin["size"]:
             raise BundleError(f"{where}: {member} does not match the sha256/size in the signed manifest (tampered)")
+        blob = arc.read(member)
+        if sha256_hex(blob) != pin["sha256"]:
+            raise BundleError(f"{where}: {member} does not match the sha256/size in the signed manifest (tampered)")
+        blobs[member] = blob
     try:
         frontend = FrontendParams.from_dict(manifest["frontend"])
-    except (FrontendError, TypeError) as exc:
-        raise BundleError(f"{where}: front-end parameters this edge cannot honour: {exc}") from exc
+    except (FrontendError, TypeError, ValueError) as exc:
+        raise BundleError(f"{where}: front-end parameters this edge cannot honour: {str(exc)[:200]}") from None
     _check_shapes(manifest, frontend)
     try:
-        selftest = np.load(io.BytesIO(selftest_bytes), allow_pickle=False)
-    except ValueError as exc:
-        raise BundleError(f"{where}: self-test input unreadable ({exc})") from exc
+        selftest = np.load(io.BytesIO(blobs[SELFTEST]), allow_pickle=False)
+    except (ValueError, OSError, EOFError, TypeError) as exc:
+        raise BundleError(f"{where}: self-test input unreadable ({str(exc)[:200]})") from None
     if list(selftest.shape) != manifest["tensors"]["input_shape"] or selftest.dtype != np.int8:
         raise BundleError(f"{where}: self-test input has shape {selftest.shape} {selftest.dtype}")
-    return Bundle(manifest=manifest, model_bytes=model_bytes, selftest_input=selftest, key_id=signer, path=path)
+    return Bundle(manifest=manifest, model_bytes=blobs[MODEL], selftest_input=selftest, key_id=signer, path=path)
 
 
 def load_bundle(path: str | Path, public_key, max_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:

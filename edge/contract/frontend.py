@@ -191,11 +191,16 @@ class LogMel:
         framed = np.lib.stride_tricks.as_strided(
             x, shape=(n, p.n_fft), strides=(x.strides[0] * p.hop_length, x.strides[0]), writeable=False
         )
-        # float64 on purpose: numpy's float32 FFT path is about 4x slower (numpy 2.x, no SIMD)
+        # The FFT in float64: in float32 (scipy.fft, 1.5x faster) mel bins 70 dB below their frame's
+        # peak are off by up to 1.3e-3 dB against librosa, outside the contract (tests/test_frontend.py).
         spec = np.fft.rfft(framed * self._win64, axis=1)
-        power = spec.real**2 + spec.imag**2
-        mel = power.astype(np.float32, copy=False) @ self._fb
-        return (10.0 * np.log10(np.maximum(mel, p.amin))).astype(np.float32, copy=False)
+        power = np.square(spec.real)
+        power += np.square(spec.imag)
+        mel = power.astype(np.float32) @ self._fb
+        np.maximum(mel, np.float32(p.amin), out=mel)
+        np.log10(mel, out=mel)
+        mel *= np.float32(10.0)
+        return mel
 
     def features(self, window_frames: np.ndarray) -> np.ndarray:
         """Model input for one window from its dB frames: (n_mels, n_frames, 1) float32."""

@@ -10,6 +10,8 @@ import logging
 
 import numpy as np
 
+from edge.contract.record import DEFAULT_OUTPUT_KIND, OUTPUT_KINDS
+
 log = logging.getLogger(__name__)
 
 
@@ -45,8 +47,8 @@ class Int8Model:
     Quantization uses the tensors' own scale and zero point.
     """
 
-    def __init__(self, model_bytes: bytes, num_threads: int = 1, output_kind: str = "probability"):
-        if output_kind not in ("probability", "logit"):
+    def __init__(self, model_bytes: bytes, num_threads: int = 1, output_kind: str = DEFAULT_OUTPUT_KIND):
+        if output_kind not in OUTPUT_KINDS:
             raise InterpreterError(f"unknown output kind {output_kind!r}")
         self.output_kind = output_kind
         cls, self.backend = interpreter_class()
@@ -107,7 +109,7 @@ class Int8Model:
 def load_model(bundle, num_threads: int = 1) -> Int8Model:
     """Load a verified bundle's model and check it against the manifest and its self-test."""
     t = bundle.manifest["tensors"]
-    model = Int8Model(bundle.model_bytes, num_threads=num_threads, output_kind=t.get("output_kind", "probability"))
+    model = Int8Model(bundle.model_bytes, num_threads=num_threads, output_kind=t.get("output_kind", DEFAULT_OUTPUT_KIND))
     if list(model.input_shape) != list(t["input_shape"]) or list(model.output_shape) != list(t["output_shape"]):
         raise InterpreterError(
             f"model tensors {model.input_shape}->{model.output_shape} differ from the manifest "

@@ -1,6 +1,6 @@
 """Blocks of samples -> windows -> int8 model scores -> detection events.
 
-Pure logic, no I/O: the caller (replay, the daemon) owns the source, the
+Pure logic, no I/O: the runtime (``edge.service.runtime``) owns the source, the
 sink and the threads. Samples are framed once: log-mel frames are computed
 as the samples arrive (``LogMel.frames`` on the new samples plus the few
 left over from the last block) and every window - overlapping or not - is
@@ -30,12 +30,15 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from edge.contract.frontend import LogMel
+from edge.detection.guard import SignalGuard
 from edge.detection.postprocess import ModelInfo, PostProcessor, SourceInfo, unknown_labels
-from edge.types import AudioBlock, AudioSource, Detection, DetectionSink
+from edge.contract.record import Detection
+from edge.types import AudioBlock
 
 log = logging.getLogger(__name__)
 
 MIN_SEGMENT_S = 1.0
+NO_SIGNAL_SCORE = -1.0  # a window the signal guard refuses: below every threshold (thresholds are in 0..1)
 CHUNK_FRAMES = 256  # frames computed per LogMel.frames call (keeps the work in cache)
 
 
@@ -48,7 +51,8 @@ def window_hop_frames(bundle, overlap_s: float | None) -> int:
     fe = bundle.frontend
     hop_s = bundle.hop_s if overlap_s is None else fe.window_s - float(overlap_s)
     if overlap_s is not None and not 0 <= overlap_s < fe.window_s:
-        raise PipelineError(f"overlap {overlap_s} s must be at least 0 and less than the window ({fe.window_s} s)")
+        raise PipelineError(f"overlap (model.overlap_s, --overlap) {overlap_s} s does not fit the model's "
+                            f"{fe.window_s} s window: allowed 0 <= overlap < {fe.window_s}")
     frames = int(round(hop_s * fe.sample_rate / fe.hop_length))
     return max(1, frames)
 
@@ -70,7 +74,9 @@ class Pipeline:
         if detection is not None and strict_labels:
             unknown = unknown_labels([lab.label for lab in bundle.labels], detection)
             if unknown:
-                raise PipelineError(f"detection settings name species the model does not know: {unknown}")
+                raise PipelineError(f"detection settings (include, exclude, thresholds) name species the model "
+                                    f"{bundle.name} {bundle.version} does not know: {unknown[:10]}")
+        self.guard = SignalGuard(bundle.frontend.hop_length)  # silence, constant or non-finite: no detection
         self._install(bundle, model)
         self._source = SourceInfo(device_id, "", "replay-time")
         self._post = self._new_post()
@@ -148,6 +154,7 @@ class Pipeline:
         self._next_start = 0  # segment frame index where the next window starts
         self._last_start = -1  # segment frame index of the last window's start
         self._anchors: list[tuple[int, datetime, float]] = []
+        self.guard.reset()
 
     def feed(self, block: AudioBlock) -> list[Detection]:
         out: list[Detection] = []
@@ -155,7 +162,7 @@ class Pipeline:
             out += self._apply_pending()
         if block.discontinuity and self._seg_samples:
             out += self._end_segment()
-        x = np.asarray(block.samples, dtype=np.float32)
+        x = self.guard.clean(np.asarray(block.samples, dtype=np.float32))
         if not len(x):
             return out
         self._anchors.append((self._seg_samples, block.start_utc, block.offset_s))
@@ -182,26 +189,6 @@ class Pipeline:
         """End of the source: the tail window, then every open event."""
         return self._end_segment()
 
-    def run(self, source: AudioSource, sink: DetectionSink | None, stop: threading.Event | None = None,
-            on_block=None) -> list[Detection]:
-        """Convenience loop: every block of ``source`` through the pipeline into ``sink``."""
-        self.begin(source.name, source.time_source)
-        found: list[Detection] = []
-        for block in source.blocks(stop or threading.Event()):
-            dets = self.feed(block)
-            if dets:
-                found += dets
-                if sink is not None:
-                    sink.handle(dets)
-            if on_block is not None:
-                on_block(block)
-        dets = self.finish()
-        if dets:
-            found += dets
-            if sink is not None:
-                sink.handle(dets)
-        return found
-
     # -- internals ---------------------------------------------------------
     def _append_frames(self, fr: np.ndarray) -> None:
         n = len(fr)
@@ -213,6 +200,7 @@ class Pipeline:
             self._frames[:kept] = self._frames[keep_from : self._nbuf]
             self._frame0 += keep_from
             self._nbuf = kept
+            self.guard.forget_before(self._frame0 * self.params.hop_length)
             if self._nbuf + n > len(self._frames):
                 grown = np.empty((self._nbuf + n + self.n_frames, self._frames.shape[1]), dtype=np.float32)
                 grown[: self._nbuf] = self._frames[: self._nbuf]
@@ -234,11 +222,16 @@ class Pipeline:
 
     def _score(self, window_frames: np.ndarray, start_sample: int, features: np.ndarray | None = None) -> list[Detection]:
         t0 = time.perf_counter()
-        if features is None:
-            features = self.logmel.features(window_frames)
-        t1 = time.perf_counter()
-        scores = self.model.predict(features)
-        t2 = time.perf_counter()
+        n = self.params.window_samples if features is None else min(self._seg_samples, self.params.window_samples)
+        if not self.guard.has_signal(start_sample, n):  # the model never sees it
+            scores = np.full(len(self.model_info.labels), NO_SIGNAL_SCORE, np.float32)
+            t1 = t2 = time.perf_counter()
+        else:
+            if features is None:
+                features = self.logmel.features(window_frames)
+            t1 = time.perf_counter()
+            scores = self.model.predict(features)
+            t2 = time.perf_counter()
         offset, utc = self._when(start_sample)
         if self.on_window is not None:
             self.on_window(offset, utc, scores)

@@ -27,17 +27,12 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from edge.types import Detection
+from edge.contract.record import Detection, format_utc
 
 log = logging.getLogger(__name__)
 
 FALLBACK_THRESHOLD = 0.5
 ID_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-5b7a-9c4e-2d3f1a0b9e77")
-
-
-def iso_utc(t: datetime) -> str:
-    """ISO 8601 UTC with milliseconds and a Z."""
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def detection_id(device_id: str, source: str, label: str, start_key: str, model_sha256: str) -> str:
@@ -173,14 +168,14 @@ class PostProcessor:
         k = ev.k
         label = self.model.labels[k]
         src = self.source
-        start_key = f"utc:{iso_utc(ev.start_utc)}" if src.time_source == "clock" else f"offset:{ev.offset_s:.3f}"
+        start_key = f"utc:{format_utc(ev.start_utc)}" if src.time_source == "clock" else f"offset:{ev.offset_s:.3f}"
         now = self.clock() if self.clock else datetime.now(timezone.utc)
         return [Detection(
             id=detection_id(src.device_id, src.source, label, start_key, self.model.sha256),
             device_id=src.device_id,
             source=src.source,
-            start_utc=iso_utc(ev.start_utc),
-            end_utc=iso_utc(ev.end_utc),
+            start_utc=format_utc(ev.start_utc),
+            end_utc=format_utc(ev.end_utc),
             offset_s=round(ev.offset_s, 3),
             end_offset_s=round(ev.end_offset_s, 3),
             label=label,
@@ -190,6 +185,6 @@ class PostProcessor:
             n_windows=ev.n,
             model_version=self.model.version,
             model_sha256=self.model.sha256,
-            created_utc=iso_utc(now),
+            created_utc=format_utc(now),
             time_source=src.time_source,
         )]

@@ -9,34 +9,45 @@ arrived (``add_audio``), or at ``flush()`` with what there is.
 Files are ``<dir>/<YYYY-MM-DD>/<YYYYmmddTHHMMSSZ>_<label>_<id8>.wav``. After
 each write, the oldest clips go first until the total is within
 ``max_disk_mb``. Only ``.wav`` files under the clips directory are ever
-deleted: the database never is.
+deleted (and ``.wav.part`` leftovers of interrupted writes): the database
+never is.
+
+Clips yield to the store: before each clip, the file system it goes to must
+keep ``min_free_mb`` free after it (``store.reserve_mb``: on a device the
+clips and the store share one card). Else the oldest clips go first, and if
+that is not enough the clip is skipped (logged once per minute with a
+count). A failed write leaves no ``.part`` file.
 """
 from __future__ import annotations
 
 import logging
 import os
-import re
+import time
 import wave
 from collections import deque
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from edge.types import AudioBlock, Detection, DetectionSink
+from edge.contract.record import Detection
+from edge.outputs.clip_paths import clip_path
+from edge.types import AudioBlock, DetectionSink
 
 log = logging.getLogger(__name__)
-
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 class ClipWriter(DetectionSink):
     def __init__(self, directory: str | Path, sample_rate: int, *, padding_s: float = 1.0,
-                 max_disk_mb: float = 1024, history_s: float = 60.0):
+                 max_disk_mb: float = 1024, history_s: float = 60.0, min_free_mb: float = 0.0):
         self.dir = Path(directory)
         self.rate = int(sample_rate)
         self.padding_s = float(padding_s)
         self.budget = int(max_disk_mb * 1e6)
+        self.floor = int(min_free_mb * 1e6)
+        self.skipped = 0
+        self.failed = 0
+        self._fail_logged = -1e18
+        self._skip_logged = -1e18
         self.capacity = int((history_s + 2 * padding_s) * self.rate)
         self._hist = np.zeros(self.capacity, dtype=np.int16)
         self._end = 0  # stream sample index one past the newest sample held
@@ -52,7 +63,12 @@ class ClipWriter(DetectionSink):
         found = []
         for root, _dirs, names in os.walk(self.dir):
             for n in names:
-                if n.endswith(".wav"):
+                if n.endswith(".wav.part"):  # a write interrupted by a crash
+                    try:
+                        os.unlink(os.path.join(root, n))
+                    except OSError:
+                        pass
+                elif n.endswith(".wav"):
                     p = os.path.join(root, n)
                     try:
                         st = os.stat(p)
@@ -106,28 +122,36 @@ class ClipWriter(DetectionSink):
             try:
                 self._write(d, self._slice(a, b))
             except OSError as exc:
-                log.error("cannot write the clip of detection %s: %s", d.id, exc)
+                self.failed += 1
+                now = time.monotonic()
+                if now - self._fail_logged >= 60:
+                    self._fail_logged = now
+                    log.error("cannot write the clip of detection %s: %s (%d clip(s) failed so far; logged at most "
+                              "once a minute)", d.id, exc, self.failed)
         self._pending = keep
 
     def _write(self, d: Detection, samples: np.ndarray) -> None:
         if not len(samples):
             log.warning("no audio left for the clip of detection %s", d.id)
             return
-        try:
-            when = datetime.fromisoformat(d.start_utc.replace("Z", "+00:00"))
-            stamp, day = when.strftime("%Y%m%dT%H%M%SZ"), when.strftime("%Y-%m-%d")
-        except ValueError:
-            stamp, day = "unknown", "unknown"
-        sub = self.dir / day
-        sub.mkdir(parents=True, exist_ok=True)
-        path = sub / f"{stamp}_{_SAFE.sub('_', d.label)}_{d.id[:8]}.wav"
+        if not self._make_room(44 + 2 * len(samples), d):  # before the mkdir: it may empty (and remove) a day's dir
+            return
+        path = clip_path(self.dir, d.start_utc, d.label, d.id)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".wav.part")
-        with wave.open(str(tmp), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(self.rate)
-            w.writeframes(samples.astype("<i2").tobytes())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f, wave.open(f, "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(self.rate)
+                w.writeframes(samples.astype("<i2").tobytes())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
         size = path.stat().st_size
         self._files.append((path.stat().st_mtime, str(path), size))
         self._total += size
@@ -135,24 +159,52 @@ class ClipWriter(DetectionSink):
         log.debug("clip %s (%.1f s)", path, len(samples) / self.rate)
         self._enforce_budget()
 
+    def _free(self) -> int:
+        st = os.statvfs(self.dir)
+        return st.f_bavail * st.f_frsize
+
+    def _make_room(self, size: int, d: Detection) -> bool:
+        """Keep ``min_free_mb`` free after this clip: delete the oldest clips, else skip this one."""
+        if self.floor <= 0:
+            return True
+        while self._free() - size < self.floor and self._files:
+            self._delete_oldest()
+        free = self._free()
+        if free - size >= self.floor:
+            return True
+        self.skipped += 1
+        now = time.monotonic()
+        if now - self._skip_logged >= 60:
+            self._skip_logged = now
+            log.warning("clip of detection %s skipped: %.1f MB free on %s, and clips keep %.1f MB for the store "
+                        "(%d clip(s) skipped so far; logged at most once a minute)", d.id, free / 1e6, self.dir,
+                        self.floor / 1e6, self.skipped)
+        return False
+
+    def _delete_oldest(self) -> bool:
+        _mtime, p, size = self._files.popleft()
+        try:
+            os.unlink(p)
+            self.deleted += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("cannot delete old clip %s: %s", p, exc)
+            self._files.appendleft((_mtime, p, size))
+            return False
+        self._total -= size
+        parent = os.path.dirname(p)
+        if parent != str(self.dir):
+            try:
+                os.rmdir(parent)  # only when empty
+            except OSError:
+                pass
+        return True
+
     def _enforce_budget(self) -> None:
         while self._total > self.budget and self._files:
-            _mtime, p, size = self._files.popleft()
-            try:
-                os.unlink(p)
-                self.deleted += 1
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.error("cannot delete old clip %s: %s", p, exc)
+            if not self._delete_oldest():
                 break
-            self._total -= size
-            parent = os.path.dirname(p)
-            if parent != str(self.dir):
-                try:
-                    os.rmdir(parent)  # only when empty
-                except OSError:
-                    pass
 
     @property
     def disk_bytes(self) -> int:

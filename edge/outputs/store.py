@@ -19,18 +19,15 @@ import json
 import logging
 import sqlite3
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
-from edge.types import Detection, DetectionSink
+from edge.contract.record import DETECTION_FIELDS, Detection, utc_now
 
 log = logging.getLogger(__name__)
 
-DETECTION_COLUMNS = (
-    "id", "device_id", "source", "start_utc", "end_utc", "offset_s", "end_offset_s", "label", "common_name",
-    "score", "mean_score", "n_windows", "model_version", "model_sha256", "created_utc", "time_source",
-)
+#: the record's fields, one column each (``tests/test_record.py`` checks the CREATE TABLE below against them)
+DETECTION_COLUMNS = DETECTION_FIELDS
 
 MIGRATIONS: list[str] = [
     # 1: detections (and the outbox), effort, gaps
@@ -81,6 +78,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX gaps_start ON gaps(start_utc);
     """,
+    # 2: the outbox remembers when the broker FIRST acknowledged each detection, on the re-send window's
+    # timeline (edge.service.clock.OutboxClock: monotonic seconds continued across restarts), so the
+    # window survives a restart and a clock step, and a re-send does not refresh it
+    """
+    ALTER TABLE detections ADD COLUMN acked_t REAL;
+    CREATE INDEX detections_acked ON detections(acked_t) WHERE acked_t IS NOT NULL;
+    CREATE INDEX detections_outbox_new ON detections(seq) WHERE published_utc IS NULL AND acked_t IS NULL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -89,11 +94,7 @@ class StoreError(RuntimeError):
     """A store that cannot be opened or used; the message says why."""
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-class Store(DetectionSink):
+class Store:
     """Detections, effort and gaps in one SQLite file."""
 
     def __init__(self, path: str | Path, *, timeout_s: float = 10.0):
@@ -164,21 +165,31 @@ class Store(DetectionSink):
                 raise
         return new
 
-    def handle(self, detections: list[Detection]) -> None:  # DetectionSink
-        self.insert(detections)
-
+    # -- the outbox (edge.outputs.mqtt.publisher) ---------------------------
     def unpublished(self, limit: int = 100) -> list[dict]:
-        """The outbox: detections not yet acknowledged by the broker, oldest first (with ``seq``)."""
-        with self._lock:
-            return list(self.db.query(
-                "SELECT * FROM detections WHERE published_utc IS NULL ORDER BY seq LIMIT ?", [int(limit)]))
+        """The outbox, oldest first (with ``seq``): never acknowledged rows first, then re-sends.
 
-    def mark_published(self, ids: Iterable[str], when: str | None = None) -> int:
-        """Record the broker's acknowledgement; returns how many rows changed."""
+        A re-send (a row the broker acknowledged once, back after a crash)
+        never jumps ahead of the real backlog.
+        """
+        sql = "SELECT * FROM detections WHERE published_utc IS NULL AND acked_t IS {} NULL ORDER BY seq LIMIT ?"
+        with self._lock:
+            rows = list(self.db.query(sql.format(""), [int(limit)]))
+            if len(rows) < limit:
+                rows += self.db.query(sql.format("NOT"), [int(limit) - len(rows)])
+            return rows
+
+    def mark_published(self, ids: Iterable[str], when: str | None = None, acked_t: float | None = None) -> int:
+        """Record the broker's acknowledgement; returns how many rows changed.
+
+        ``when``: wall-clock UTC (``published_utc``, for people). ``acked_t``:
+        the re-send window's time (``OutboxClock``), kept from the FIRST
+        acknowledgement: a re-send never refreshes it.
+        """
         ids = list(ids)
         if not ids:
             return 0
-        when = when or _now()
+        when = when or utc_now()
         n = 0
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
@@ -186,8 +197,8 @@ class Store(DetectionSink):
                 for i in range(0, len(ids), 500):
                     part = ids[i : i + 500]
                     cur = self.db.execute(
-                        f"UPDATE detections SET published_utc = ? WHERE published_utc IS NULL "
-                        f"AND id IN ({', '.join('?' * len(part))})", [when, *part])
+                        f"UPDATE detections SET published_utc = ?, acked_t = coalesce(acked_t, ?) "
+                        f"WHERE published_utc IS NULL AND id IN ({', '.join('?' * len(part))})", [when, acked_t, *part])
                     n += cur.rowcount
                 self.db.execute("COMMIT")
             except BaseException:
@@ -195,25 +206,45 @@ class Store(DetectionSink):
                 raise
         return n
 
-    def requeue_published_since(self, since_utc: str) -> list[str]:
-        """Put detections marked published at or after ``since_utc`` back in the outbox; returns their ids.
-
-        For re-sending what a crashed broker acknowledged but may have lost
-        (``mqtt.resend_window_s``). ``since_utc`` is an ISO UTC time in the
-        format of ``published_utc`` (compared as text).
-        """
+    def _requeue(self, where: str, arg) -> list[str]:
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 ids = [r[0] for r in self.db.execute(
-                    "SELECT id FROM detections WHERE published_utc >= ? ORDER BY seq", [since_utc]).fetchall()]
+                    f"SELECT id FROM detections WHERE published_utc IS NOT NULL AND {where} ORDER BY seq", [arg]
+                ).fetchall()]
                 if ids:
-                    self.db.execute("UPDATE detections SET published_utc = NULL WHERE published_utc >= ?", [since_utc])
+                    self.db.execute(f"UPDATE detections SET published_utc = NULL "
+                                    f"WHERE published_utc IS NOT NULL AND {where}", [arg])
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.conn.rollback()
                 raise
         return ids
+
+    def requeue_published_since(self, since_utc: str) -> list[str]:
+        """Put detections marked published at or after ``since_utc`` (ISO UTC, compared as text) back in the outbox."""
+        return self._requeue("published_utc >= ?", since_utc)
+
+    def requeue_acked_since(self, since_t: float) -> list[str]:
+        """Put detections FIRST acknowledged at or after ``since_t`` (``acked_t``) back in the outbox; their ids.
+
+        For re-sending what a crashed broker acknowledged but may have lost
+        (``mqtt.resend_window_s``). Rows in the outbox already are left alone.
+        """
+        return self._requeue("acked_t >= ?", float(since_t))
+
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long a write waits for another process's lock (``edge.outputs.journal.StoreGuard`` shortens it
+        while the store is failing, so retries do not stall the audio)."""
+        with self._lock:
+            self.db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
+    def last_acked_t(self) -> float | None:
+        """The latest first acknowledgement (``acked_t``) stored, or None."""
+        with self._lock:
+            v = self.db.execute("SELECT max(acked_t) FROM detections WHERE acked_t IS NOT NULL").fetchone()[0]
+        return None if v is None else float(v)
 
     def outbox_depth(self) -> int:
         with self._lock:
@@ -258,7 +289,7 @@ class Store(DetectionSink):
 
     def close_effort(self, id: str, end_utc: str | None = None) -> None:
         with self._lock:
-            self.db.execute("UPDATE effort SET end_utc = ? WHERE id = ?", [end_utc or _now(), id])
+            self.db.execute("UPDATE effort SET end_utc = ? WHERE id = ?", [end_utc or utc_now(), id])
 
     def effort(self) -> list[dict]:
         with self._lock:

@@ -5,34 +5,41 @@ around each file's detections. ``table``, ``csv`` and ``json`` write to one
 stream (standard output or ``--out FILE``); ``raven`` writes one selection
 table per source file into a directory (``--out DIR``, default the current
 one) named ``<stem>.dawnchorus.selection.table.txt``, tab-separated with
-Raven's columns, like BirdNET-Analyzer's ``.BirdNET.selection.table.txt``.
+Raven's columns, like BirdNET-Analyzer's ``.BirdNET.selection.table.txt``:
+its twelve columns in its order, then ours (mean confidence, windows, UTC
+start). As BirdNET-Analyzer does, the tables mirror the input folders:
+a recording's table goes to the same relative folder under the output
+directory as the recording under the inputs' common folder, so
+``SD1/20240501_050000.WAV`` and ``SD2/20240501_050000.WAV`` get two tables.
+A table is never overwritten within one run: a name already written gets
+``.2``, ``.3``... before the suffix.
 """
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import IO
 
-from edge.outputs.store import DETECTION_COLUMNS
-from edge.types import Detection, DetectionSink
+from edge.contract.record import DETECTION_FIELDS, Detection
+from edge.types import DetectionSink
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("table", "csv", "json", "raven")
 
-RAVEN_COLUMNS = (
+RAVEN_COLUMNS = (  # BirdNET-Analyzer's twelve, in its order, then ours
     "Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
-    "Common Name", "Species Code", "Confidence", "Mean Confidence", "Windows", "Begin Path", "File Offset (s)",
-    "Begin Date Time (UTC)",
+    "Common Name", "Species Code", "Confidence", "Begin Path", "File Offset (s)",
+    "Mean Confidence", "Windows", "Begin Date Time (UTC)",
 )
 
 
 class Writer(DetectionSink):
-    def begin_source(self, path: str) -> None:
-        pass
-
-    def end_source(self) -> None:
-        pass
+    """An output format: a ``DetectionSink`` told where each source begins and ends."""
 
 
 class _StreamWriter(Writer):
@@ -83,16 +90,16 @@ class TableWriter(_StreamWriter):
 
 
 class CSVWriter(_StreamWriter):
-    """One row per detection event, the store's columns."""
+    """One row per detection event, a column per field of the record."""
 
     def __init__(self, out: IO[str] | None = None):
         super().__init__(out)
         self._w = csv.writer(self.out, lineterminator="\n")
-        self._w.writerow(DETECTION_COLUMNS)
+        self._w.writerow(DETECTION_FIELDS)
 
     def handle(self, detections: list[Detection]) -> None:
         for d in detections:
-            self._w.writerow([getattr(d, c) for c in DETECTION_COLUMNS])
+            self._w.writerow([getattr(d, c) for c in DETECTION_FIELDS])
 
 
 class JSONWriter(_StreamWriter):
@@ -116,15 +123,34 @@ class RavenWriter(Writer):
 
     suffix = ".dawnchorus.selection.table.txt"
 
-    def __init__(self, out_dir: str | Path | None = None, low_hz: float = 0.0, high_hz: float = 16000.0):
+    def __init__(self, out_dir: str | Path | None = None, low_hz: float = 0.0, high_hz: float = 16000.0,
+                 inputs: list | None = None):
         self.dir = Path(out_dir or ".")
         self.low_hz, self.high_hz = float(low_hz), float(high_hz)
+        self.base = input_base(inputs)
+        self.dir.mkdir(parents=True, exist_ok=True)  # OSError now, before any audio, if it cannot be made
         self.written: list[Path] = []
+        self.errors: list[str] = []  # tables that could not be written (the detections are in the store)
         self._rows: list[Detection] = []
         self._source: str | None = None
 
     def path_for(self, source: str) -> Path:
-        return self.dir / (Path(source).stem + self.suffix)
+        """The table for ``source``: its folder relative to the inputs' base, mirrored under the output."""
+        src = Path(source)
+        rel = Path(src.name)
+        if self.base is not None:
+            try:
+                rel = src.relative_to(self.base)
+            except ValueError:
+                pass
+        path = self.dir / rel.parent / (rel.stem + self.suffix)
+        n = 1
+        while path in self.written:
+            n += 1
+            path = self.dir / rel.parent / f"{rel.stem}.{n}{self.suffix}"
+        if n > 1:
+            log.warning("two recordings map to one Raven table name; %s gets %s", source, path.name)
+        return path
 
     def begin_source(self, path: str) -> None:
         self._source, self._rows = path, []
@@ -135,26 +161,55 @@ class RavenWriter(Writer):
     def end_source(self) -> None:
         if self._source is None:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
         path = self.path_for(self._source)
         rows = sorted(self._rows, key=lambda d: (d.offset_s, d.label))
-        with open(path, "w", newline="") as fh:
-            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-            w.writerow(RAVEN_COLUMNS)
-            for i, d in enumerate(rows, 1):
-                w.writerow([i, "Spectrogram 1", 1, f"{d.offset_s:.3f}", f"{d.end_offset_s:.3f}",
-                            f"{self.low_hz:.1f}", f"{self.high_hz:.1f}", d.common_name, d.label,
-                            f"{d.score:.4f}", f"{d.mean_score:.4f}", d.n_windows, d.source,
-                            f"{d.offset_s:.3f}", d.start_utc])
-        self.written.append(path)
         self._source, self._rows = None, []
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w", newline="") as fh:
+                w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+                w.writerow(RAVEN_COLUMNS)
+                for i, d in enumerate(rows, 1):
+                    w.writerow([i, "Spectrogram 1", 1, f"{d.offset_s:.3f}", f"{d.end_offset_s:.3f}",
+                                f"{self.low_hz:.1f}", f"{self.high_hz:.1f}", d.common_name, d.label,
+                                f"{d.score:.4f}", d.source, f"{d.offset_s:.3f}",
+                                f"{d.mean_score:.4f}", d.n_windows, d.start_utc])
+        except OSError as exc:  # a full disk, a file where a folder should be: said, and the run goes on
+            self.errors.append(f"cannot write {path}: {(exc.strerror or str(exc)).lower()}")
+            log.error("%s", self.errors[-1])
+            return
+        self.written.append(path)
 
 
-def make_writer(fmt: str, out: str | None, *, low_hz: float = 0.0, high_hz: float = 16000.0) -> Writer:
-    """A writer for ``fmt``; ``out`` is a file (a directory for raven), None for standard output."""
+def input_base(inputs: list | None) -> Path | None:
+    """The folder the inputs share (a file counts as its folder), resolved; None without inputs."""
+    if not inputs:
+        return None
+    dirs = []
+    for p in inputs:
+        p = Path(p)
+        try:
+            r = p.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: named as given
+            r = p.absolute()
+        dirs.append(r if r.is_dir() else r.parent)
+    try:
+        common = Path(os.path.commonpath([str(d) for d in dirs]))
+    except ValueError:
+        return None
+    from edge.sources.file import display_path
+
+    return Path(display_path(common))  # as sources name files
+
+
+def make_writer(fmt: str, out: str | None, *, low_hz: float = 0.0, high_hz: float = 16000.0,
+                inputs: list | None = None) -> Writer:
+    """A writer for ``fmt``; ``out`` is a file (a directory for raven), None for standard output.
+
+    ``inputs`` (the paths given) let the Raven writer mirror their folders."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     if fmt == "raven":
-        return RavenWriter(out, low_hz, high_hz)
+        return RavenWriter(out, low_hz, high_hz, inputs)
     stream = open(out, "w", newline="") if out else sys.stdout
     return {"table": TableWriter, "csv": CSVWriter, "json": JSONWriter}[fmt](stream)

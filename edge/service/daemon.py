@@ -1,26 +1,20 @@
-"""The live daemon: configuration -> model -> microphone -> pipeline -> store (+ clips, + services).
+"""The live daemon: the runtime (``edge.service.runtime``) with the microphone, systemd and signals.
 
-``Daemon(cfg).run()`` wires the parts and owns the threads and the one stop
-event. Start order: store, model (``edge.service.updates.resolve_startup``: active,
-previous, configured, bundled default), pipeline, clips, the services
-(``SERVICE_FACTORIES``: MQTT publisher, model updates...), the watchdog, and
-last the microphone. The processing loop runs on the calling thread:
-blocks from the source -> pipeline -> sinks (store first, then clips and the
-services that take detections). READY=1 goes to systemd once the model is
-loaded and the first audio block has been processed.
+``Daemon(cfg).run()`` assembles: store, model (``edge.service.updates.resolve_startup``:
+active, previous, configured, bundled default), pipeline, clips, the runtime
+and its services (``SERVICE_FACTORIES``: MQTT publisher, model updates...),
+the watchdog, and last the microphone. The processing loop
+(``Runtime.run_source``) runs on the calling thread. READY=1 goes to systemd
+once the model is loaded and the first audio block has been processed.
 
-SIGTERM/SIGINT set the stop event; the source then closes the stream and
-drains the ring buffer, the pipeline finishes its open events, the sinks
-take them, the effort row is closed, the services stop in reverse order and
-the store is closed.
+SIGTERM/SIGINT set the one stop event; the source then closes the stream and
+drains the ring buffer, the pipeline finishes its open events, the store and
+the sinks take them, and ``Runtime.stop`` closes the session, the sinks, the
+services (in reverse order) and the store.
 
-Effort: a row per listening session (device, capture rate, model, settings)
-opened when the device opens and closed when it closes (its end time is
-also refreshed every ``status_interval_s``, so a crash leaves it at most that
-stale); a new row when the model changes (its version or its bytes: a new
-version with the same network, e.g. new thresholds, is a new session too).
-Gaps (device loss, overflows) go to the ``gaps`` table as the source
-reports them.
+Listening sessions (``edge.service.sessions``) open when the device opens
+and close when it closes; gaps (device loss, overflows) go to the ``gaps``
+table as the source reports them (``CaptureEvents``).
 """
 from __future__ import annotations
 
@@ -28,102 +22,57 @@ import json
 import logging
 import signal
 import threading
-import time
-import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from datetime import datetime
+from types import FrameType
+from typing import TYPE_CHECKING, Optional
 
 from edge.config import Config
+from edge.contract.record import format_utc
 from edge.service.health import Health
+from edge.service.runtime import SERVICE_FACTORIES, Runtime, ServiceFactory
 from edge.service.sdnotify import Notifier, Watchdog
-from edge.types import AudioBlock, Detection
+from edge.types import AudioBlock, DetectionSink
+
+if TYPE_CHECKING:
+    from edge.service.clock import StreamClock
+    from edge.sources.mic import DeviceInfo, MicSource
 
 log = logging.getLogger(__name__)
 
 
-def iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+class CaptureEvents:
+    """What the microphone reports (``edge.sources.mic.CaptureListener``): sessions, gaps, health."""
 
+    def __init__(self, runtime: Runtime, source_name: str):
+        self.rt = runtime
+        self.source_name = source_name
 
-@dataclass
-class DaemonContext:
-    """What a service factory gets: everything already wired, nothing started."""
+    def opened(self, info: DeviceInfo, at: datetime) -> None:
+        self.rt.health.note_device(info.name, info.capture_rate)
+        self.rt.sessions.open(at, self.source_name, self.rt.pipeline.bundle)
 
-    cfg: Config
-    stop: threading.Event
-    health: Health
-    store: Any  # edge.outputs.store.Store
-    pipeline: Any  # edge.detection.pipeline.Pipeline (set_model is thread-safe)
-    running: Any  # edge.service.updates.Running: the model in use
-    model_store: Any  # edge.service.modelstore.ModelStore
-    services: dict = field(default_factory=dict)  # name -> service started before this one
-
-
-#: ``factory(ctx) -> service or None``. A service has ``start()`` and ``stop()``;
-#: if it also has ``handle(detections)`` it receives each batch after the store
-#: committed it. Started in this order, stopped in reverse.
-ServiceFactory = Callable[[DaemonContext], Optional[Any]]
-
-
-def mqtt_service(ctx: DaemonContext):
-    if not ctx.cfg.mqtt.enabled:
-        return None
-    from edge.outputs.mqtt.publisher import Publisher
-    from edge.outputs.store import Store
-
-    path = ctx.cfg.store.path
-    return Publisher.from_config(ctx.cfg, lambda: Store(path), health=ctx.health.snapshot, stop=ctx.stop)
-
-
-def updates_service(ctx: DaemonContext):
-    # Always made, even without MQTT: it also clears the crash-loop counter once a swapped-in
-    # model is healthy and records clean stops (which are not crashes). It subscribes to the
-    # model topics only with MQTT on and updates.enabled.
-    pub = ctx.services.get("mqtt")
-    from edge.service.updates import UpdateService
-
-    return UpdateService(ctx.cfg, ctx.model_store, ctx.running, ctx.pipeline, publisher=pub,
-                         topics=getattr(pub, "topics", None), stop_event=ctx.stop,
-                         progress=lambda: ctx.health.windows)
-
-
-SERVICE_FACTORIES: list[tuple[str, ServiceFactory]] = [
-    ("mqtt", mqtt_service),
-    ("updates", updates_service),
-]
-
-
-class _Capture:
-    """The source's listener: effort rows, gaps, health."""
-
-    def __init__(self, daemon: "Daemon"):
-        self.d = daemon
-
-    def opened(self, info, at):
-        self.d.health.note_device(info.name, info.capture_rate)
-        self.d.device_info = info
-        self.d.open_effort(at)
-
-    def closed(self, info, at, reason):
-        self.d.close_effort(at)
+    def closed(self, info: DeviceInfo, at: datetime, reason: str) -> None:
+        self.rt.sessions.close(at)
         log.info("stopped listening on %r (%s)", info.name, reason)
 
-    def gap(self, start, end, reason, lost_frames):
+    def gap(self, start: datetime, end: datetime, reason: str, lost_frames: int) -> None:
         secs = (end - start).total_seconds()
-        self.d.health.note_gap(secs)
-        log.warning("gap in the audio: %.1f s from %s (%s)", secs, iso(start), reason)
+        self.rt.health.note_gap(secs)
+        log.warning("gap in the audio: %.1f s from %s (%s)", secs, format_utc(start), reason)
+        if self.rt.store is None:
+            return
         try:
-            self.d.store.add_gap(device_id=self.d.cfg.device_id, source=self.d.source_name, start_utc=iso(start),
-                                 end_utc=iso(end), reason=reason, samples_lost=lost_frames)
+            self.rt.store.add_gap(device_id=self.rt.cfg.device_id, source=self.source_name,
+                                  start_utc=format_utc(start), end_utc=format_utc(end), reason=reason,
+                                  samples_lost=lost_frames)
         except Exception as exc:  # a full disk must not stop the capture
             log.error("cannot record the gap: %s", exc)
 
-    def audio(self, frames):
+    def audio(self, frames: int) -> None:
         pass
 
-    def waiting(self, reason):
-        self.d.health.note_waiting()
+    def waiting(self, reason: str) -> None:
+        self.rt.health.note_waiting()
 
 
 class Daemon:
@@ -135,23 +84,16 @@ class Daemon:
         self.health = Health(cfg.device_id, cfg.state_dir)
         self.notifier = notifier or Notifier()
         self.factories = SERVICE_FACTORIES if service_factories is None else service_factories
-        self.services: list[tuple[str, Any]] = []
-        self.sinks: list[Any] = []
-        self.store = None
-        self.pipeline = None
-        self.running = None
-        self.clips = None
-        self.source = None
-        self.device_info = None
-        self.effort_id: str | None = None
-        self._effort_model = None
-        self._unstored: list[Detection] = []
+        self.runtime: Optional[Runtime] = None
+        self.source: Optional[MicSource] = None
+        self.watchdog: Optional[Watchdog] = None
+        self.clock: Optional[StreamClock] = None
         self.ready = False
         self.source_name = str(cfg.audio.device) if cfg.audio.device is not None else "default"
 
     # -- signals -----------------------------------------------------------------
     def install_signals(self) -> None:
-        def on_signal(signum, _frame):
+        def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
             if self.stop_event.is_set():
                 log.info("%s again: already stopping", signal.Signals(signum).name)
                 return
@@ -163,182 +105,90 @@ class Daemon:
         signal.signal(signal.SIGINT, on_signal)
 
     # -- start-up ----------------------------------------------------------------
-    def setup(self) -> None:
-        from edge.service.modelstore import ModelStore
+    def setup(self) -> Runtime:
         from edge.detection.pipeline import Pipeline
-        from edge.sources.mic import MicSource
         from edge.outputs.store import Store
+        from edge.service.modelstore import ModelStore
         from edge.service.updates import models_dir_for, resolve_startup
+        from edge.sources.mic import MicSource
 
         cfg = self.cfg
-        self.store = Store(cfg.store.path)
-        self.model_store = ModelStore(models_dir_for(cfg))
-        self.running = resolve_startup(cfg, self.model_store)
-        bundle = self.running.bundle
-        self.health.note_model(bundle.version, bundle.sha256)
-        self.pipeline = Pipeline(bundle, self.running.model, detection=cfg.detection, overlap_s=cfg.model.overlap_s,
-                                 device_id=cfg.device_id)
-        self.sinks = [self.store]
-        if cfg.clips.enabled:
+        store = Store(cfg.store.path)
+        try:
+            model_store = ModelStore(models_dir_for(cfg))
+            running = resolve_startup(cfg, model_store)
+            pipeline = Pipeline(running.bundle, running.model, detection=cfg.detection,
+                                overlap_s=cfg.model.overlap_s, device_id=cfg.device_id)
+        except BaseException:
+            store.close()
+            raise
+        sinks: list[DetectionSink] = []
+        if cfg.clips.enabled or cfg.web.enabled:  # the dashboard plays and draws the clips
             from edge.outputs.clips import ClipWriter
 
-            self.clips = ClipWriter(cfg.clips.dir, self.pipeline.sample_rate, padding_s=cfg.clips.padding_s,
-                                    max_disk_mb=cfg.clips.max_disk_mb)
-            self.sinks.append(self.clips)
-        ctx = DaemonContext(cfg, self.stop_event, self.health, self.store, self.pipeline, self.running,
-                            self.model_store)
-        for name, factory in self.factories:
-            svc = factory(ctx)
-            if svc is None:
-                continue
-            svc.start()
-            self.services.append((name, svc))
-            ctx.services[name] = svc
-            if hasattr(svc, "handle"):
-                self.sinks.append(svc)
-            log.info("service %s started", name)
-        self.source = MicSource(cfg.audio, self.pipeline.sample_rate, _Capture(self), max_seconds=self.duration_s)
-        grace = 4 * max(cfg.audio.block_s, self.pipeline.hop_s, 0.5)  # no audio or window for this long: stalled
+            sinks.append(ClipWriter(cfg.clips.dir, pipeline.sample_rate, padding_s=cfg.clips.padding_s,
+                                    max_disk_mb=cfg.clips.max_disk_mb, min_free_mb=cfg.store.reserve_mb))
+        rt = self.runtime = Runtime(cfg, pipeline, store, health=self.health, stop=self.stop_event, sinks=sinks,
+                                    running=running, model_store=model_store)
+        rt.start_services(self.factories)
+        from edge.service.clock import anchor_after_store, stream_clock
+
+        self.clock = stream_clock()  # live times: the wall clock read once, then monotonic; steps recorded as such
+        anchor_after_store(self.clock, store, cfg.device_id, self.source_name)
+        self.source = MicSource(cfg.audio, pipeline.sample_rate, CaptureEvents(rt, self.source_name),
+                                max_seconds=self.duration_s, clock=self.clock)
+        grace = 4 * max(cfg.audio.block_s, pipeline.hop_s, 0.5)  # no audio or window for this long: stalled
         self.watchdog = Watchdog(self.notifier, self.health.progressing, self.health.summary, self.stop_event,
                                  status_s=cfg.status_interval_s, grace_s=grace)
         self.watchdog.start()
+        return rt
 
-    # -- effort ------------------------------------------------------------------
-    def settings(self) -> dict:
-        info = self.device_info
-        p = self.pipeline
-        return {
-            "device": info.name if info else self.source_name, "device_index": info.index if info else None,
-            "hostapi": info.hostapi if info else None, "capture_rate": info.capture_rate if info else None,
-            "sample_rate": p.sample_rate, "resampled": bool(info and info.resampled),
-            "channels": self.cfg.audio.channels, "channel": self.cfg.audio.channel, "gain_db": self.cfg.audio.gain_db,
-            "window_s": p.params.window_s, "hop_s": p.hop_s, "model_name": p.bundle.name,
-            "detection": self.cfg.detection.model_dump(mode="json"),
-            "location": self.cfg.location.model_dump(mode="json"),
-        }
+    def _on_block(self, block: AudioBlock) -> None:
+        """After each block: a wall-clock step is logged and recorded (times stay on the stream's timeline);
+        the first one tells systemd the daemon is ready."""
+        rt = self.runtime
+        if self.clock is not None and rt is not None and rt.store is not None \
+                and (step := self.clock.check()) is not None:
+            from edge.service.clock import record_step
 
-    def open_effort(self, at: datetime) -> None:
-        b = self.pipeline.bundle
-        self.effort_id = str(uuid.uuid4())
-        self._effort_model = (b.version, b.sha256)
-        self._effort_touched = time.monotonic()
-        try:
-            self.store.open_effort(id=self.effort_id, device_id=self.cfg.device_id, source=self.source_name,
-                                   start_utc=iso(at), model_version=b.version, model_sha256=b.sha256,
-                                   settings=self.settings())
-        except Exception as exc:
-            log.error("cannot record the listening session: %s", exc)
-
-    def close_effort(self, at: datetime | None = None) -> None:
-        if self.effort_id is None:
-            return
-        try:
-            self.store.close_effort(self.effort_id, iso(at or datetime.now(timezone.utc)))
-        except Exception as exc:
-            log.error("cannot close the listening session: %s", exc)
-        self.effort_id = None
-
-    def _effort_tick(self) -> None:
-        if self.effort_id is None:
-            return
-        b = self.pipeline.bundle
-        if (b.version, b.sha256) != self._effort_model:  # a model update: a new session
-            now = datetime.now(timezone.utc)
-            self.close_effort(now)
-            self.open_effort(now)
-            self.health.note_model(b.version, b.sha256)
-        elif time.monotonic() - self._effort_touched > self.cfg.status_interval_s:
-            self._effort_touched = time.monotonic()
-            try:
-                self.store.close_effort(self.effort_id, iso(datetime.now(timezone.utc)))
-            except Exception as exc:
-                log.error("cannot update the listening session: %s", exc)
-
-    # -- the loop ----------------------------------------------------------------
-    def _emit(self, dets: list[Detection]) -> None:
-        dets = self._unstored + dets
-        try:
-            self.store.insert(dets)
-        except Exception as exc:  # keep them and retry with the next batch
-            self._unstored = dets[-10000:]
-            log.error("cannot store %d detection(s), will retry: %s", len(dets), exc)
-            return
-        self._unstored = []
-        self.health.note_detections(dets)
-        for d in dets:
-            log.info("detected %s (%s) %s..%s score %.2f", d.common_name or d.label, d.label, d.start_utc,
-                     d.end_utc, d.score)
-        for sink in self.sinks[1:]:
-            try:
-                sink.handle(dets)
-            except Exception:
-                log.exception("sink %s failed", type(sink).__name__)
-
-    def _account(self, block: AudioBlock, windows0: int, invoke0: float) -> None:
-        st = self.pipeline.stats
-        n = st["windows"] - windows0
-        if n:
-            self.health.note_windows(n, (st["invoke_s"] - invoke0) / n)
-        self.health.note_audio(len(block.samples), self.pipeline.sample_rate)
-        src = self.source
-        self.health.overflows = src.live_overflows
-        self.health.dropped_frames = src.live_dropped_frames
-        self.health.device_losses = src.device_losses
-
-    def loop(self) -> None:
-        p = self.pipeline
-        p.begin(self.source_name, self.source.time_source)
-        for block in self.source.blocks(self.stop_event):
-            st = p.stats
-            w0, i0 = st["windows"], st["invoke_s"]
-            dets = p.feed(block)
-            self._account(block, w0, i0)
-            if self.clips is not None:
-                self.clips.add_audio(block)
-            if dets or self._unstored:
-                self._emit(dets)
-            if not self.ready:
-                self.ready = True
-                self.notifier.ready(self.health.summary())
-                log.info("ready: audio flowing, model %s %s loaded", p.bundle.name, p.bundle.version)
-            self._effort_tick()
-        w0, i0 = p.stats["windows"], p.stats["invoke_s"]
-        dets = p.finish()  # the last segment's tail window
-        if p.stats["windows"] > w0:
-            self.health.note_windows(p.stats["windows"] - w0, (p.stats["invoke_s"] - i0) / (p.stats["windows"] - w0))
-        if dets or self._unstored:
-            self._emit(dets)
+            record_step(step, self.clock.now(), rt.store, self.cfg.device_id, self.source_name)
+        if not self.ready:
+            self.ready = True
+            self.notifier.ready(self.health.summary())
+            b = self.runtime.pipeline.bundle if self.runtime else None
+            log.info("ready: audio flowing, model %s %s loaded", b and b.name, b and b.version)
 
     # -- shutdown ----------------------------------------------------------------
-    def shutdown(self) -> None:
+    def shutdown(self) -> int:
+        """Stop in order; returns how many detections are not in the store."""
         self.stop_event.set()
         self.health.state = "stopping"
         self.notifier.stopping(self.health.summary())
-        self.close_effort()
-        if self.clips is not None:
-            self.clips.flush()
-        for name, svc in reversed(self.services):
-            try:
-                svc.stop()
-                log.info("service %s stopped", name)
-            except Exception:
-                log.exception("service %s did not stop cleanly", name)
-        if getattr(self, "watchdog", None) is not None:
+        unstored = self.runtime.stop() if self.runtime is not None else 0
+        if self.watchdog is not None:
             self.watchdog.stop()
-        if self.store is not None:
-            self.store.close()
         self.notifier.close()
         h = self.health
         log.info("stopped after %.0f s: %d windows, %d detections, %d overflows, %d gaps, %d samples (%.1f s) of audio",
                  h.uptime_s(), h.windows, h.detections, h.overflows, h.gaps, h.audio_frames, h.audio_s)
+        return unstored
 
     def run(self) -> int:
-        """Set up, process until stopped (or the duration is captured), shut down in order."""
+        """Set up, process until stopped (or the duration is captured), shut down in order.
+
+        0, or ``EXIT_UNSTORED`` when detections are left outside the store (in its journal, or lost).
+        """
         try:
-            self.setup()
-            self.loop()
+            rt = self.setup()
+            assert self.source is not None
+            rt.run_source(self.source, on_block=self._on_block)
         finally:
-            self.shutdown()
+            unstored = self.shutdown()
+        if unstored and self.runtime is not None:
+            from edge.outputs.journal import EXIT_UNSTORED
+
+            log.error("%s", self.runtime.unstored_summary())
+            return EXIT_UNSTORED
         return 0
 
     def status_json(self) -> str:

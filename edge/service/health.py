@@ -21,6 +21,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from edge.contract.record import format_utc
+
 
 class Health:
     def __init__(self, device_id: str = "recorder", disk_path: str | Path = "/", clock=time.monotonic):
@@ -43,6 +45,8 @@ class Health:
         self.device_losses = 0
         self.overflows = 0  # updated from the source's counters
         self.dropped_frames = 0
+        self.no_signal_windows = 0  # windows refused by the signal guard (silence, constant, non-finite)
+        self.no_signal_streak = 0  # ... consecutive, now: > 0 is the dead-microphone alarm
         self.latency_ms = 0.0  # inference latency per window, moving average
         self.latency_max_ms = 0.0
         self.last_detection: dict | None = None
@@ -75,6 +79,10 @@ class Health:
             d = detections[-1]
             self.last_detection = {"label": d.label, "common_name": d.common_name, "score": round(d.score, 3),
                                    "start_utc": d.start_utc}
+
+    def note_signal(self, guard) -> None:
+        """The pipeline's signal guard counters (edge.detection.guard.SignalGuard)."""
+        self.no_signal_windows, self.no_signal_streak = guard.no_signal_windows, guard.streak
 
     def note_gap(self, seconds: float) -> None:
         with self._lock:
@@ -120,7 +128,7 @@ class Health:
             "device_id": self.device_id,
             "state": self.state,
             "uptime_s": round(self.uptime_s(), 1),
-            "started_utc": self.started_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "started_utc": format_utc(self.started_utc, ms=False),
             "audio_device": self.device,
             "capture_rate": self.capture_rate,
             "audio_s": round(self.audio_s, 1),
@@ -128,6 +136,8 @@ class Health:
             "inference_latency_ms": round(self.latency_ms, 2),
             "inference_latency_max_ms": round(self.latency_max_ms, 2),
             "detections": self.detections,
+            "no_signal_windows": self.no_signal_windows,
+            "no_signal_streak": self.no_signal_streak,
             "overflows": self.overflows,
             "dropped_frames": self.dropped_frames,
             "gaps": self.gaps,
@@ -148,6 +158,8 @@ class Health:
         h, m = int(up // 3600), int(up % 3600 // 60)
         parts = [self.state, f"up {h}h{m:02d}m", f"{self.windows} windows", f"{self.latency_ms:.1f} ms/window",
                  f"{self.detections} detections", f"{self.overflows} overflows", f"{self.gaps} gaps"]
+        if self.no_signal_streak:
+            parts.insert(1, f"NO SIGNAL for {self.no_signal_streak} windows (silence, constant or non-finite input)")
         if self.last_detection:
             parts.append(f"last {self.last_detection['common_name'] or self.last_detection['label']}")
         return ", ".join(parts)

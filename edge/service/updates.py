@@ -30,15 +30,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from edge.contract.bundle import Bundle, BundleError, load_bundle, parse_bundle
+from edge.contract.bundle import Bundle, BundleError, load_bundle, message_limit, parse_bundle
 from edge.config import DEFAULT_BUNDLE, DEFAULT_PUBLIC_KEY, Config
 from edge.contract.interpreter import InterpreterError, load_model
 from edge.service.modelstore import ModelStore, entry_for, utc_now
 from edge.contract.signing import SigningKeyError, load_public_key
+from edge.types import Service
 
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+MAX_REASON_CHARS = 300
+
+
+def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """A reason fit for a report and a log line: one line, bounded."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 REPORT_SCHEMA = "dawnchorus/model/1"  # edge/schemas/model.json
 
 
@@ -68,6 +76,17 @@ class UpdateResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def release_heap() -> None:
+    """Give the heap freed by a large message back to the system (the daemon keeps up to 64 MB of freed heap
+    for the front-end's sake: edge/__main__.py), so a bundle's few copies do not stay in the RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def version_key(version: str) -> tuple:
@@ -128,7 +147,7 @@ def resolve_startup(cfg: Config, store: ModelStore, public_key=None, loader: Cal
 
 
 # -- the update service ---------------------------------------------------------
-class UpdateService:
+class UpdateService(Service):
     """Receives bundles, checks them, swaps them in, and reports.
 
     ``pipeline`` needs ``set_model(bundle, model)``; ``publisher`` (optional)
@@ -166,10 +185,10 @@ class UpdateService:
         self._thread.start()
         if self.publisher is not None and self.topics is not None:
             if self.cfg.updates.enabled:
-                # up to 4x the limit reaches us, so that an oversized bundle is refused with a report
-                # (beyond that the MQTT client drops it with a log line)
+                # a little over the limit reaches us, so that a bundle just too big is refused with a report;
+                # beyond that the broker (MQTT 5: our maximum packet size) or the MQTT client drops it
                 for topic in (self.topics.model_channel(self.cfg.updates.channel), self.topics.model_set):
-                    self.publisher.subscribe(topic, self._on_message, 4 * self.max_bytes)
+                    self.publisher.subscribe(topic, self._on_message, message_limit(self.max_bytes))
             self.publish_report()
 
     def stop(self) -> None:
@@ -205,6 +224,10 @@ class UpdateService:
                 self.process(payload, origin)
             except Exception:  # never let one bundle end the updates thread
                 log.exception("unexpected error handling a bundle from %s", origin)
+            big = len(payload) > MB
+            del payload
+            if big:
+                release_heap()
             self._check_healthy()
 
     def _check_healthy(self) -> None:
@@ -228,7 +251,12 @@ class UpdateService:
             if digest == self._last_refused_digest:
                 log.debug("same refused bundle again from %s; ignored", origin)
                 return UpdateResult("ignored", "identical to the bundle refused last", origin, received)
-            result = self._process(payload, origin, received)
+            try:
+                result = self._process(payload, origin, received)
+            except Exception as exc:  # noqa: BLE001 - whatever a bundle does, it is refused with a report
+                log.debug("bundle check traceback", exc_info=True)
+                result = UpdateResult("refused", one_line(f"{origin}: cannot check the bundle: "
+                                                          f"{type(exc).__name__}: {exc}"), origin, received)
             self._last_refused_digest = digest if result.result == "refused" else None
             self.results.append(result)
             if result.result == "ignored":
@@ -248,7 +276,7 @@ class UpdateService:
         try:
             bundle = parse_bundle(payload, self.public_key, path=origin, max_bytes=self.max_bytes)
         except BundleError as exc:
-            return refuse(str(exc))
+            return refuse(one_line(str(exc)))
         cur = self.running.bundle
         if bundle.version == cur.version and bundle.sha256 == cur.sha256:
             return refuse(f"{bundle.version} is already active", bundle, "ignored")

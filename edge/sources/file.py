@@ -5,30 +5,35 @@ FLAC, OGG Vorbis/Opus, MP3, AIFF, W64, RF64) at any rate and channel count.
 The file is read in blocks, so memory stays flat however long it is.
 
 The recording's start time comes, in order, from the caller (config or
-command line), from the file name (``YYYYMMDD_HHMMSS`` as written by
-AudioMoth, Song Meter and most recorders, with or without a prefix; or the
-8-hex-digit Unix time of early AudioMoth firmware), else from the replay
-time; ``time_source`` says which. Times in file names are taken as UTC
-(AudioMoth's default).
+command line), from the recorder's header (GUANO, AudioMoth comment), from
+the file name (``YYYYMMDD_HHMMSS`` as written by AudioMoth, Song Meter and
+most recorders, with or without a prefix; or the 8-hex-digit Unix time of
+early AudioMoth firmware), else from the replay time; ``time_source`` says
+which (``edge.sources.metadata``). Local times (file names, GUANO without an
+offset) are taken in ``timezone`` if given, else as UTC (AudioMoth's default).
 
 A file that cannot be used raises ``SourceError`` naming the file and the
-problem: not audio, empty, truncated (header promises more than the file
-holds), or undecodable part-way.
+problem: unreadable (permission denied, a symlink loop), not a regular file
+(a fifo, a device), not audio, empty, truncated (header promises more than
+the file holds), a header that declares more channels or a higher rate than
+any recorder makes, or undecodable part-way. File names that are not valid
+UTF-8 are shown (and stored) with their odd bytes escaped (``caf\xe9.wav``).
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
+import stat
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from edge.types import AudioBlock, AudioSource
-from edge.sources.resample import StreamResampler
+from edge.sources.resample import FileResampler
 
 log = logging.getLogger(__name__)
 
@@ -36,54 +41,78 @@ AUDIO_EXTENSIONS = frozenset(
     {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".w64", ".rf64", ".caf"}
 )
 
-_NAME_TIME = re.compile(
-    r"(?<!\d)(?P<y>(?:19|20)\d{2})-?(?P<mo>[01]\d)-?(?P<d>[0-3]\d)[_T -]"
-    r"(?P<h>[0-2]\d)[-:]?(?P<mi>[0-5]\d)[-:]?(?P<s>[0-5]\d)(?!\d)"
-)
-_HEX_TIME = re.compile(r"^(?P<hex>[0-9A-Fa-f]{8})$")  # early AudioMoth firmware: Unix time in hex
+MAX_CHANNELS = 64  # a header declaring more is refused (a block of it would not fit in memory)
+MIN_FILE_RATE, MAX_FILE_RATE = 1000, 768_000
 
 
 class SourceError(ValueError):
     """An audio file that cannot be used; the message names the file and the problem."""
 
 
-def start_time_from_name(path: str | Path) -> datetime | None:
-    """Recording start (UTC) from a file name, or None."""
-    stem = Path(path).stem
-    m = _NAME_TIME.search(stem)
-    if m:
-        try:
-            return datetime(*(int(m[k]) for k in ("y", "mo", "d", "h", "mi", "s")), tzinfo=timezone.utc)
-        except ValueError:
-            return None
-    m = _HEX_TIME.match(stem)
-    if m:
-        ts = int(m["hex"], 16)
-        if 1420070400 <= ts <= 4102444800:  # 2015..2100
-            return datetime.fromtimestamp(ts, tz=timezone.utc)
-    return None
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
+
+
+def display_path(path: str | Path) -> str:
+    """A path as printable, storable, one-line text: bytes that are not UTF-8 and control
+    characters (a newline in a name) escaped (``caf\\xe9.wav``, ``two\\x0alines.wav``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace").translate(_CONTROL)
+
+
+def check_readable(path: Path) -> None:
+    """SourceError unless ``path`` is a regular file this process can open (never blocks on a fifo)."""
+    where = display_path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SourceError(f"cannot read {where}: {(exc.strerror or str(exc)).lower()}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a fifo" if stat.S_ISFIFO(mode) else \
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "special"
+        raise SourceError(f"{where}: not a regular file ({kind})")
+
+
+def start_time_from_name(path: str | Path, zone: str | None = None) -> datetime | None:
+    """Recording start (UTC) from a file name (local times in ``zone``, default UTC), or None."""
+    from edge.sources.metadata import localize, load_zone, time_from_name
+
+    found = time_from_name(path)
+    if found is None:
+        return None
+    when, naive = found
+    return localize(when, load_zone(zone), Path(path).name)[0] if naive else when
 
 
 def find_audio_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand paths (files and directories, walked recursively, sorted) into audio files.
 
     Returns (files, problems): a named file is kept whatever its extension (it
-    is refused later if it is not audio); missing paths become problems.
+    is refused later if it is not audio, with the reason); missing paths and
+    directories that cannot be read become problems. Symbolic links to
+    directories are not followed inside a walk (no loops); a link that cannot
+    be followed is kept, to be refused by name.
     """
     files: list[Path] = []
     problems: list[tuple[Path, str]] = []
+
+    def unreadable(exc: OSError) -> None:
+        problems.append((Path(exc.filename), f"cannot read directory: {(exc.strerror or str(exc)).lower()}"))
+
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
             found = []
-            for root, dirs, names in os.walk(p):
+            for root, dirs, names in os.walk(p, onerror=unreadable):
                 dirs.sort()
                 found += [Path(root) / n for n in sorted(names)
                           if Path(n).suffix.lower() in AUDIO_EXTENSIONS and not n.startswith(".")]
             if not found:
                 problems.append((p, "directory holds no audio files"))
             files += found
-        elif p.exists():
+        elif p.exists() or p.is_symlink():
             files.append(p)
         else:
             problems.append((p, "no such file or directory"))
@@ -102,23 +131,23 @@ class FileSource(AudioSource):
         start_utc: datetime | None = None,
         block_s: float = 4.0,
         now: datetime | None = None,
+        timezone: str | None = None,
+        span: tuple[int, int | None] | None = None,
     ):
         import soundfile as sf
 
         self.path = Path(path)
-        self.name = str(self.path.resolve())
         self.sample_rate = int(sample_rate)
         self.channel = channel
         self.block_s = float(block_s)
-        where = str(self.path)
-        try:
-            size = self.path.stat().st_size
-        except OSError as exc:
-            raise SourceError(f"{where}: cannot read ({exc.strerror or exc})") from None
-        if size == 0:
+        self.span = span  # (first, end) output samples: one piece of a file split over processes
+        where = display_path(self.path)
+        check_readable(self.path)
+        self.name = display_path(self.path.resolve())
+        if self.path.stat().st_size == 0:
             raise SourceError(f"{where}: empty file (0 bytes)")
         try:
-            self._sf = sf.SoundFile(str(self.path))
+            self._sf = sf.SoundFile(os.fsencode(self.path))
         except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
             reason = str(exc).split(": ", 1)[-1] if ":" in str(exc) else str(exc)
             raise SourceError(f"{where}: not an audio file that can be decoded ({reason})") from None
@@ -126,11 +155,18 @@ class FileSource(AudioSource):
         self.channels = int(self._sf.channels)
         self.frames = int(self._sf.frames)
         self.format = f"{self._sf.format}/{self._sf.subtype}"
+        # 16/24/32-bit integer PCM is read as integers and scaled here: libsndfile's own conversion
+        # to float costs 6x more than the decoding of a WAV file
+        self._dtype, self._scale = {"PCM_16": ("int16", np.float32(2.0**-15)), "PCM_24": ("int32", np.float32(2.0**-31)),
+                                    "PCM_32": ("int32", np.float32(2.0**-31))}.get(self._sf.subtype, ("float32", None))
         try:
             if self.frames <= 0:
                 raise SourceError(f"{where}: empty audio (no samples; {self.format}, header only?)")
-            if self.file_rate <= 0:
-                raise SourceError(f"{where}: invalid sample rate {self.file_rate}")
+            if not MIN_FILE_RATE <= self.file_rate <= MAX_FILE_RATE:
+                raise SourceError(f"{where}: header declares a sample rate of {self.file_rate} Hz "
+                                  f"(allowed {MIN_FILE_RATE}..{MAX_FILE_RATE})")
+            if not 0 < self.channels <= MAX_CHANNELS:
+                raise SourceError(f"{where}: header declares {self.channels} channels (allowed up to {MAX_CHANNELS})")
             info = self._sf.extra_info or ""
             if re.search(r"^data\s*:.*should be", info, re.M):
                 raise SourceError(
@@ -142,59 +178,99 @@ class FileSource(AudioSource):
         except SourceError:
             self._sf.close()
             raise
+        self.zone = "UTC"
         if start_utc is not None:
-            self.start_utc, self.time_source = start_utc.astimezone(timezone.utc), "config"
+            self.start_utc, self.time_source = start_utc.astimezone(UTC), "config"
         else:
-            named = start_time_from_name(self.path)
-            if named is not None:
-                self.start_utc, self.time_source = named, "file-name"
+            from edge.sources.metadata import TimeZoneError, recording_start
+
+            try:
+                found = recording_start(self.path, timezone)
+            except TimeZoneError as exc:
+                self._sf.close()
+                raise SourceError(f"{where}: {exc}") from None
+            if found is not None:
+                self.start_utc, self.time_source, self.zone = found.start_utc, found.source, found.zone
             else:
-                self.start_utc, self.time_source = (now or datetime.now(timezone.utc)), "replay-time"
+                self.start_utc, self.time_source = (now or datetime.now(UTC)), "replay-time"
 
     @property
     def duration_s(self) -> float:
         return self.frames / self.file_rate
 
+    def _float(self, data: np.ndarray) -> np.ndarray:
+        """Integer samples as libsndfile's float32 would give them (exactly: a power-of-two scale)."""
+        if self._scale is None:
+            return np.ascontiguousarray(data)
+        out = data.astype(np.float32)
+        out *= self._scale
+        return out
+
     def _mono(self, data: np.ndarray) -> np.ndarray:
         if data.shape[1] == 1:
-            return data[:, 0]
+            return self._float(data[:, 0])
         if self.channel is not None:
-            return np.ascontiguousarray(data[:, self.channel])
-        return data.mean(axis=1, dtype=np.float32)
+            return self._float(data[:, self.channel])
+        return self._float(data).mean(axis=1, dtype=np.float32)
+
+    @property
+    def output_samples(self) -> int:
+        """Samples the whole file gives at ``sample_rate``."""
+        return self.frames if self.file_rate == self.sample_rate else round(self.frames * self.sample_rate / self.file_rate)
 
     def blocks(self, stop: threading.Event | None = None) -> Iterator[AudioBlock]:
-        """Yield blocks of about ``block_s`` seconds; SourceError if decoding fails part-way."""
-        where = str(self.path)
-        resampler = StreamResampler(self.file_rate, self.sample_rate) if self.file_rate != self.sample_rate else None
+        """Yield blocks of about ``block_s`` seconds; SourceError if decoding fails part-way.
+
+        With ``span=(first, end)``: only output samples ``first`` to ``end`` (None: the end of the file),
+        bit for bit as the whole file gives them, with their offsets and times in the whole file.
+        """
+        where = display_path(self.path)
+        first, end = self.span or (0, None)
+        resampler = None
+        in_pos = out_pos = first  # input frames read, output samples produced (whole-file positions)
+        if self.file_rate != self.sample_rate:
+            block = FileResampler(self.file_rate, self.sample_rate).block_of_output(first)
+            resampler = FileResampler(self.file_rate, self.sample_rate, start_block=block)
+            in_pos, out_pos = resampler.input_start(block), resampler.output_start(block)
         block_frames = max(1, int(self.block_s * self.file_rate))
-        out_pos = 0  # output samples yielded
-        read = 0
+        out_frames = max(1, int(self.block_s * self.sample_rate))
+        eof = False
         try:
+            if in_pos:
+                self._sf.seek(in_pos)
             while stop is None or not stop.is_set():
                 try:
-                    data = self._sf.read(block_frames, dtype="float32", always_2d=True)
+                    data = self._sf.read(block_frames, dtype=self._dtype, always_2d=True)
                 except Exception as exc:  # libsndfile/mpg123 errors surface as various types
-                    raise SourceError(f"{where}: undecodable at {read / self.file_rate:.1f} s ({exc})") from None
-                last = len(data) < block_frames
-                read += len(data)
+                    raise SourceError(f"{where}: undecodable at {in_pos / self.file_rate:.1f} s ({exc})") from None
+                eof = len(data) < block_frames
+                in_pos += len(data)
                 mono = self._mono(data) if len(data) else np.zeros(0, np.float32)
                 if resampler is not None:
                     mono = resampler.process(mono)
-                    if last:
+                    if eof:
                         mono = np.concatenate([mono, resampler.flush()])
-                if len(mono):
-                    offset = out_pos / self.sample_rate
-                    yield AudioBlock(mono, self.start_utc + timedelta(seconds=offset), offset)
-                    out_pos += len(mono)
-                if last:
+                lo = max(0, first - out_pos)
+                hi = len(mono) if end is None else max(lo, min(len(mono), end - out_pos))
+                for i in range(lo, hi, out_frames):  # the resampler completes 10 s at a time
+                    part = mono[i : min(i + out_frames, hi)]
+                    offset = (out_pos + i) / self.sample_rate
+                    yield AudioBlock(part, self.start_utc + timedelta(seconds=offset), offset)
+                out_pos += len(mono)
+                if eof or (end is not None and out_pos >= end):
                     break
         finally:
             self.close()
-        if (stop is None or not stop.is_set()) and read < self.frames * 0.99:
+        if eof and (stop is None or not stop.is_set()) and in_pos < self.frames * 0.99:
             raise SourceError(
-                f"{where}: truncated ({self.format}: {read / self.file_rate:.1f} s decoded of "
+                f"{where}: truncated ({self.format}: {in_pos / self.file_rate:.1f} s decoded of "
                 f"{self.duration_s:.1f} s the header declares)"
             )
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.name, "time_source": self.time_source, "replay": True, "format": self.format,
+                "capture_rate": self.file_rate, "resampled": self.file_rate != self.sample_rate,
+                "channels": self.channels, "channel": self.channel}
 
     def close(self) -> None:
         if not self._sf.closed:

@@ -19,14 +19,15 @@ logged.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import ssl
 import threading
 from pathlib import Path
 from typing import Callable, Optional
 
-from edge.config import MQTTConfig
+from edge.config.base import ConfigError
+from edge.config.mqtt import MQTTConfig
+from edge.config.mqtt import read_password as config_password
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +55,11 @@ Handler = Callable[[str, bytes], None]
 
 
 def read_password(cfg: MQTTConfig) -> Optional[str]:
-    if cfg.password_file is not None:
-        try:
-            return Path(cfg.password_file).read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise MQTTSetupError(f"mqtt.password_file {cfg.password_file}: cannot read it ({exc.strerror})") from None
-    if cfg.password_env:
-        value = os.environ.get(cfg.password_env)
-        if value is None:
-            raise MQTTSetupError(f"mqtt.password_env: environment variable {cfg.password_env} is not set")
-        return value
-    return None
+    """The broker password (``edge.config.mqtt.read_password``); raises ``MQTTSetupError``."""
+    try:
+        return config_password(cfg)
+    except ConfigError as exc:
+        raise MQTTSetupError(str(exc)) from None
 
 
 def _check_tls_files(cfg: MQTTConfig) -> None:
@@ -97,8 +92,11 @@ class MQTTClient:
                  on_ack: Callable[[int, bool, str], None] = lambda mid, ok, reason: None,
                  on_reset: Callable[[], None] = lambda: None,
                  on_lost: Callable[[bool], None] = lambda unclean: None,
-                 max_inflight: int = 20, dispatch_queue: int = 64):
+                 max_inflight: int = 20, dispatch_queue: int = 64, max_packet_bytes: Optional[int] = None):
         self.cfg = cfg
+        # MQTT 5: the broker must not send us larger packets (it drops them), so no subscribed message can
+        # cost more memory than this; under 3.1.1 the size bounds of subscribe() still drop them (after reading)
+        self.max_packet_bytes = max_packet_bytes
         self.client_id = client_id
         self.stop_event = stop
         self.will = will
@@ -161,7 +159,14 @@ class MQTTClient:
         c.on_message = self._handle_message
         with self._client_lock:
             self._client = c
-        c.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        props = None
+        if proto == mqtt.MQTTv5 and self.max_packet_bytes:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.MaximumPacketSize = int(self.max_packet_bytes)
+        c.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, properties=props)
         c.loop_start()
 
     def _close(self) -> None:

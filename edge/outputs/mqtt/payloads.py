@@ -7,31 +7,20 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
 from importlib import resources
 from typing import Any, Mapping, Optional
 
-from edge.outputs.mqtt.topics import Topics
+from edge.contract.record import Detection, utc_now
 
 DETECTION_SCHEMA = "dawnchorus/detection/1"
 STATUS_SCHEMA = "dawnchorus/status/1"
 
-#: the stored detection columns every detection message carries
-DETECTION_FIELDS = (
-    "id", "device_id", "source", "start_utc", "end_utc", "offset_s", "end_offset_s",
-    "label", "common_name", "score", "mean_score", "n_windows",
-    "model_version", "model_sha256", "created_utc", "time_source",
-)
 
 #: health numbers (all optional but outbox_depth) in the status message
 HEALTH_FIELDS = (
     "uptime_s", "windows_processed", "inference_latency_ms", "overflows", "gaps",
     "disk_free_mb", "model_version", "model_sha256", "outbox_depth", "detections_total",
 )
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def encode(payload: Mapping[str, Any]) -> bytes:
@@ -57,21 +46,12 @@ def location_dict(location: Any) -> dict:
     return {"name": get("name", "") or "", "latitude": get("latitude"), "longitude": get("longitude")}
 
 
-def detection(row: Any, location: Any = None) -> dict:
-    """A detection message from a stored row (mapping) or a ``Detection``."""
-    if not isinstance(row, Mapping):
-        row = row.to_dict()
-    missing = [f for f in ("id", "device_id", "start_utc", "label") if row.get(f) in (None, "")]
+def detection(det: Detection, location: Any = None) -> dict:
+    """A detection message: the schema name, every field of the record, the location."""
+    missing = [f for f in ("id", "device_id", "start_utc", "label") if not getattr(det, f)]
     if missing:
-        raise ValueError(f"detection row lacks {', '.join(missing)}: {dict(row)!r}")
-    out: dict[str, Any] = {"schema": DETECTION_SCHEMA}
-    for f in DETECTION_FIELDS:
-        v = row.get(f)
-        if f == "n_windows" and v is not None:
-            v = int(v)
-        out[f] = v
-    out["location"] = location_dict(location)
-    return out
+        raise ValueError(f"detection {det.id!r} lacks {', '.join(missing)}")
+    return {"schema": DETECTION_SCHEMA, **det.to_dict(), "location": location_dict(location)}
 
 
 def status(device_id: str, state: str, health: Optional[Mapping[str, Any]] = None,
@@ -93,52 +73,6 @@ def status(device_id: str, state: str, health: Optional[Mapping[str, Any]] = Non
 
 def _is_scalar(v: Any) -> bool:
     return v is None or isinstance(v, (str, int, float, bool))
-
-
-def ha_discovery(topics: Topics, location_name: str = "", sw_version: str = "") -> dict[str, dict]:
-    """Home Assistant discovery configs, by config topic: last species and detections count."""
-    device = {
-        "identifiers": [topics.ha_node_id],
-        "name": f"dawnchorus {topics.device_id}" + (f" ({location_name})" if location_name else ""),
-        "manufacturer": "dawnchorus",
-        "model": "passive acoustic bird recorder",
-    }
-    if sw_version:
-        device["sw_version"] = sw_version
-    availability = {
-        "availability_topic": topics.status,
-        "availability_template": "{{ value_json.state }}",
-        "payload_available": "online",
-        "payload_not_available": "offline",
-    }
-    return {
-        topics.ha_last_species: {
-            "name": "Last species",
-            "unique_id": f"{topics.ha_node_id}_last_species",
-            "object_id": f"{topics.ha_node_id}_last_species",
-            "state_topic": topics.detections,
-            "value_template": "{{ value_json.common_name or value_json.label }}",
-            "json_attributes_topic": topics.detections,
-            "json_attributes_template": (
-                "{{ {'label': value_json.label, 'score': value_json.score, "
-                "'start_utc': value_json.start_utc, 'id': value_json.id} | tojson }}"),
-            "icon": "mdi:bird",
-            "device": device,
-            **availability,
-        },
-        topics.ha_detections_count: {
-            "name": "Detections",
-            "unique_id": f"{topics.ha_node_id}_detections_count",
-            "object_id": f"{topics.ha_node_id}_detections_count",
-            "state_topic": topics.status,
-            "value_template": "{{ value_json.health.detections_total if value_json.health is defined else this.state }}",
-            "state_class": "total_increasing",
-            "unit_of_measurement": "detections",
-            "icon": "mdi:counter",
-            "device": device,
-            **availability,
-        },
-    }
 
 
 def load_schema(name: str) -> dict:

@@ -11,9 +11,15 @@ consumers de-duplicate on the detection ``id``.
 A PUBACK is not the end of the story: a broker that crashes can lose messages
 it acknowledged but had not yet delivered or saved. So after a connection loss
 this side did not ask for (no DISCONNECT from the broker either), the
-detections acknowledged in the last ``resend_window_s`` seconds of that
-connection (counted back from its last acknowledgement) go back to the outbox
-(``Store.requeue_published_since``) and the backlog sends them again.
+detections FIRST acknowledged in the last ``resend_window_s`` seconds
+(counted back from the last acknowledgement) go back to the outbox
+(``Store.requeue_acked_since``) and the backlog sends them again, after the
+never-sent backlog. The window is measured on ``edge.service.clock.OutboxClock``
+(monotonic, continued across restarts from the store's last acknowledgement)
+and the first acknowledgement's time is stored (``acked_t``): a device restart
+or a clock step does not move an acknowledgement out of the window, and a
+re-send does not refresh it (crashes less than a window apart do not send
+everything again each time).
 
 The status topic is retained: ``online`` with health on connect and every
 ``health_interval_s``; ``offline`` as the last will (and on a clean stop).
@@ -26,43 +32,45 @@ import collections
 import logging
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+from edge.contract.record import Detection, utc_now
 from edge.outputs.mqtt import payloads
 from edge.config import Config, MQTTConfig
+from edge.types import HealthSource, Outbox, Service
 from edge.outputs.mqtt.client import Handler, MQTTClient
+from edge.outputs.mqtt.discovery import Discovery
 from edge.outputs.mqtt.topics import Topics
+from edge.service.clock import OutboxClock
 
 log = logging.getLogger(__name__)
 
 
-class Outbox(Protocol):
-    """What the publisher needs from the store (``edge.outputs.store.Store`` has it)."""
+def max_packet_bytes(config: Config) -> int:
+    """The largest MQTT packet this device accepts (announced to an MQTT 5 broker, which then drops larger
+    ones): the largest subscribed message (a model bundle when updates are on) plus room for the headers."""
+    from edge.contract.bundle import message_limit
 
-    def unpublished(self, limit: int) -> Sequence[Mapping[str, Any]]: ...  # oldest first
-    def mark_published(self, ids: Sequence[str], when: str) -> Any: ...
-    def requeue_published_since(self, since_utc: str) -> Sequence[str]: ...
-    def outbox_depth(self) -> int: ...
+    largest = config.mqtt.max_message_kb * 1024
+    if config.updates.enabled:
+        largest = max(largest, message_limit(int(config.model.max_bundle_mb * 2**20)))
+    return largest + 64 * 1024
 
 
-HealthSource = Union[Callable[[], Mapping[str, Any]], Any, None]
-
-
-class Publisher:
-    """The MQTT side of the daemon: a ``DetectionSink`` and a service (``start``/``stop``).
+class Publisher(Service):
+    """The MQTT side of the recorder, a ``Service``: ``handle`` takes new detections already stored.
 
     ``outbox``: the store, or a zero-argument callable that opens one (called
     on the publisher's thread: SQLite connections are per thread).
-    ``health``: a callable returning the health numbers, or an object with
-    ``snapshot()``/``as_dict()``/``to_dict()``; merged into the status message.
+    ``health``: whose ``snapshot()`` is merged into the status message.
     """
 
     name = "mqtt"
 
     def __init__(self, cfg: MQTTConfig, device_id: str, outbox: Union[Outbox, Callable[[], Outbox]], *,
-                 location: Any = None, health: HealthSource = None, stop: Optional[threading.Event] = None,
-                 sw_version: str = "", batch: int = 50, max_inflight: int = 100, poll_s: float = 5.0):
+                 location: Any = None, health: Optional[HealthSource] = None, stop: Optional[threading.Event] = None,
+                 sw_version: str = "", batch: int = 50, max_inflight: int = 100, poll_s: float = 5.0,
+                 state_dir: Any = None, max_packet_bytes: Optional[int] = None):
         self.cfg = cfg
         self.device_id = device_id
         self.topics = Topics(cfg.prefix, device_id, cfg.homeassistant.discovery_prefix)
@@ -72,6 +80,8 @@ class Publisher:
         self._health = health
         self.stop_event = stop or threading.Event()
         self.sw_version = sw_version
+        self.ha = Discovery.for_publisher(cfg, self.topics, location=location, sw_version=sw_version,
+                                          state_dir=state_dir)
         self._batch = batch
         self._max_inflight = max_inflight
         self._poll_s = poll_s
@@ -93,7 +103,8 @@ class Publisher:
         self._last_poll = 0.0
         self._recent = collections.OrderedDict()  # recently acknowledged ids: no live re-send
         self._started = time.monotonic()
-        self._last_ack_wall: Optional[float] = None  # time.time() of the broker's last acknowledgement
+        self._clock = OutboxClock()  # the re-send window's time (continued from the store's once it is open)
+        self._last_ack_t: Optional[float] = None  # OutboxClock time of the broker's last acknowledgement
         self._requeue_since: Optional[float] = None  # set on an unclean loss: re-send what was acked since
         self._drain: Optional[dict] = None
         #: one entry per reconnect: backlog at connect and seconds until drained
@@ -103,11 +114,13 @@ class Publisher:
         will = payloads.encode(payloads.status(device_id, "offline"))
         self.client = MQTTClient(cfg, cfg.client_id or f"dawnchorus-{device_id}", self.stop_event,
                                  will=(self.topics.status, will), on_connected=self._on_connected,
-                                 on_ack=self._on_ack, on_reset=self._on_reset, on_lost=self._on_lost)
+                                 on_ack=self._on_ack, on_reset=self._on_reset, on_lost=self._on_lost,
+                                 max_packet_bytes=max_packet_bytes)
 
     @classmethod
     def from_config(cls, config: Config, outbox, **kw) -> "Publisher":
-        return cls(config.mqtt, config.device_id, outbox, location=config.location, **kw)
+        kw.setdefault("max_packet_bytes", max_packet_bytes(config))
+        return cls(config.mqtt, config.device_id, outbox, location=config.location, state_dir=config.state_dir, **kw)
 
     # ---- service ---------------------------------------------------------
     def start(self) -> None:
@@ -126,14 +139,26 @@ class Publisher:
         self.client.stop()
 
     # ---- DetectionSink ---------------------------------------------------
-    def handle(self, detections) -> None:
+    def handle(self, detections: Sequence[Detection]) -> None:
         """New detections, already committed to the store: send them now (if connected)."""
         if detections:
             self._live.extend(detections)
             self._wake.set()
 
-    def close(self) -> None:
-        self.stop()
+    def drain(self, timeout_s: float) -> None:
+        """Wait until the broker acknowledged everything in the outbox, at most ``timeout_s`` (end of a replay)."""
+        end = time.monotonic() + timeout_s
+        left = -1
+        while time.monotonic() < end:
+            outbox = self._outbox
+            if outbox is not None and self.connected:
+                left = outbox.outbox_depth()
+                if left == 0:
+                    return
+            time.sleep(0.2)
+        log.warning("MQTT: %s detections not yet acknowledged after %gs; they stay in the store's outbox and are "
+                    "sent by the next replay --mqtt or daemon using this store", "some" if left < 0 else left,
+                    timeout_s)
 
     # ---- API for other parts (model updates) -------------------------------
     def subscribe(self, topic: str, handler: Handler, max_bytes: Optional[int] = None) -> None:
@@ -162,7 +187,7 @@ class Publisher:
     def _on_ack(self, mid: int, ok: bool, reason: str) -> None:
         with self._lock:
             if ok:
-                self._last_ack_wall = time.time()
+                self._last_ack_t = self._clock.now()
             if mid not in self._inflight:
                 self._early_acks[mid] = (ok, reason)
                 return
@@ -179,9 +204,9 @@ class Publisher:
         """The connection ended (network thread). Unclean: the broker may have lost what it acknowledged."""
         window = self.cfg.resend_window_s
         with self._lock:
-            if not unclean or window <= 0 or self._last_ack_wall is None:
+            if not unclean or window <= 0 or self._last_ack_t is None:
                 return
-            since = min(self._last_ack_wall, time.time()) - window
+            since = self._last_ack_t - window
             if self._requeue_since is None or since < self._requeue_since:
                 self._requeue_since = since
         self._wake.set()
@@ -223,15 +248,25 @@ class Publisher:
                 self._settle(mid, *early)
         return mid
 
-    def _send_detection(self, row: Any) -> bool:
+    def _record(self, row: Mapping[str, Any]) -> Optional[Detection]:
+        """An outbox row as the record; None (refused until the next connection) if it cannot be one."""
         try:
-            msg = payloads.detection(row, self.location)
-        except (ValueError, TypeError, AttributeError) as exc:
+            return Detection.from_row(row)
+        except ValueError as exc:
             log.error("MQTT: cannot make a message of a stored detection, skipped: %s", exc)
-            bad = row.get("id") if isinstance(row, Mapping) else getattr(row, "id", None)
-            if bad:
+            if row.get("id"):
                 with self._lock:
-                    self._refused.add(bad)  # not again until the next connection
+                    self._refused.add(row["id"])
+            return None
+
+    def _send_detection(self, det: Detection) -> bool:
+        """Send one detection; False if not sent now (already in flight, refused, just acknowledged)."""
+        try:
+            msg = payloads.detection(det, self.location)
+        except ValueError as exc:
+            log.error("MQTT: cannot make a message of a stored detection, skipped: %s", exc)
+            with self._lock:
+                self._refused.add(det.id)  # not again until the next connection
             return False
         det_id = msg["id"]
         with self._lock:
@@ -240,15 +275,21 @@ class Publisher:
         if self._send(self.topics.detections, payloads.encode(msg), 1, False, det_id) is None:
             return False
         self.stats["published"] += 1
+        self.ha.sent(msg, self)
         return True
 
     # ---- the outbox thread -------------------------------------------------
     def _run(self) -> None:
         try:
             self._outbox = self._open_outbox()
+            last = self._outbox.last_acked_t()
         except Exception:
             log.exception("MQTT: cannot open the outbox; nothing will be published")
             return
+        with self._lock:  # acknowledgements from before a restart stay in the window
+            self._clock.continue_from(last)
+            if last is not None and (self._last_ack_t is None or self._last_ack_t < last):
+                self._last_ack_t = last
         while not self.stop_event.is_set():
             try:
                 self._step()
@@ -260,9 +301,7 @@ class Publisher:
 
     def _open_outbox(self) -> Outbox:
         o = self._outbox_arg
-        if hasattr(o, "unpublished"):
-            return o
-        return o()
+        return o if isinstance(o, Outbox) else o()
 
     def _next_wait(self) -> float:
         if not self.client.connected:
@@ -291,9 +330,8 @@ class Publisher:
             self.publish_health()
 
     def _requeue(self, since: float) -> None:
-        """Back to the outbox: what was acknowledged since ``since`` (wall clock) on a connection lost uncleanly."""
-        since_utc = datetime.fromtimestamp(since, timezone.utc).isoformat(timespec="milliseconds")
-        ids = self._outbox.requeue_published_since(since_utc.replace("+00:00", "Z"))
+        """Back to the outbox: what was first acknowledged since ``since`` (OutboxClock), after an unclean loss."""
+        ids = self._outbox.requeue_acked_since(since)
         with self._lock:
             for i in ids:
                 self._recent.pop(i, None)
@@ -310,13 +348,12 @@ class Publisher:
         self._tokens = 0.0
         self._last_refill = now
         depth = self._outbox.outbox_depth()
-        self._drain = {"connected_at": time.time(), "backlog": depth, "drained_s": None} if depth else None
+        self._drain = {"connected_at": time.monotonic(), "backlog": depth, "drained_s": None} if depth else None
         if depth:
             log.info("MQTT: %d detections waiting in the outbox; sending them at up to %g/s",
                      depth, self.cfg.max_backlog_rate)
         self.publish_health()
-        if self.cfg.homeassistant.enabled:
-            self._publish_discovery()
+        self.ha.connected(self)
 
     def _send_live(self) -> None:
         while self._live:
@@ -343,7 +380,8 @@ class Publisher:
         for row in rows:
             if self._tokens < 1:
                 break
-            if self._send_detection(row):
+            det = self._record(row)
+            if det is not None and self._send_detection(det):
                 self._tokens -= 1
                 sent += 1
         self.stats["backlog_sent"] += sent
@@ -351,7 +389,7 @@ class Publisher:
             waiting = len(self._inflight_ids)
         self._backlog_pending = sent > 0 or waiting > 0
         if not self._backlog_pending and self._drain is not None:
-            self._drain["drained_s"] = round(time.time() - self._drain["connected_at"], 3)
+            self._drain["drained_s"] = round(time.monotonic() - self._drain["connected_at"], 3)
             self.drains.append(self._drain)
             log.info("MQTT: outbox drained: %d detections in %.1fs after reconnecting",
                      self._drain["backlog"], self._drain["drained_s"])
@@ -361,27 +399,21 @@ class Publisher:
         with self._lock:
             ids, self._acked = self._acked, []
         if ids:
-            self._outbox.mark_published(ids, payloads.utc_now())
+            self._outbox.mark_published(ids, utc_now(), self._clock.now())
             self.stats["acked"] += len(ids)
 
-    # ---- status, health, discovery -------------------------------------------
+    # ---- status and health -----------------------------------------------------
     def health(self) -> dict:
         h: dict[str, Any] = {}
-        src = self._health
         try:
-            if callable(src):
-                h.update(src())
-            elif src is not None:
-                for m in ("snapshot", "as_dict", "to_dict"):
-                    if hasattr(src, m):
-                        h.update(getattr(src, m)())
-                        break
+            if self._health is not None:
+                h.update(self._health.snapshot())
         except Exception as exc:  # noqa: BLE001 - health is best effort
             log.warning("MQTT: cannot read the health numbers: %s", exc)
         h.setdefault("uptime_s", round(time.monotonic() - self._started, 1))
         if self._outbox is not None:
             h["outbox_depth"] = int(self._outbox.outbox_depth())
-            if h.get("detections_total") is None and hasattr(self._outbox, "count"):
+            if h.get("detections_total") is None:
                 h["detections_total"] = int(self._outbox.count())
         return h
 
@@ -395,11 +427,6 @@ class Publisher:
         self._next_health = time.monotonic() + self.cfg.health_interval_s
         msg = payloads.status(self.device_id, "online", self.health(), self.mqtt_stats())
         self._send(self.topics.status, payloads.encode(msg), 1, True, None)
-
-    def _publish_discovery(self) -> None:
-        name = getattr(self.location, "name", "") if self.location is not None else ""
-        for topic, config in payloads.ha_discovery(self.topics, name, self.sw_version).items():
-            self._send(topic, payloads.encode(config), 1, True, None)
 
     def _shutdown(self, timeout: float) -> None:
         """On stop: the last live detections, offline status, a short wait for acks, record them."""
@@ -418,47 +445,3 @@ class Publisher:
             left = len(self._inflight_ids)
         if left:
             log.info("MQTT: stopping with %d detections unacknowledged; they stay in the outbox", left)
-
-
-class StoreThenPublish:
-    """A ``DetectionSink``: commit to the store first, then hand the new detections to the publisher."""
-
-    def __init__(self, store, publisher: Publisher):
-        self.store = store
-        self.publisher = publisher
-
-    def handle(self, detections) -> None:
-        new = self.store.insert(detections)
-        if new:
-            self.publisher.handle(new)
-
-    def close(self) -> None:
-        pass
-
-
-def start_for_replay(cfg: MQTTConfig, device_id: str, db_path, location: Any = None) -> Publisher:
-    """A publisher that drains the replay's store (its own connection); raises MQTTSetupError."""
-    from edge.outputs.store import Store
-
-    pub = Publisher(cfg, device_id, lambda: Store(db_path), location=location, poll_s=0.5)
-    pub.start()
-    return pub
-
-
-def drain_and_stop(pub: Publisher, timeout_s: float) -> int:
-    """Wait until the outbox is empty (or ``timeout_s``), stop; returns how many are left for next time."""
-    end = time.monotonic() + timeout_s
-    left = -1
-    while time.monotonic() < end:
-        outbox = pub._outbox
-        if outbox is not None and pub.connected:
-            left = outbox.outbox_depth()
-            if left == 0:
-                break
-        time.sleep(0.2)
-    pub.stop()
-    if left != 0:
-        log.warning("MQTT: %s detections not yet acknowledged after %gs; they stay in the store's outbox and are "
-                    "sent by the next replay --mqtt or daemon using this store", "some" if left < 0 else left,
-                    timeout_s)
-    return left

@@ -53,6 +53,11 @@ class Topics:
         return f"{self.base}/status"
 
     @property
+    def last_detection(self) -> str:
+        """Retained: the newest detection message (Home Assistant shows it after a restart)."""
+        return f"{self.base}/last_detection"
+
+    @property
     def model(self) -> str:
         """Retained: the active model and the last update tried (issue 6)."""
         return f"{self.base}/model"
@@ -78,13 +83,6 @@ class Topics:
     def ha_config(self, object_id: str, component: str = "sensor") -> str:
         return f"{self.discovery_prefix}/{component}/{self.ha_node_id}/{object_id}/config"
 
-    @property
-    def ha_last_species(self) -> str:
-        return self.ha_config("last_species")
-
-    @property
-    def ha_detections_count(self) -> str:
-        return self.ha_config("detections_count")
 
 
 def device_wildcard(prefix: str, what: str = "detections") -> str:

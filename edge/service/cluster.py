@@ -1,0 +1,63 @@
+"""Replay on a Dask cluster: the same units and workers' analysis as ``--jobs``, on other machines.
+
+``python -m edge replay --dask tcp://scheduler:8786 PATH...`` connects to a
+running Dask scheduler (``docs/scaling.md``: start one and its workers on
+machines with the ``edge`` extra installed), submits every unit of
+``edge.service.parallel`` to it, and takes the results back in order into
+this process's store: the workers never open the store, so it need not be
+reachable from them (only the audio files are, at the same paths). The
+bundle and its public key travel with the work, scattered once to every
+worker. Dask rather than Ray: pure Python from PyPI on aarch64 and x86-64
+alike, a 2 MB install, and a scheduler and workers started with one
+command each; the work here is independent tasks returning small results,
+which is all it needs (``pip install 'dawnchorus[cluster]'``).
+"""
+from __future__ import annotations
+
+import logging
+
+from edge.service.parallel import Unit, WorkSettings, analyse
+
+log = logging.getLogger(__name__)
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot be used (not installed, unreachable, no workers)."""
+
+
+class DaskExecutor:
+    """Units on the workers of the Dask scheduler at ``address``."""
+
+    def __init__(self, address: str, *, timeout_s: float = 20.0):
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ClusterError("--dask needs Dask distributed: pip install 'dawnchorus[cluster]'") from None
+        try:
+            self.client = Client(address, timeout=timeout_s, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+        try:
+            self.client.wait_for_workers(1, timeout=timeout_s)
+        except (OSError, TimeoutError):
+            self.client.close()
+            raise ClusterError(f"the Dask scheduler at {address} has no workers") from None
+        threads = self.client.nthreads()
+        self.jobs = max(1, sum(threads.values()))
+        self.description = f"Dask {address}: {len(threads)} worker(s), {self.jobs} thread(s)"
+        self._settings = None
+        self._futures = []
+
+    def submit(self, unit: Unit, settings: WorkSettings):
+        if self._settings is None or self._settings[0] is not settings:
+            # the bundle's bytes once to every worker, not with every unit
+            self._settings = (settings, self.client.scatter(settings.with_data(), broadcast=True, hash=False))
+        f = self.client.submit(analyse, unit, self._settings[1], pure=False)
+        self._futures.append(f)
+        return f
+
+    def close(self, cancel: bool = False) -> None:
+        if cancel:
+            self.client.cancel(self._futures)
+        self._futures = []
+        self.client.close()

@@ -1,0 +1,55 @@
+"""The dashboard inside the live daemon (``web.enabled``): PortAudio through the ALSA ``file``
+device, ``python -m edge run`` in a child process. The dashboard answers while it records, with
+the daemon's live health; clips are kept although ``clips.enabled`` is off; the health report
+file is written for a dashboard in another process."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import yaml
+
+from fixtures_web import free_port
+from test_live_capture import REPO, SR, rows, tone_program, tones  # noqa: F401 - tones is a fixture
+
+
+def test_daemon_runs_the_dashboard_and_keeps_clips(tmp_path, alsa_device, tones):  # noqa: F811
+    bundle, key = tones
+    x, expected = tone_program()
+    x = __import__("numpy").concatenate([x, x, x])  # long enough to look at the pages while it runs
+    env, name = alsa_device(x)
+    state = tmp_path / "state"
+    port = free_port()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "device_id": "web-recorder", "state_dir": str(state), "store": {"path": str(state / "detections.db")},
+        "audio": {"device": name, "ring_buffer_s": 120}, "updates": {"enabled": False},
+        "model": {"bundle": str(bundle), "public_key": str(key)}, "status_interval_s": 1,
+        "clips": {"dir": str(state / "clips")}, "web": {"enabled": True, "listen": f"127.0.0.1:{port}"}}))
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg), "--duration", str(len(x) / SR)],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pages = {}
+    try:
+        while proc.poll() is None and len(pages) < 2:
+            for path in ("/health", "/"):
+                try:
+                    pages[path] = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).read().decode()
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert name in pages["/health"]  # the capture device, from the daemon's live health numbers
+    assert "dawnchorus" in pages["/"]
+    dets = rows(state / "detections.db", "detections")
+    assert {d["label"] for d in dets} == expected
+    assert len(sorted((state / "clips").rglob("*.wav"))) == len(dets)  # kept for the dashboard
+    report = json.loads((state / "health.json").read_text())
+    assert report["health"]["state"] == "stopped" and report["health"]["audio_device"] == name
+    assert report["mqtt"] == {"enabled": False} and report["pid"] == proc.pid
