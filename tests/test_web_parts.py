@@ -266,13 +266,24 @@ def test_hourly_counts_follow_inserts_and_deletes(store):
 
 
 @pytest.mark.parametrize("zone", ["Europe/Paris", "Asia/Kolkata", "America/St_Johns", "Australia/Lord_Howe", "UTC"])
-def test_local_buckets_place_every_hour_of_a_year_like_the_zone_does(zone):
-    q = Queries(None, ZoneInfo(zone))
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    hours = [(t0 + timedelta(hours=i)).strftime("%Y-%m-%dT%H") for i in range(366 * 24)]
-    got = list(q.local_buckets([(h, 1) for h in hours]))
-    want = [(q.local_hour(h).date(), q.local_hour(h).hour, 1) for h in hours]
-    assert got == want
+def test_species_hours_and_days_follow_the_zone_across_a_year(store, zone):
+    """Detections every 7 h 13 min over a year (each hour of day, both sides of every DST change): the species
+    page's counts by local hour and by local day equal the zone's own conversion of each detection."""
+    tz = ZoneInfo(zone)
+    t0 = datetime(2026, 1, 1, 0, 20, tzinfo=timezone.utc)
+    times = [t0 + timedelta(minutes=433 * i) for i in range(1215)]
+    store.insert([det(i, t, "Vireo_latimeri") for i, t in enumerate(times)])
+    q = Queries(connect(store.path), tz)
+    q.migrate()
+    s = q.species("Vireo_latimeri", days=366)
+    # the hour's bucket is placed by the UTC hour's start, as the page does
+    local = [t.replace(minute=0).astimezone(tz) for t in times]
+    want_hours = [sum(1 for t in local if t.hour == h) for h in range(24)]
+    assert s["by_hour"] == want_hours and s["n"] == len(times)
+    want_days = {}
+    for t in local:
+        want_days[t.date()] = want_days.get(t.date(), 0) + 1
+    assert dict(zip(s["days"], s["by_day"])) == {d: want_days.get(d, 0) for d in s["days"]}
 
 
 def test_a_long_clip_is_compressed_in_time(tmp_path):
