@@ -80,7 +80,7 @@ class Unit:
     """A whole file (``span`` None) or output samples ``span`` of it, windows from ``first_window``."""
 
     file: int  # index in the replay's list of files
-    path: str  # absolute (FileSource.name): workers elsewhere do not share our working directory
+    path: str  # absolute: workers elsewhere do not share our working directory
     span: Optional[tuple[int, Optional[int]]] = None
     first_window: int = 0
     last: bool = True  # the file's last unit: it also scores the tail window
@@ -162,7 +162,7 @@ def plan(sources: Sequence[tuple[int, FileSource]], bundle, overlap_s: Optional[
         pts = split_points(n, hop, span, pieces)
         for j, (k0, first, end) in enumerate(pts):
             last = j == len(pts) - 1
-            units.append(Unit(i, src.name, (first, end) if len(pts) > 1 else None, k0, last, t0,
+            units.append(Unit(i, str(src.path.resolve()), (first, end) if len(pts) > 1 else None, k0, last, t0,
                               None if last else pts[j + 1][1]))
     return units
 
