@@ -146,7 +146,7 @@ def test_jobs_2_stores_exactly_what_jobs_1_stores(tmp_path, archive, tone_bundle
                    "--format", "csv", "--out", out, "--jobs", jobs)
         assert r.returncode == 1, r.stderr  # the broken file is refused, the rest stored
         runs[jobs] = (db, out, r.stderr)
-    assert "5 unit(s) of work (4 file(s), 1 split into pieces) on 2 worker processes" in runs[2][2]
+    assert "6 unit(s) of work (4 file(s), 1 split into pieces) on 2 worker processes" in runs[2][2]
     assert "analysed by 2 worker process(es)" in runs[2][2]
     for name in ("detections", "effort"):
         one, two = table(runs[1][0], name), table(runs[2][0], name)
@@ -154,7 +154,7 @@ def test_jobs_2_stores_exactly_what_jobs_1_stores(tmp_path, archive, tone_bundle
     dets = table(runs[1][0], "detections")
     long = [d for d in dets if d["source"].endswith("052000.wav") and d["label"] == "Tonus_midus"]
     assert long[-1]["end_offset_s"] == pytest.approx(200.0, abs=1.6)  # the last event reaches the end
-    assert any(d["offset_s"] < 99 < d["end_offset_s"] for d in long)  # one event across the pieces (split at 99 s)
+    assert any(d["offset_s"] < 66 < d["end_offset_s"] for d in long)  # one event across the pieces (split at 66 s)
     assert {d["label"] for d in dets if d["source"].endswith("052000.wav")} == {"Tonus_midus", "Tonus_highus"}
     assert csv_rows(runs[1][1]) == csv_rows(runs[2][1]) == [
         {k: str(v) for k, v in d.items() if k in csv_rows(runs[1][1])[0]} for d in dets]
