@@ -279,8 +279,16 @@ PRELOAD = ["edge.service.parallel", "edge.service.replay", "edge.detection.pipel
            "edge.contract.signing", "ai_edge_litert.interpreter", "soxr"]
 
 
-def _warm(work: Work) -> None:
-    """A worker's first act: load the model (a failure shows again, with its reason, on the first unit)."""
+def _worker_start(work: Optional[Work]) -> None:
+    """A worker's first acts. Its own session: the terminal's Ctrl-C reaches the replay, which stops the
+    workers in order (and where the kernel shares CPU time between sessions, a replay's workers count as
+    the separate jobs they are). Then the model (a failure shows again, with its reason, on the first unit)."""
+    try:
+        os.setsid()
+    except OSError:
+        pass
+    if work is None:
+        return
     try:
         _runtime(work)
     except Exception:  # noqa: BLE001
@@ -306,8 +314,7 @@ class ProcessExecutor:
             ctx.set_forkserver_preload(PRELOAD)
         self.jobs = jobs
         self.description = f"{jobs} worker processes ({method})"
-        kw = {"initializer": _warm, "initargs": (work,)} if work is not None else {}
-        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **kw)
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_start, initargs=(work,))
         for _ in range(jobs):  # workers start on demand: ask for all of them now
             self._pool.submit(_nothing)
 
