@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from edge.service.parallel import Unit, Work, analyse
+from edge.service.parallel import Unit, Work, _warm, analyse
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class ClusterError(RuntimeError):
 class DaskExecutor:
     """Units on the workers of the Dask scheduler at ``address``."""
 
-    def __init__(self, address: str, *, timeout_s: float = 10.0):
+    def __init__(self, address: str, work: Work | None = None, *, timeout_s: float = 10.0):
         try:
             from distributed import Client
         except ImportError:
@@ -47,11 +47,20 @@ class DaskExecutor:
         self.description = f"Dask {address}: {len(threads)} worker(s), {self.jobs} thread(s)"
         self._work = None
         self._futures = []
+        if work is not None:  # every worker loads the model now, while the caller loads its own
+            self._send(work)
+            for w in threads:
+                self._futures.append(self.client.submit(_warm, self._work[1], workers=[w], allow_other_workers=False,
+                                                        pure=False))
+
+    def _send(self, work: Work) -> None:
+        """The bundle's bytes once to every worker, not with every unit."""
+        if self._work is None or self._work[0] is not work:
+            self._work = (work, self.client.scatter(work.with_data(), broadcast=True, hash=False))
 
     def submit(self, unit: Unit, work: Work):
-        if self._work is None or self._work[0] is not work:
-            # the bundle's bytes once to every worker, not with every unit
-            self._work = (work, self.client.scatter(work.with_data(), broadcast=True, hash=False))
+        if self._work is None or self._work[0].job != work.job:
+            self._send(work)
         f = self.client.submit(analyse, unit, self._work[1], pure=False)
         self._futures.append(f)
         return f

@@ -287,8 +287,12 @@ def _worker_start(work: Optional[Work]) -> None:
         os.setsid()
     except OSError:
         pass
-    if work is None:
-        return
+    if work is not None:
+        _warm(work)
+
+
+def _warm(work: Work) -> None:
+    """Load the model for ``work`` in this worker (thread) now; a failure shows again on the first unit."""
     try:
         _runtime(work)
     except Exception:  # noqa: BLE001
@@ -485,7 +489,7 @@ def start_workers(job, jobs: int, dask: Optional[str], paths: Sequence):
     if dask:
         from edge.service.cluster import DaskExecutor
 
-        return DaskExecutor(dask)
+        return DaskExecutor(dask, Work(job))
     if jobs < 2 or not paths:
         return None
     if len(paths) == 1:  # one file: worth workers only if it is long enough to split
