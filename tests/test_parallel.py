@@ -174,3 +174,38 @@ def test_clips_need_the_audio_so_replay_stays_in_one_process(tmp_path, archive, 
     assert "worker process" not in r.stderr
     dets = table(tmp_path / "d.db", "detections")
     assert dets and len(list((tmp_path / "clips").rglob("*.wav"))) == len(dets)
+
+
+def _marked(mark: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if f"DAWNCHORUS_TEST_MARK={mark}".encode() in (d / "environ").read_bytes():
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_a_killed_replay_leaves_no_worker_behind(tmp_path, archive, tone_bundle_path):
+    import signal
+    import time
+    import uuid
+
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DAWNCHORUS_TEST_MARK": mark}
+    p = subprocess.Popen([sys.executable, "-m", "edge", "replay", str(archive), "--jobs", "2", "--bundle",
+                          str(tone_bundle_path), "--public-key", str(tone_bundle_path.parent / "signing.pub"),
+                          "--db", str(tmp_path / "d.db"), "--no-progress"], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(_marked(mark)) < 3 and time.monotonic() < deadline:  # the replay, the fork server, workers
+        time.sleep(0.05)
+    assert len(_marked(mark)) >= 3
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 15
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _marked(mark) == []
