@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from edge.outputs.writers import FORMATS, Writer, make_writer
+from edge.outputs.writers import FORMATS, RavenWriter, Writer, make_writer
 from edge.service.replay import ReplayStats
 from edge.sources import AUDIO_EXTENSIONS, display_path, find_audio_files
 
@@ -64,7 +64,7 @@ def summary(stats: ReplayStats, *, bundle: Any, pipeline: Any, db_path: Optional
     ]
     if db_path is not None:
         lines.append(f"store: {db_path} ({stats.new} new detection(s), {stats.detections - stats.new} already stored)")
-    if getattr(writer, "written", None):
+    if isinstance(writer, RavenWriter) and writer.written:
         lines.append(f"raven selection tables: {', '.join(str(p) for p in writer.written)}")
     if stats.species:
         lines.append(f"detections per species ({stats.detections} event(s)):")

@@ -60,6 +60,10 @@ def window_hop_frames(bundle, overlap_s: float | None) -> int:
 class Pipeline:
     """Feeds one source's blocks through the model; ``begin`` before each source."""
 
+    _head: list[np.ndarray]
+    _next_start: int
+    _last_start: int
+
     def __init__(self, bundle, model, *, detection=None, overlap_s: float | None = None,
                  device_id: str = "recorder", clock=None, strict_labels: bool = True):
         self.detection = detection
@@ -220,7 +224,7 @@ class Pipeline:
             self._last_start = start
             self._next_start = start + self.hop_frames
 
-    def _score(self, window_frames: np.ndarray, start_sample: int, features: np.ndarray | None = None) -> list[Detection]:
+    def _score(self, window_frames: np.ndarray | None, start_sample: int, features: np.ndarray | None = None) -> list[Detection]:
         t0 = time.perf_counter()
         n = self.params.window_samples if features is None else min(self._seg_samples, self.params.window_samples)
         if not self.guard.has_signal(start_sample, n):  # the model never sees it
@@ -228,6 +232,7 @@ class Pipeline:
             t1 = t2 = time.perf_counter()
         else:
             if features is None:
+                assert window_frames is not None  # a window of frames, or the padded segment's features
                 features = self.logmel.features(window_frames)
             t1 = time.perf_counter()
             scores = self.model.predict(features)

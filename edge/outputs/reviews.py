@@ -27,9 +27,10 @@ import re
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
+
+from edge.contract.record import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,6 @@ MIGRATIONS = [
 
 class ReviewError(ValueError):
     """A review that cannot be recorded; the message says why."""
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def connect(path: str | Path, *, timeout_s: float = 10.0, readonly: bool = False) -> sqlite3.Connection:
@@ -131,7 +128,7 @@ class Reviews:
                 common_name = known[0] if known else ""
         cur = self.conn.execute(
             "INSERT INTO reviews (detection_id, verdict, label, common_name, created_utc, reviewer, note) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)", [detection_id, verdict, label, common_name or "", _now(), reviewer, note[:500]])
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", [detection_id, verdict, label, common_name or "", utc_now(), reviewer, note[:500]])
         self._keep_clip(det)
         return int(cur.lastrowid)
 

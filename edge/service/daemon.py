@@ -33,14 +33,16 @@ from edge.service.runtime import SERVICE_FACTORIES, Runtime, ServiceFactory
 from edge.service.sdnotify import Notifier, Watchdog
 from edge.types import AudioBlock, DetectionSink
 
+from edge.sources.mic import CaptureListener
+
 if TYPE_CHECKING:
     from edge.sources.mic import DeviceInfo, MicSource
 
 log = logging.getLogger(__name__)
 
 
-class CaptureEvents:
-    """What the microphone reports (``edge.sources.mic.CaptureListener``): sessions, gaps, health."""
+class CaptureEvents(CaptureListener):
+    """What the microphone reports: sessions, gaps, health."""
 
     def __init__(self, runtime: Runtime, source_name: str):
         self.rt = runtime

@@ -103,7 +103,7 @@ def alerts_service(ctx: RuntimeContext) -> Optional[Service]:
 
 
 def health_file_service(ctx: RuntimeContext) -> Optional[Service]:
-    from edge.service.healthfile import service_factory
+    from edge.outputs.healthfile import service_factory
 
     return service_factory(ctx)
 
@@ -244,7 +244,7 @@ class Runtime:
         p = self.pipeline
         w0, i0 = p.stats["windows"], p.stats["invoke_s"]
         dets = p.finish() if block is None else p.feed(block)
-        n = p.stats["windows"] - w0
+        n = int(p.stats["windows"] - w0)
         if n:
             self.health.note_windows(n, (p.stats["invoke_s"] - i0) / n)
         if block is not None:

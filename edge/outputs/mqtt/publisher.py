@@ -14,7 +14,7 @@ this side did not ask for (no DISCONNECT from the broker either), the
 detections FIRST acknowledged in the last ``resend_window_s`` seconds
 (counted back from the last acknowledgement) go back to the outbox
 (``Store.requeue_acked_since``) and the backlog sends them again, after the
-never-sent backlog. The window is measured on ``edge.service.clock.OutboxClock``
+never-sent backlog. The window is measured on ``edge.clock.OutboxClock``
 (monotonic, continued across restarts from the store's last acknowledgement)
 and the first acknowledgement's time is stored (``acked_t``): a device restart
 or a clock step does not move an acknowledgement out of the window, and a
@@ -41,7 +41,7 @@ from edge.types import HealthSource, Outbox, Service
 from edge.outputs.mqtt.client import Handler, MQTTClient
 from edge.outputs.mqtt.discovery import Discovery
 from edge.outputs.mqtt.topics import Topics
-from edge.service.clock import OutboxClock
+from edge.clock import OutboxClock
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Publisher(Service):
         self._last_refill = time.monotonic()
         self._next_health = 0.0
         self._last_poll = 0.0
-        self._recent = collections.OrderedDict()  # recently acknowledged ids: no live re-send
+        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()  # recently acknowledged ids: no live re-send
         self._started = time.monotonic()
         self._clock = OutboxClock()  # the re-send window's time (continued from the store's once it is open)
         self._last_ack_t: Optional[float] = None  # OutboxClock time of the broker's last acknowledgement
@@ -98,7 +98,7 @@ class Publisher(Service):
         self._drain: Optional[dict] = None
         #: one entry per reconnect: backlog at connect and seconds until drained
         self.drains: list[dict] = []
-        self.stats = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter()
 
         will = payloads.encode(payloads.status(device_id, "offline"))
         self.client = MQTTClient(cfg, cfg.client_id or f"dawnchorus-{device_id}", self.stop_event,
@@ -290,6 +290,11 @@ class Publisher(Service):
         o = self._outbox_arg
         return o if isinstance(o, Outbox) else o()
 
+    def _box(self) -> Outbox:
+        """The outbox, opened by the outbox thread before anything uses it."""
+        assert self._outbox is not None
+        return self._outbox
+
     def _next_wait(self) -> float:
         if not self.client.connected:
             return 1.0
@@ -318,7 +323,7 @@ class Publisher(Service):
 
     def _requeue(self, since: float) -> None:
         """Back to the outbox: what was first acknowledged since ``since`` (OutboxClock), after an unclean loss."""
-        ids = self._outbox.requeue_acked_since(since)
+        ids = self._box().requeue_acked_since(since)
         with self._lock:
             for i in ids:
                 self._recent.pop(i, None)
@@ -334,7 +339,7 @@ class Publisher(Service):
         self._backlog_pending = True
         self._tokens = 0.0
         self._last_refill = now
-        depth = self._outbox.outbox_depth()
+        depth = self._box().outbox_depth()
         self._drain = {"connected_at": time.monotonic(), "backlog": depth, "drained_s": None} if depth else None
         if depth:
             log.info("MQTT: %d detections waiting in the outbox; sending them at up to %g/s",
@@ -362,7 +367,7 @@ class Publisher(Service):
             skip = len(self._inflight_ids) + len(self._refused)
         if room <= 0 or self._tokens < 1:
             return
-        rows = self._outbox.unpublished(skip + min(self._batch, room, int(self._tokens)))
+        rows = self._box().unpublished(skip + min(self._batch, room, int(self._tokens)))
         sent = 0
         for row in rows:
             if self._tokens < 1:
@@ -386,7 +391,7 @@ class Publisher(Service):
         with self._lock:
             ids, self._acked = self._acked, []
         if ids:
-            self._outbox.mark_published(ids, utc_now(), self._clock.now())
+            self._box().mark_published(ids, utc_now(), self._clock.now())
             self.stats["acked"] += len(ids)
 
     # ---- status and health -----------------------------------------------------

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
 
+from edge.contract.record import format_utc, parse_utc
 from edge.outputs.reviews import migrate_aux
 
 WEB_MIGRATIONS: list[str | list[str]] = [
@@ -45,12 +46,7 @@ OUTBOX_COUNT_CAP = 100_000
 SCORE_PLAN_CAP = 10_000
 
 
-def iso_z(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def parse_utc(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+iso_z = format_utc  # the store's UTC text (edge.contract.record)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ environment names ``DAWNCHORUS_CLOCK_OFFSET_FILE``, the number of seconds in
 that file (re-read when it changes) is added, so ``bench/faults`` can step the
 clock of a real daemon process without root and without touching the
 monotonic clock (as NTP does). Nothing else reads that variable.
+
+Imports from edge: contract.
 """
 from __future__ import annotations
 
