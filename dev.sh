@@ -21,7 +21,7 @@ need_venv() {  # $1: pip extras to install
 }
 
 system_packages() {
-    local pkgs=(mosquitto libportaudio2 libsndfile1 libasound2 libasound2-plugins alsa-utils systemd pulseaudio pulseaudio-utils openssl chromium)
+    local pkgs=(mosquitto libportaudio2 libsndfile1 libasound2 libasound2-plugins alsa-utils systemd pulseaudio pulseaudio-utils openssl chromium faketime)
     local missing=()
     for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
     [ ${#missing[@]} -eq 0 ] && return 0

@@ -12,11 +12,12 @@ shut down (or 1970) and NTP steps it, forward or back, some time later. So:
   ``not_before(t)`` moves the anchor forward past what the store already
   holds (a restart after a step back), so a start time, and so a detection
   id, never repeats.
-- ``OutboxClock``: the MQTT re-send window's timeline. Seconds that advance
-  with the monotonic clock and continue across restarts from the last
-  acknowledgement stored (the time a device is down counts as zero, so an
-  acknowledgement is never pushed out of the window by a restart or a step:
-  at worst something is sent once more).
+- ``OutboxClock``: the MQTT re-send window's timeline: seconds since boot
+  (CLOCK_BOOTTIME: one clock for every process of a boot, so a daemon
+  restart measures its downtime exactly), continued after a reboot from the
+  last acknowledgement stored (the time a device is off counts as zero). An
+  acknowledgement is never pushed out of the window by a restart or a clock
+  step: at worst something is sent once more.
 - ``boot_id()`` / ``boot_time()``: the kernel's boot id and CLOCK_BOOTTIME,
   for intervals between processes of one boot (the crash-loop counter).
 
@@ -137,6 +138,34 @@ class StreamClock:
         return step
 
 
+_stream_clock: Optional[StreamClock] = None
+_stream_clock_lock = threading.Lock()
+
+
+def stream_clock() -> StreamClock:
+    """The process's one stream clock (anchored on first use): every live source and the daemon share it."""
+    global _stream_clock
+    with _stream_clock_lock:
+        if _stream_clock is None:
+            _stream_clock = StreamClock()
+        return _stream_clock
+
+
+def anchor_after_store(clock: StreamClock, store, device_id: str, source: str) -> Optional[float]:
+    """After a restart with the wall clock behind what this device already stored, continue after it."""
+    try:
+        with store._lock:
+            rows = store.db.execute(
+                "SELECT max(end_utc) FROM detections WHERE device_id = ? AND time_source = 'clock' UNION ALL "
+                "SELECT max(end_utc) FROM effort WHERE device_id = ? AND source = ?", [device_id, device_id, source]
+            ).fetchall()
+    except Exception as exc:  # noqa: BLE001 - only a guard
+        log.debug("cannot read the store's newest time: %s", exc)
+        return None
+    times = [datetime.fromisoformat(r[0].replace("Z", "+00:00")).timestamp() for r in rows if r[0]]
+    return clock.not_before(max(times) + 0.001) if times else None
+
+
 def record_step(step: float, at: float, store, device_id: str, source: str) -> None:
     """Log a wall-clock step and record it in the store as a zero-sample gap (``reason`` starts 'clock step')."""
     direction = "forward" if step > 0 else "back"
@@ -152,9 +181,10 @@ def record_step(step: float, at: float, store, device_id: str, source: str) -> N
 
 
 class OutboxClock:
-    """Seconds for the re-send window: monotonic, continued across restarts from ``start``."""
+    """Seconds for the re-send window: seconds since boot (so exact across restarts of the daemon within one
+    boot), continued after a reboot from the last acknowledgement stored (``continue_from``)."""
 
-    def __init__(self, start: float = 0.0, mono_fn: Callable[[], float] = time.monotonic):
+    def __init__(self, start: float = 0.0, mono_fn: Callable[[], float] = boot_time):
         self._mono = mono_fn
         self._m0 = mono_fn()
         self._base = float(start)

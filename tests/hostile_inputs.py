@@ -40,16 +40,30 @@ class Case:
 
 
 # -- audio ------------------------------------------------------------------------
-def wav_bytes(*, channels=1, rate=SR, bits=16, frames=SR, fmt=1, data=None, data_size=None) -> bytes:
-    """A RIFF/WAVE file whose header may lie (sizes, channels, rate) about its data."""
+def wav_bytes(*, channels=1, rate=SR, bits=16, frames=SR, fmt=1, data=None, data_size=None, chunks=b"") -> bytes:
+    """A RIFF/WAVE file whose header may lie (sizes, channels, rate) about its data; ``chunks`` (raw) go
+    between the format and the data chunk (metadata: GUANO, LIST/INFO)."""
     align = channels * bits // 8
     if data is None:
         data = (np.random.default_rng(0).standard_normal(frames * channels) * 1000).astype("<i2").tobytes()
     size = len(data) if data_size is None else data_size
     fmt_chunk = struct.pack("<HHIIHH", fmt, channels & 0xFFFF, rate & 0xFFFFFFFF, (rate * align) & 0xFFFFFFFF,
                             align & 0xFFFF, bits)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt_chunk)) + fmt_chunk + b"data" + struct.pack("<I", size & 0xFFFFFFFF)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt_chunk)) + fmt_chunk + chunks + b"data" + \
+        struct.pack("<I", size & 0xFFFFFFFF)
     return b"RIFF" + struct.pack("<I", (len(body) + size) & 0xFFFFFFFF) + body + data
+
+
+def riff_chunk(cid: bytes, body: bytes) -> bytes:
+    return cid + struct.pack("<I", len(body)) + body + b"\0" * (len(body) & 1)
+
+
+def audiomoth_comment(text: str) -> bytes:
+    """A LIST/INFO chunk holding an ICMT comment, as AudioMoth firmware writes it."""
+    return riff_chunk(b"LIST", b"INFO" + riff_chunk(b"ICMT", text.encode() + b"\0"))
+
+
+_AM = "Recorded at {} by AudioMoth 24F3190361DA0A44 at medium gain while battery was greater than 4.9V."
 
 
 def float_wav(samples: np.ndarray, path: Path) -> Path:
@@ -126,6 +140,21 @@ AUDIO_CASES = [
     Case("wav at 1 Hz", _write("rate1.wav", wav_bytes(rate=1, frames=100)), "sample rate of 1 Hz"),
     Case("wav with unknown format tag", _write("fmt99.wav", wav_bytes(fmt=99)), "not an audio file"),
     Case("truncated flac", _truncated("truncated.flac", "FLAC", 0.5), "truncated"),
+    # recorder headers that lie: the time is ignored (file name, else replay time), the audio processed
+    Case("AudioMoth comment at UTC+99", _write("am_utc99.wav", wav_bytes(
+        frames=SR * 2, chunks=audiomoth_comment(_AM.format("12:00:00 01/05/2024 (UTC+99)")))), None),
+    Case("AudioMoth comment in year 1", _write("am_year1.wav", wav_bytes(
+        frames=SR * 2, chunks=audiomoth_comment(_AM.format("00:00:00 01/01/0001 (UTC+10)")))), None),
+    Case("AudioMoth comment in year 9999", _write("am_year9999.wav", wav_bytes(
+        frames=SR * 2, chunks=audiomoth_comment(_AM.format("23:00:00 31/12/9999 (UTC-10)")))), None),
+    Case("GUANO header of garbage", _write("guano_garbage.wav", wav_bytes(
+        frames=SR * 2, chunks=riff_chunk(b"guan", b"GUANO|Version: 1.0\nTimestamp: 99999-99-99T\xff\xfe\n"))), None),
+    Case("GUANO timestamp in year 1", _write("guano_year1.wav", wav_bytes(
+        frames=SR * 2, chunks=riff_chunk(b"guan", b"GUANO|Version: 1.0\nTimestamp: 0001-01-01T00:00:00+10:00\n"))),
+         None),
+    Case("LIST chunk cut short", _write("list_cut.wav", wav_bytes(
+        frames=SR * 2, chunks=b"LIST" + struct.pack("<I", 40) + b"INFOICMT" + struct.pack("<I", 1000) + b"Rec")),
+         "not an audio file"),  # libsndfile finds no data chunk after it
     Case("truncated ogg", _truncated("truncated.ogg", "OGG", 0.4), None),  # decodes what is there
     Case("float wav with NaN", _float("nan.wav", lambda: _with_nonfinite(np.nan)), None),
     Case("float wav with Inf", _float("inf.wav", lambda: _with_nonfinite(np.inf)), None),
@@ -348,7 +377,7 @@ def bundle_cases(good: bytes, private_key) -> list[Case]:
         # cheap refusals before any signature: bounded memory whatever the archive claims
         Case("deflate bomb of 512 MB", lambda: deflate_bomb(B.MODEL, 512 << 20, [(B.MANIFEST, parts[B.MANIFEST]),
                                                                                 (B.SIGNATURE, sig)]), "over the limit"),
-        Case("deflate bomb within the size limit", lambda: deflate_bomb(B.MODEL, 24 << 20, [(B.MANIFEST, parts[B.MANIFEST]),
+        Case("deflate bomb within the size limit", lambda: deflate_bomb(B.MODEL, 6 << 20, [(B.MANIFEST, parts[B.MANIFEST]),
                                                                                            (B.SIGNATURE, sig)]),
              "compression bomb"),
         Case("manifest bomb with a lying size", lambda: lying_size(deflate_bomb(B.MANIFEST, 24 << 20, [(B.SIGNATURE, sig)]),

@@ -137,6 +137,19 @@ def test_raven_tables_mirror_input_folders(tmp_path):
                                   str(card / "SD1" / "20240501_050000.WAV"), str(card / "SD2" / "20240501_050000.WAV")),
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and len(list(out2.rglob("*.txt"))) == 2, r.stderr
+    # a file where a table's folder should go: that table is reported (exit 1), the other one written
+    out3 = tmp_path / "raven3"
+    out3.mkdir()
+    (out3 / "SD1").write_text("in the way")
+    r = subprocess.run(replay_cmd("--no-db", "--format", "raven", "--out", str(out3), str(card)), cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"cannot write {out3 / 'SD1' / '20240501_050000.dawnchorus.selection.table.txt'}" in r.stderr
+    assert (out3 / "SD2" / "20240501_050000.dawnchorus.selection.table.txt").exists()
+    # --out names a file: refused before any audio, exit 2, one line
+    r = subprocess.run(replay_cmd("--no-db", "--format", "raven", "--out", str(out3 / "SD1"), str(card)), cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and f"error: cannot write {out3 / 'SD1'}" in r.stderr
 
 
 # -- stores ----------------------------------------------------------------------------------

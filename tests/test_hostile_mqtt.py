@@ -32,7 +32,7 @@ def online(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile_mqtt")
     broker = Broker(root / "broker").start()
     (root / "device").mkdir()
-    dev = Device(root / "device", broker, keys, start_version="1.0", max_bundle_mb=32).start()
+    dev = Device(root / "device", broker, keys, start_version="1.0", max_bundle_mb=8).start()  # the default
     reports = Collector(broker, [dev.topics.model])
     reports.wait_subscribed()
     assert reports.wait_for(lambda c: len(c.on(dev.topics.model)) > 0, 10)
@@ -71,24 +71,28 @@ def test_hostile_message_gets_a_refusal_report(message, online):
     assert online["dev"].feeder.blocks_fed > fed
 
 
-def test_oversized_message_dropped_then_the_device_goes_on(online, caplog):
-    """Past 4x the bundle limit the MQTT client drops the message with a log line: no report, no crash."""
-    dev = online["dev"]
-    limit = 4 * dev.updates.max_bytes
-    with caplog.at_level(logging.WARNING, logger="edge.outputs.mqtt.client"):
-        # one byte over is enough to test the bound (and keeps the test small): lower it on the live device
-        dev.mqtt.subscribe(dev.topics.model_set, dev.updates._on_message, 1000)
-        try:
-            topic = dev.topics.model
-            seen = len(online["reports"].on(topic))
-            mqtt_publish.single(dev.topics.model_set, b"x" * 1001, qos=1, hostname=online["broker"].host,
-                                port=online["broker"].port)
-            from fixtures_mqtt import wait_until
+def test_oversized_messages_never_reach_the_handler(online, caplog):
+    """Over the model topics' bound the client drops a message with a log line; over the maximum packet size
+    the device announced (MQTT 5) the broker does not even send it. No report, no crash, either way."""
+    from edge.contract.bundle import message_limit
+    from edge.outputs.mqtt.publisher import max_packet_bytes
+    from fixtures_mqtt import wait_until
 
-            assert wait_until(lambda: "larger than the 1000-byte limit" in caplog.text, 10)
-            assert len(online["reports"].on(topic)) == seen
-        finally:
-            dev.mqtt.subscribe(dev.topics.model_set, dev.updates._on_message, limit)
+    dev = online["dev"]
+    topic = dev.topics.model
+    assert dev.mqtt.client.protocol == "5"
+    limit = message_limit(dev.updates.max_bytes)
+    seen = len(online["reports"].on(topic))
+    with caplog.at_level(logging.WARNING, logger="edge.outputs.mqtt.client"):
+        mqtt_publish.single(dev.topics.model_set, b"x" * (limit + 1), qos=1, hostname=online["broker"].host,
+                            port=online["broker"].port)
+        assert wait_until(lambda: f"larger than the {limit}-byte limit" in caplog.text, 20)
+        caplog.clear()
+        mqtt_publish.single(dev.topics.model_set, b"y" * (max_packet_bytes(dev.cfg) + 1), qos=1,
+                            hostname=online["broker"].host, port=online["broker"].port)
+        _send(online, b"after the big ones")  # the next message is answered: the big one was not delivered
+        assert "larger than" not in caplog.text
+    assert len(online["reports"].on(topic)) == seen + 1
 
 
 def test_after_every_hostile_message_a_good_bundle_is_accepted_and_nothing_was_lost(online):

@@ -32,12 +32,15 @@ def ids(store) -> set[str]:
     return {r["id"] for r in store.detections()}
 
 
-def add_reviews_table(store, column: str = "detection_id") -> None:
-    store.db.execute(f"CREATE TABLE reviews (id INTEGER PRIMARY KEY, {column} TEXT NOT NULL, verdict TEXT NOT NULL)")
+def review(store, det_id: str, verdict: str = "correct", **dirs) -> None:
+    """A review as the dashboard records it (edge.outputs.reviews, its own connection and table)."""
+    from edge.outputs.reviews import Reviews, connect
 
-
-def review(store, det_id: str, verdict: str = "correct") -> None:
-    store.db.execute("INSERT INTO reviews (detection_id, verdict) VALUES (?, ?)", [det_id, verdict])
+    conn = connect(store.path)
+    try:
+        Reviews(conn, **dirs).add(det_id, verdict)
+    finally:
+        conn.close()
 
 
 def test_keep_days_prunes_by_the_time_stored(tmp_path):
@@ -67,7 +70,6 @@ def test_reviewed_detections_are_never_pruned(tmp_path):
     store = Store(tmp_path / "d.db")
     old = aged(10, 40)
     store.insert(old)
-    add_reviews_table(store)
     review(store, old[2].id)
     review(store, old[7].id, "wrong")
     assert retention(store, keep_days=30).prune().deleted == 8
@@ -78,7 +80,8 @@ def test_reviewed_detections_are_never_pruned(tmp_path):
 def test_an_unknown_reviews_table_stops_pruning(tmp_path, caplog):
     store = Store(tmp_path / "d.db")
     store.insert(aged(5, 40))
-    add_reviews_table(store, column="something_else")
+    # a reviews table of another shape (a future schema this code does not know)
+    store.db.execute("CREATE TABLE reviews (id INTEGER PRIMARY KEY, detection TEXT NOT NULL, verdict TEXT NOT NULL)")
     rep = retention(store, keep_days=30).prune()
     assert rep.deleted == 0 and "detection_id" in rep.skipped
     assert store.count() == 5 and "nothing pruned" in caplog.text
@@ -109,17 +112,17 @@ def test_clips_of_pruned_detections_go_with_them(tmp_path):
     store = Store(tmp_path / "d.db")
     old, recent = aged(3, 40), aged(2, 1, start=10)
     store.insert(old + recent)
-    add_reviews_table(store)
-    review(store, old[0].id)
     clips = ClipWriter(tmp_path / "clips", 8000, padding_s=0.0)
     clips.add_audio(AudioBlock(np.zeros(8000 * 60, np.float32), NOW, 0.0))
     clips.handle(old + recent)
     clips.flush()
     assert clips.written == 5
+    review(store, old[0].id, kept_dir=tmp_path / "reviewed", clips_dir=tmp_path / "clips")
+    assert (tmp_path / "reviewed" / f"{old[0].id}.wav").exists()
     rep = retention(store, keep_days=30, clips_dir=tmp_path / "clips").prune()
     assert rep.deleted == 2 and rep.clips_deleted == 2 and rep.clip_bytes > 0
     left = sorted(p.name for p in (tmp_path / "clips").rglob("*.wav"))
-    assert len(left) == 3
+    assert len(left) == 3 and (tmp_path / "reviewed" / f"{old[0].id}.wav").exists()
     assert all(any(p.endswith(f"_{d.id[:8]}.wav") for p in left) for d in [old[0], *recent])
 
 

@@ -67,6 +67,7 @@ def csrf_of(server, cookie: str, path: str) -> str:
     ("/detections?min_score=1.5", "min_score must be between 0 and 1"),
     ("/detections?min_score=nan", "min_score must be between 0 and 1"),
     ("/detections?species=%3Cscript%3E", "species must be a species label"),
+    ("/detections?review=maybe", "review must be one of none, any, correct, wrong, species"),
     ("/detections?before=2026-05-01~x", "page cursor"),
     ("/detections?before=garbage&after=x", "page cursor"),
     ("/detections?date=2026-05-01&date=2026-05-02", "more than once"),
@@ -126,6 +127,9 @@ def test_a_review_needs_the_password_and_the_csrf_token_and_only_adds_a_review(s
     assert [line for line in dump(state) if "INTO \"detections\"" in line] == before
     _, _, page = server.get(f"/detections/{det_id}", {"Cookie": cookie})
     assert b"badge-wrong" in page
+    logout = urlencode({"csrf": token}).encode()
+    assert server.get("/logout", {**FORM, "Cookie": cookie}, logout)[0] == 303
+    assert server.get(path, {**FORM, "Cookie": cookie}, with_token)[0] == 403  # that session is over
 
 
 def test_beyond_loopback_needs_a_password_file_and_a_login(state, tmp_path):
@@ -194,3 +198,21 @@ def test_the_daemon_service_serves_live_health_and_stops(state, tmp_path):
     public = parse_config({"state_dir": str(tmp_path), "store": {"path": str(state / "detections.db")},
                            "web": {"enabled": True, "listen": f"0.0.0.0:{free_port()}"}})
     assert service_factory(SimpleNamespace(**{**vars(ctx), "cfg": public})) is None  # no password file there
+
+
+def test_check_config_says_where_the_dashboard_listens_and_refuses_a_public_one_without_password(tmp_path):
+    import yaml
+
+    def check(web: dict) -> subprocess.CompletedProcess:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "web": web}))
+        return subprocess.run([sys.executable, "-m", "edge", "check-config", str(cfg)], capture_output=True,
+                              text=True, env=env_with_repo(), timeout=120)
+
+    r = check({"enabled": True})
+    assert r.returncode == 0 and "dashboard in the daemon on http://127.0.0.1:8080/ (this machine only)" in r.stdout
+    r = check({"enabled": True, "listen": "0.0.0.0:8080"})
+    assert r.returncode == 2 and "web.listen: 0.0.0.0:8080 is reachable beyond this machine" in r.stderr
+    write_password_file(tmp_path / "web.password", PASSWORD)
+    r = check({"enabled": True, "listen": "0.0.0.0:8080"})
+    assert r.returncode == 0 and "password set" in r.stdout

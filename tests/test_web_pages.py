@@ -101,6 +101,7 @@ def test_detection_spectrogram_decodes_and_clip_plays(site):
     w, h = b.js("(async () => { const i = document.querySelector('img.spectrogram'); await i.decode();"
                 " return [i.naturalWidth, i.naturalHeight]; })()")
     assert w > 100 and h == 256  # 128 mel bands, 2 px each
+    assert b.js("document.querySelector('svg.span rect').width.baseVal.value") > 0  # the event's box on it
     ctype = b.js("fetch(document.querySelector('img.spectrogram').src).then(r => r.headers.get('content-type'))")
     assert ctype == "image/png"
     duration = b.js("new Promise((ok, bad) => { const a = document.querySelector('audio');"
@@ -118,6 +119,9 @@ def test_detection_spectrogram_decodes_and_clip_plays(site):
     assert played > 0.2
     assert b.js("fetch(document.querySelector('audio').src).then(r => r.headers.get('content-type'))") == "audio/wav"
     b.screenshot("detection")
+    # the spectrogram was drawn in a child: the dashboard itself never loads numpy (its memory budget)
+    maps = open(f"/proc/{site['server'].proc.pid}/maps").read()
+    assert "numpy" not in maps and "pydantic_core" in maps  # (--config: the configuration is read)
 
 
 def test_species_effort_model_health_pages(site):
@@ -133,9 +137,9 @@ def test_species_effort_model_health_pages(site):
     b.goto(f"{url}/effort")
     assert b.js("document.querySelectorAll('svg.timeline rect.seg-on').length") >= 1
     b.screenshot("effort")
-    from edge.cli.replay import DEFAULTS
+    from edge.config import DEFAULT_BUNDLE
 
-    manifest = json.loads(zipfile.ZipFile(DEFAULTS["bundle"]).read("manifest.json"))
+    manifest = json.loads(zipfile.ZipFile(DEFAULT_BUNDLE).read("manifest.json"))
     b.goto(f"{url}/model")
     text = b.text()
     assert manifest["version"] in text and "macro roc auc" in text.lower()
@@ -151,6 +155,11 @@ def test_species_effort_model_health_pages(site):
         bg = b.js("getComputedStyle(document.body).backgroundColor")
         assert sum(int(v) for v in bg[bg.index("(") + 1:-1].split(",")[:3]) < 150, bg
         b.screenshot("today-dark")
+        b.js("document.getElementById('theme').click()")  # the person's choice wins, and is kept
+        assert b.js("document.documentElement.dataset.theme") == "light"
+        b.goto(f"{url}/health")
+        assert b.js("document.documentElement.dataset.theme") == "light"
+        b.js("localStorage.removeItem('dawnchorus-theme')")
     finally:
         b.call("Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme", "value": "light"}])
 
@@ -183,6 +192,11 @@ def test_review_in_the_browser_then_export_reads_in_the_trainer(site, tmp_path):
     click(a[2]["id"], "wrong")
     click(bb[1]["id"], "correct")
     b.screenshot("review")
+    b.goto(f"{url}/detections?review=any")  # the list of what was reviewed, and of what is left
+    shown = b.js("[...document.querySelectorAll('table.det-table tbody a')].map(a => a.href.split('/').pop())")
+    assert sorted(shown) == sorted([a[0]["id"], a[1]["id"], a[2]["id"], bb[0]["id"], bb[1]["id"]])
+    b.goto(f"{url}/detections?review=wrong")
+    assert b.js("[...document.querySelectorAll('table.det-table tbody a')].map(a => a.href.split('/').pop())") == [a[2]["id"]]
     assert rows(site, "SELECT * FROM detections ORDER BY seq") == before  # reviews never change a detection
     assert len(rows(site, "SELECT * FROM reviews")) == 5
 

@@ -129,6 +129,9 @@ def test_password_file_and_sessions(tmp_path):
     assert s.valid(c) and not s.valid(c[:-1] + ("0" if c[-1] != "0" else "1")) and not Sessions().valid(c)
     tok = s.csrf_token(c)
     assert s.csrf_ok(c, tok) and not s.csrf_ok(c, tok[:-1] + "x") and not s.csrf_ok(s.new(), tok)
+    other = s.new()
+    s.revoke(other)  # logged out
+    assert not s.valid(other) and s.valid(c)
     now[0] += 8 * 24 * 3600
     assert not s.valid(c)
 
@@ -270,3 +273,47 @@ def test_local_buckets_place_every_hour_of_a_year_like_the_zone_does(zone):
     got = list(q.local_buckets([(h, 1) for h in hours]))
     want = [(q.local_hour(h).date(), q.local_hour(h).hour, 1) for h in hours]
     assert got == want
+
+
+def test_a_long_clip_is_compressed_in_time(tmp_path):
+    from edge.outputs.web.spectrogram import MAX_WIDTH, render_png
+
+    write_wav(tmp_path / "long.wav", 0.1 * np.sin(np.arange(32000 * 40) * 0.3))
+    w, h = decode_png_size(render_png(tmp_path / "long.wav"))
+    assert MAX_WIDTH // 2 < w <= MAX_WIDTH and h == 256
+
+
+def test_review_filters_page_like_a_plain_query(store):
+    rng = random.Random(5)
+    t0 = datetime(2026, 5, 1, 3, 0, tzinfo=timezone.utc)
+    dets = [det(i, t0 + timedelta(seconds=rng.randrange(0, 86400, 10)), rng.choice(["Coereba_flaveola", "Vireo_latimeri"]),
+                round(rng.random(), 3)) for i in range(400)]
+    store.insert(dets)
+    conn = connect(store.path)
+    rv = Reviews(conn)
+    q = Queries(conn, timezone.utc)
+    q.migrate()
+    latest = {}
+    for d in rng.sample(dets, 60):
+        for _ in range(rng.choice((1, 1, 2))):  # some changed their mind: the newest verdict counts
+            v = rng.choice(["correct", "wrong", "species"])
+            rv.add(d.id, v, "Todus_mexicanus" if v == "species" else None)
+            latest[d.id] = v
+    order = [r[0] for r in conn.execute("SELECT id FROM detections ORDER BY start_utc DESC, seq DESC")]
+    scores = {d.id: d.score for d in dets}
+    for review, keep in [("none", lambda i: i not in latest), ("any", lambda i: i in latest),
+                         ("correct", lambda i: latest.get(i) == "correct"), ("wrong", lambda i: latest.get(i) == "wrong"),
+                         ("species", lambda i: latest.get(i) == "species")]:
+        for min_score in (None, 0.5):
+            want = [i for i in order if keep(i) and (min_score is None or scores[i] >= min_score)]
+            got, before = [], None
+            while True:
+                rows, older, _ = q.detections_page(review=review, min_score=min_score, before=before, limit=7)
+                got += [r["id"] for r in rows]
+                if older is None:
+                    break
+                before = older
+            assert got == want, (review, min_score)
+    first = conn.execute("SELECT * FROM detections ORDER BY start_utc DESC, seq DESC LIMIT 1").fetchone()
+    nxt = q.step(dict(first), newer=False, unreviewed=True)
+    assert nxt == next(i for i in order[1:] if i not in latest)

@@ -49,9 +49,12 @@ def main(args) -> int:
           f"updates {'on' if cfg.updates.enabled else 'off'}")
     print(f"  retention {_retention(cfg.store)}; home assistant {'on' if cfg.mqtt.homeassistant.enabled else 'off'}; "
           f"notifications {'on' if cfg.notify.enabled else 'off'}; local time zone {cfg.location.timezone or 'UTC'}")
+    from edge.outputs.web.server import config_lines
     from edge.service.alerts import check_config
 
-    problems = check_config(cfg.notify)
+    web_summary, web_problems = config_lines(cfg)
+    print(f"  {web_summary}")
+    problems = check_config(cfg.notify) + web_problems
     for line in problems:
         print(f"{args.file}: {line}", file=sys.stderr)
     return 2 if problems else 0

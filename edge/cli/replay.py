@@ -64,8 +64,10 @@ def summary(stats: ReplayStats, *, bundle: Any, pipeline: Any, db_path: Optional
     ]
     if db_path is not None:
         lines.append(f"store: {db_path} ({stats.new} new detection(s), {stats.detections - stats.new} already stored)")
-    if isinstance(writer, RavenWriter) and writer.written:
-        lines.append(f"raven selection tables: {', '.join(str(p) for p in writer.written)}")
+    if isinstance(writer, RavenWriter):
+        if writer.written:
+            lines.append(f"raven selection tables: {', '.join(str(p) for p in writer.written)}")
+        lines += [f"  {err}" for err in writer.errors]
     if stats.species:
         lines.append(f"detections per species ({stats.detections} event(s)):")
         for label, n in sorted(stats.species.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -224,4 +226,4 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNSTORED
     if interrupted:
         return 130
-    return 1 if stats.refused else 0
+    return 1 if stats.refused or (isinstance(writer, RavenWriter) and writer.errors) else 0

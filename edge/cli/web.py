@@ -99,7 +99,7 @@ def run(args) -> int:
         return 2
     if args.set_password:
         return set_password(ctx)
-    from edge.outputs.web.service import WebError, serve
+    from edge.outputs.web.server import WebError, serve
 
     try:
         serve(ctx)

@@ -15,7 +15,7 @@ class ModelConfig(Section):
     models_dir: Optional[Path] = None  # where updates are installed; default <state_dir>/models
     num_threads: int = Field(1, ge=1, le=16)
     overlap_s: Optional[float] = Field(None, ge=0)  # None: window_s - bundle hop_s
-    max_bundle_mb: float = Field(32, gt=0, le=512)
+    max_bundle_mb: float = Field(8, gt=0, le=512)  # a received bundle costs ~3x its size in memory
 
     @property
     def bundle_path(self) -> Path:

@@ -46,6 +46,13 @@ MAX_MANIFEST_BYTES = 1024 * 1024  # read before the signature is checked: bounde
 MAX_SIGNATURE_BYTES = 4096
 
 
+def message_limit(max_bytes: int) -> int:
+    """Bytes a bundle message (MQTT) may have: the bundle limit and 1 MB more, so that a bundle just too big
+    is still refused with a reason. Receiving and checking a message costs about three times its size in
+    memory, so this bounds what any message can cost."""
+    return max_bytes + 1024 * 1024
+
+
 class BundleError(ValueError):
     """A bundle that is refused; the message says why."""
 

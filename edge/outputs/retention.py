@@ -17,8 +17,9 @@ Never deleted:
   nothing is pruned (and the log says why) rather than guess;
 * the effort and gaps rows (small, and needed to read the detections).
 
-Clips of deleted detections (``<clips.dir>/<day>/*_<id8>.wav``, see
-``edge.outputs.clips``) are deleted with them.
+Clips of deleted detections (``edge.outputs.clip_paths``) are deleted with
+them; a reviewed detection's clip copy (``edge.outputs.reviews``) is never
+touched.
 
 ``Retention`` is a service: ``start()`` prunes once on its own thread at
 start, then every ``interval_s``; ``prune()`` does one pass and returns what
@@ -182,7 +183,7 @@ class Retention(Service):
         after = 0
         while done < limit and not self.stop_event.is_set():
             rows = db.execute(
-                f"SELECT d.seq, d.id, d.start_utc, d.created_utc FROM detections d WHERE d.seq > ? AND {protect} "
+                f"SELECT d.seq, d.id, d.start_utc, d.created_utc, d.label FROM detections d WHERE d.seq > ? AND {protect} "
                 f"ORDER BY d.seq LIMIT ?", [after, min(BATCH, limit - done)]).fetchall()
             if not rows:
                 break
@@ -235,21 +236,21 @@ class Retention(Service):
     def _delete_clips(self, rows, rep: PruneReport) -> None:
         if self.clips_dir is None or not rows:
             return
-        for _seq, det_id, start_utc, _created in rows:
-            day = self.clips_dir / str(start_utc)[:10]
-            if not day.is_dir():
+        from edge.outputs.clip_paths import clip_path
+
+        for _seq, det_id, start_utc, _created, label in rows:
+            p = clip_path(self.clips_dir, start_utc, label, det_id)
+            try:
+                size = p.stat().st_size
+                p.unlink()
+            except FileNotFoundError:
                 continue
-            for p in day.glob(f"*_{det_id[:8]}.wav"):
-                try:
-                    size = p.stat().st_size
-                    p.unlink()
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    log.error("retention: cannot delete clip %s: %s", p, exc)
-                    continue
-                rep.clips_deleted += 1
-                rep.clip_bytes += size
+            except OSError as exc:
+                log.error("retention: cannot delete clip %s: %s", p, exc)
+                continue
+            rep.clips_deleted += 1
+            rep.clip_bytes += size
+            day = p.parent
             try:
                 os.rmdir(day)  # only when empty
             except OSError:

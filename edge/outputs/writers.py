@@ -133,7 +133,9 @@ class RavenWriter(Writer):
         self.dir = Path(out_dir or ".")
         self.low_hz, self.high_hz = float(low_hz), float(high_hz)
         self.base = input_base(inputs)
+        self.dir.mkdir(parents=True, exist_ok=True)  # OSError now, before any audio, if it cannot be made
         self.written: list[Path] = []
+        self.errors: list[str] = []  # tables that could not be written (the detections are in the store)
         self._rows: list[Detection] = []
         self._source: str | None = None
 
@@ -165,18 +167,23 @@ class RavenWriter(Writer):
         if self._source is None:
             return
         path = self.path_for(self._source)
-        path.parent.mkdir(parents=True, exist_ok=True)
         rows = sorted(self._rows, key=lambda d: (d.offset_s, d.label))
-        with open(path, "w", newline="") as fh:
-            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-            w.writerow(RAVEN_COLUMNS)
-            for i, d in enumerate(rows, 1):
-                own = {"Selection": i, "View": "Spectrogram 1", "Channel": 1, "Low Freq (Hz)": f"{self.low_hz:.1f}",
-                       "High Freq (Hz)": f"{self.high_hz:.1f}"}
-                w.writerow([own[c] if f is None else _RAVEN_FORMATS.get(f, "{}").format(getattr(d, f))
-                            for c, f in RAVEN_FIELDS.items()])
-        self.written.append(path)
         self._source, self._rows = None, []
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w", newline="") as fh:
+                w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+                w.writerow(RAVEN_COLUMNS)
+                for i, d in enumerate(rows, 1):
+                    own = {"Selection": i, "View": "Spectrogram 1", "Channel": 1,
+                           "Low Freq (Hz)": f"{self.low_hz:.1f}", "High Freq (Hz)": f"{self.high_hz:.1f}"}
+                    w.writerow([own[c] if f is None else _RAVEN_FORMATS.get(f, "{}").format(getattr(d, f))
+                                for c, f in RAVEN_FIELDS.items()])
+        except OSError as exc:  # a full disk, a file where a folder should be: said, and the run goes on
+            self.errors.append(f"cannot write {path}: {(exc.strerror or str(exc)).lower()}")
+            log.error("%s", self.errors[-1])
+            return
+        self.written.append(path)
 
 
 def input_base(inputs: list | None) -> Path | None:

@@ -36,6 +36,7 @@ from edge.types import AudioBlock, DetectionSink
 from edge.sources.mic import CaptureListener
 
 if TYPE_CHECKING:
+    from edge.clock import StreamClock
     from edge.sources.mic import DeviceInfo, MicSource
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Daemon:
         self.runtime: Optional[Runtime] = None
         self.source: Optional[MicSource] = None
         self.watchdog: Optional[Watchdog] = None
+        self.clock: Optional[StreamClock] = None
         self.ready = False
         self.source_name = str(cfg.audio.device) if cfg.audio.device is not None else "default"
 
@@ -131,15 +133,27 @@ class Daemon:
         rt = self.runtime = Runtime(cfg, pipeline, store, health=self.health, stop=self.stop_event, sinks=sinks,
                                     running=running, model_store=model_store)
         rt.start_services(self.factories)
+        from edge.clock import anchor_after_store, stream_clock
+
+        self.clock = stream_clock()  # live times: the wall clock read once, then monotonic; steps recorded as such
+        anchor_after_store(self.clock, store, cfg.device_id, self.source_name)
         self.source = MicSource(cfg.audio, pipeline.sample_rate, CaptureEvents(rt, self.source_name),
-                                max_seconds=self.duration_s)
+                                max_seconds=self.duration_s, clock=self.clock)
         grace = 4 * max(cfg.audio.block_s, pipeline.hop_s, 0.5)  # no audio or window for this long: stalled
         self.watchdog = Watchdog(self.notifier, self.health.progressing, self.health.summary, self.stop_event,
                                  status_s=cfg.status_interval_s, grace_s=grace)
         self.watchdog.start()
         return rt
 
-    def _first_block(self, block: AudioBlock) -> None:
+    def _on_block(self, block: AudioBlock) -> None:
+        """After each block: a wall-clock step is logged and recorded (times stay on the stream's timeline);
+        the first one tells systemd the daemon is ready."""
+        rt = self.runtime
+        if self.clock is not None and rt is not None and rt.store is not None \
+                and (step := self.clock.check()) is not None:
+            from edge.clock import record_step
+
+            record_step(step, self.clock.now(), rt.store, self.cfg.device_id, self.source_name)
         if not self.ready:
             self.ready = True
             self.notifier.ready(self.health.summary())
@@ -169,7 +183,7 @@ class Daemon:
         try:
             rt = self.setup()
             assert self.source is not None
-            rt.run_source(self.source, on_block=self._first_block)
+            rt.run_source(self.source, on_block=self._on_block)
         finally:
             unstored = self.shutdown()
         if unstored and self.runtime is not None:

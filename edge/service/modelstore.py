@@ -14,7 +14,9 @@ loadable files. Temporary leftovers are removed on the next start.
 
 The state also carries the crash-loop counter: the starts of the daemon
 since the last swap that have not (yet) reached "healthy". It lives on disk
-so it survives the crashes it counts.
+so it survives the crashes it counts. Each start is [boot id, seconds since
+boot] (``edge.clock``), never the wall clock: an NTP step (a Pi has no
+real-time clock) cannot make it forget a crash.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.contract.record import utc_now as record_utc_now
+
+from edge.clock import boot_id, boot_time
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +92,11 @@ def entry_for(bundle, path: Path | str) -> dict[str, Any]:
 class ModelStore:
     """The models directory and its state file. Not thread-safe: one owner (the update service)."""
 
-    def __init__(self, models_dir: str | Path, clock=time.time):
+    def __init__(self, models_dir: str | Path, clock=boot_time):
         self.dir = Path(models_dir)
         self.state_path = self.dir / STATE_NAME
-        self._clock = clock
+        self._clock = clock  # seconds since boot: a wall-clock step cannot make the counter forget a crash
+        self._boot = boot_id()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state = self._read_state()
 
@@ -169,7 +174,7 @@ class ModelStore:
         """A new bundle becomes active; the old one is kept as previous. This run counts as a start."""
         old = self.active
         self.state.update(previous=old if old and not same(old, entry) else self.previous,
-                          active=entry, swap_utc=utc_now(), healthy=False, starts=[self._clock()])
+                          active=entry, swap_utc=utc_now(), healthy=False, starts=[self._stamp()])
         self.save()
         self.cleanup()
 
@@ -198,14 +203,26 @@ class ModelStore:
         """
         if self.state["healthy"] or not self.active:
             return None
-        now = self._clock()
-        crashes = [t for t in self.state["starts"] if now - t <= window_s]
+        now = self._stamp()
+        crashes = [s for s in self.state["starts"] if self._within(s, now, window_s)]
         self.state["starts"] = crashes + [now]
         self.save()
         if len(crashes) >= max_crashes:
             return (f"crash loop: {len(crashes)} crash(es) within {window_s:g} s of running "
                     f"{self.active['version']} (limit {max_crashes})")
         return None
+
+    def _stamp(self) -> list:
+        """A start: [boot id, seconds since boot] (never the wall clock, which NTP steps)."""
+        return [self._boot, self._clock()]
+
+    @staticmethod
+    def _within(start, now: list, window_s: float) -> bool:
+        """A start of this boot counts within ``window_s``; one of another boot (the interval is unknown: the
+        device was off in between) or an old wall-clock number counts too (the safe side: a rollback)."""
+        if isinstance(start, (list, tuple)) and len(start) == 2 and start[0] == now[0]:
+            return now[1] - start[1] <= window_s
+        return True
 
     def record_clean_stop(self) -> None:
         """A clean stop is not a crash: forget this run's start."""

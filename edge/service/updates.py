@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from edge.contract.bundle import Bundle, BundleError, load_bundle, parse_bundle
+from edge.contract.bundle import Bundle, BundleError, load_bundle, message_limit, parse_bundle
 from edge.config import DEFAULT_BUNDLE, DEFAULT_PUBLIC_KEY, Config
 from edge.contract.interpreter import InterpreterError, load_model
 from edge.service.modelstore import ModelStore, entry_for, utc_now
@@ -174,10 +174,10 @@ class UpdateService(Service):
         self._thread.start()
         if self.publisher is not None and self.topics is not None:
             if self.cfg.updates.enabled:
-                # up to 4x the limit reaches us, so that an oversized bundle is refused with a report
-                # (beyond that the MQTT client drops it with a log line)
+                # a little over the limit reaches us, so that a bundle just too big is refused with a report;
+                # beyond that the broker (MQTT 5: our maximum packet size) or the MQTT client drops it
                 for topic in (self.topics.model_channel(self.cfg.updates.channel), self.topics.model_set):
-                    self.publisher.subscribe(topic, self._on_message, 4 * self.max_bytes)
+                    self.publisher.subscribe(topic, self._on_message, message_limit(self.max_bytes))
             self.publish_report()
 
     def stop(self) -> None:

@@ -221,9 +221,13 @@ def header_time(path: Path, zone: Optional[tzinfo]) -> Optional[RecordingTime]:
     except (OSError, struct.error) as exc:
         log.warning("%s: WAV header unreadable, ignored (%s)", path, exc)
         return None
-    found = guano_time(chunks["guan"], zone, path.name) if "guan" in chunks else None
-    if found is None and "ICMT" in chunks:
-        found = audiomoth_time(chunks["ICMT"])
+    try:
+        found = guano_time(chunks["guan"], zone, path.name) if "guan" in chunks else None
+        if found is None and "ICMT" in chunks:
+            found = audiomoth_time(chunks["ICMT"])
+    except (ValueError, OverflowError) as exc:  # an offset past 24 h, a time at the calendar's ends
+        log.warning("%s: recorder header time unusable, ignored (%s)", path.name, str(exc)[:120])
+        return None
     return found
 
 

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 #: range, ample for detection) and halves the ring buffer; asking PortAudio for float
 #: makes ALSA insert a conversion plugin, which also misbehaves with ALSA's file device.
 DTYPE = "int16"
-MAX_DRIFT_S = 1.0  # block times count samples; re-anchored to the system clock past this
+MAX_DRIFT_S = 1.0  # block times count samples; re-anchored to the stream clock (monotonic, not NTP-stepped) past this
 
 
 class DeviceLost(RuntimeError):
@@ -124,8 +124,11 @@ class MicSource(AudioSource):
     time_source = "clock"
 
     def __init__(self, audio_cfg, sample_rate: int, listener: CaptureListener | None = None,
-                 max_seconds: float | None = None):
+                 max_seconds: float | None = None, clock=None):
+        from edge.clock import stream_clock
+
         self.cfg = audio_cfg
+        self.clock = clock or stream_clock()  # block times: anchored once, monotonic after (NTP steps do not show)
         self.sample_rate = int(sample_rate)
         self.listener = listener or CaptureListener()
         self.max_seconds = max_seconds  # stop after this much captured audio (surveys, tests, benches)
@@ -186,7 +189,8 @@ class MicSource(AudioSource):
                 raise
             rate = int(dev["default_samplerate"])
             sd.check_input_settings(device=index, channels=cfg.channels, dtype=DTYPE, samplerate=rate)
-        ring = RingBuffer(int(math.ceil(cfg.ring_buffer_s * rate)), cfg.channels, rate, dtype=np.int16)
+        ring = RingBuffer(int(math.ceil(cfg.ring_buffer_s * rate)), cfg.channels, rate, dtype=np.int16,
+                          clock=self.clock.now)
         self._ring = ring
         self._finished.clear()
         if self.max_seconds is not None:
@@ -262,7 +266,7 @@ class MicSource(AudioSource):
             except Exception as exc:
                 failures += 1
                 if lost_since is None:
-                    lost_since, lost_reason = time.time(), f"device unavailable: {exc}"
+                    lost_since, lost_reason = self.clock.now(), f"device unavailable: {exc}"
                 if failures == 1 or failures % 10 == 0:
                     log.warning("audio device %s unavailable (%s); retrying in %.1f s (attempt %d)",
                                 self.name, exc, backoff, failures)
@@ -274,21 +278,21 @@ class MicSource(AudioSource):
                 continue
             failures, backoff, self.info = 0, self.cfg.retry_initial_s, info
             log.info("listening on %s", info.describe())
-            self.listener.opened(info, datetime.now(timezone.utc))
+            self.listener.opened(info, _utc(self.clock.now()))
             pending_gap = lost_since  # reported once the first frame's time is known
             try:
                 yield from self._segment(stream, ring, info, stop, pending_gap, lost_reason)
                 lost_since = None
             except DeviceLost as exc:
                 self.device_losses += 1
-                lost_since, lost_reason = time.time(), f"device lost: {exc}"
+                lost_since, lost_reason = self.clock.now(), f"device lost: {exc}"
                 log.warning("audio device %s lost (%s); reopening", info.name, exc)
             finally:
                 self._close(stream)
                 self._trailing_gap(ring, info)
                 self._collect(ring)
                 self._ring = None
-                self.listener.closed(info, datetime.now(timezone.utc), lost_reason if lost_since else "stopped")
+                self.listener.closed(info, _utc(self.clock.now()), lost_reason if lost_since else "stopped")
             if self._limit_reached:
                 break
 

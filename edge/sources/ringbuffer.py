@@ -36,7 +36,7 @@ class Chunk:
 
 
 class RingBuffer:
-    def __init__(self, capacity: int, channels: int = 1, rate: int = 32000, dtype=np.float32):
+    def __init__(self, capacity: int, channels: int = 1, rate: int = 32000, dtype=np.float32, clock=time.time):
         if capacity <= 0 or channels <= 0:
             raise ValueError("capacity and channels must be positive")
         self.capacity = int(capacity)
@@ -51,6 +51,7 @@ class RingBuffer:
         self.driver_overflows = 0  # input overflows PortAudio reported
         self.dropped_frames = 0
         self._stamp = (0.0, 0)  # (wall clock, position) at the end of the last write, set as one
+        self._clock = clock  # the wall clock: the daemon's is edge.clock.StreamClock.now (steps do not show)
 
     # -- producer (the capture callback) ---------------------------------------
     def write(self, frames: np.ndarray, driver_overflow: bool = False) -> bool:
@@ -71,7 +72,7 @@ class RingBuffer:
         self._buf[i:i + first] = frames[:first]
         if first < n:
             self._buf[:n - first] = frames[first:]
-        self._stamp = (time.time(), w + n)
+        self._stamp = (self._clock(), w + n)
         self._w = w + n
         self._ready.set()
         return True
@@ -129,5 +130,5 @@ class RingBuffer:
             lost += self._gaps.popleft()[1]
         stamp_time, stamp_pos = self._stamp
         if stamp_pos == 0:  # nothing was ever written: the loss ends now
-            return time.time() - lost / self.rate, lost
+            return self._clock() - lost / self.rate, lost
         return stamp_time - (stamp_pos - r) / self.rate, lost

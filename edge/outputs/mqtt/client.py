@@ -92,8 +92,11 @@ class MQTTClient:
                  on_ack: Callable[[int, bool, str], None] = lambda mid, ok, reason: None,
                  on_reset: Callable[[], None] = lambda: None,
                  on_lost: Callable[[bool], None] = lambda unclean: None,
-                 max_inflight: int = 20, dispatch_queue: int = 64):
+                 max_inflight: int = 20, dispatch_queue: int = 64, max_packet_bytes: Optional[int] = None):
         self.cfg = cfg
+        # MQTT 5: the broker must not send us larger packets (it drops them), so no subscribed message can
+        # cost more memory than this; under 3.1.1 the size bounds of subscribe() still drop them (after reading)
+        self.max_packet_bytes = max_packet_bytes
         self.client_id = client_id
         self.stop_event = stop
         self.will = will
@@ -156,7 +159,14 @@ class MQTTClient:
         c.on_message = self._handle_message
         with self._client_lock:
             self._client = c
-        c.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        props = None
+        if proto == mqtt.MQTTv5 and self.max_packet_bytes:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.MaximumPacketSize = int(self.max_packet_bytes)
+        c.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, properties=props)
         c.loop_start()
 
     def _close(self) -> None:

@@ -46,6 +46,17 @@ from edge.clock import OutboxClock
 log = logging.getLogger(__name__)
 
 
+def max_packet_bytes(config: Config) -> int:
+    """The largest MQTT packet this device accepts (announced to an MQTT 5 broker, which then drops larger
+    ones): the largest subscribed message (a model bundle when updates are on) plus room for the headers."""
+    from edge.contract.bundle import message_limit
+
+    largest = config.mqtt.max_message_kb * 1024
+    if config.updates.enabled:
+        largest = max(largest, message_limit(int(config.model.max_bundle_mb * 2**20)))
+    return largest + 64 * 1024
+
+
 class Publisher(Service):
     """The MQTT side of the recorder, a ``Service``: ``handle`` takes new detections already stored.
 
@@ -59,7 +70,7 @@ class Publisher(Service):
     def __init__(self, cfg: MQTTConfig, device_id: str, outbox: Union[Outbox, Callable[[], Outbox]], *,
                  location: Any = None, health: Optional[HealthSource] = None, stop: Optional[threading.Event] = None,
                  sw_version: str = "", batch: int = 50, max_inflight: int = 100, poll_s: float = 5.0,
-                 state_dir: Any = None):
+                 state_dir: Any = None, max_packet_bytes: Optional[int] = None):
         self.cfg = cfg
         self.device_id = device_id
         self.topics = Topics(cfg.prefix, device_id, cfg.homeassistant.discovery_prefix)
@@ -103,10 +114,12 @@ class Publisher(Service):
         will = payloads.encode(payloads.status(device_id, "offline"))
         self.client = MQTTClient(cfg, cfg.client_id or f"dawnchorus-{device_id}", self.stop_event,
                                  will=(self.topics.status, will), on_connected=self._on_connected,
-                                 on_ack=self._on_ack, on_reset=self._on_reset, on_lost=self._on_lost)
+                                 on_ack=self._on_ack, on_reset=self._on_reset, on_lost=self._on_lost,
+                                 max_packet_bytes=max_packet_bytes)
 
     @classmethod
     def from_config(cls, config: Config, outbox, **kw) -> "Publisher":
+        kw.setdefault("max_packet_bytes", max_packet_bytes(config))
         return cls(config.mqtt, config.device_id, outbox, location=config.location, state_dir=config.state_dir, **kw)
 
     # ---- service ---------------------------------------------------------

@@ -72,6 +72,7 @@ class Sessions:
     def __init__(self, key: bytes | None = None, clock=time.time):
         self.key = key or secrets.token_bytes(32)
         self.clock = clock
+        self.revoked: dict[str, int] = {}  # nonce -> expiry, until it would have expired anyway
 
     def _mac(self, text: str) -> str:
         return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
@@ -84,9 +85,17 @@ class Sessions:
         if not cookie or cookie.count(".") != 2:
             return False
         expiry, nonce, mac = cookie.split(".")
-        if not hmac.compare_digest(mac, self._mac(f"{expiry}.{nonce}")):
+        if not hmac.compare_digest(mac, self._mac(f"{expiry}.{nonce}")) or nonce in self.revoked:
             return False
         return expiry.isdigit() and int(expiry) > self.clock()
+
+    def revoke(self, cookie: str | None) -> None:
+        """Log a session out (kept until its expiry; a restart forgets all sessions anyway)."""
+        if self.valid(cookie):
+            expiry, nonce, _ = cookie.split(".")
+            now = self.clock()
+            self.revoked = {n: e for n, e in self.revoked.items() if e > now}
+            self.revoked[nonce] = int(expiry)
 
     def csrf_token(self, cookie: str) -> str:
         return self._mac("csrf:" + cookie)[:32]

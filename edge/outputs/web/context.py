@@ -33,6 +33,7 @@ class WebContext:
     device_id: str = "recorder"
     health: Optional[Callable[[], dict]] = None  # live numbers (inside the daemon); else the health file
     status_interval_s: float = 30.0
+    clip_padding_s: float = 1.0  # clips.padding_s: where the event lies in its clip
     extra: dict = field(default_factory=dict)
 
     @property
@@ -78,7 +79,8 @@ class WebContext:
                    reviewed_clips_dir=paths["reviewed_clips_dir"], password_file=paths["password_file"],
                    models_dir=cfg.model.models_dir or cfg.state_dir / "models", bundle_path=cfg.model.bundle_path,
                    state_dir=cfg.state_dir, host=host, port=port, timezone=web.timezone or getattr(cfg.location, "timezone", None), page_size=web.page_size,
-                   device_id=cfg.device_id, health=health, status_interval_s=cfg.status_interval_s)
+                   device_id=cfg.device_id, health=health, status_interval_s=cfg.status_interval_s,
+                   clip_padding_s=cfg.clips.padding_s)
 
 
 def _local_tz() -> tzinfo:

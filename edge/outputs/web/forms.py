@@ -159,6 +159,7 @@ def logout(web):
         form = await _form(request)
         if not web.sessions.csrf_ok(cookie, form.get("csrf")):
             raise BadRequest("the form's token did not match: reload the page")
+        web.sessions.revoke(cookie)
         resp = RedirectResponse("/", status_code=303)
         resp.delete_cookie(COOKIE, path="/")
         return resp

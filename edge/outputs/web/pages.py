@@ -9,7 +9,7 @@ from starlette.requests import Request
 from edge.outputs.web import charts, modelinfo, sysinfo
 from edge.outputs.web.params import (BadRequest, check_id, check_known, check_label, get_date, get_int, get_label,
                                      get_score)
-from edge.outputs.web.queries import Cursor, parse_utc
+from edge.outputs.web.queries import REVIEW_FILTERS, Cursor, parse_utc
 
 
 def today(web):
@@ -29,17 +29,21 @@ def today(web):
         return web.render(request, "today.html", title="Today" if day == web.queries.today() else day.isoformat(),
                           day=day, rows=rows, fallback=fallback, total=sum(r["n"] for r in rows),
                           prev_day=day - timedelta(days=1), next_day=day + timedelta(days=1),
-                          is_today=day == web.queries.today(),
+                          is_today=day == web.queries.today(), latest=web.queries.latest_of_day(day) if rows else [],
                           chart=charts.bar_chart(hours, [f"{h:02d}" for h in range(24)], every=3,
-                                                 title=f"detections per hour, {day.isoformat()}", height=140))
+                                                 title=f"detections per hour, {day.isoformat()}", width=520,
+                                                 height=250))
     return page
 
 
 def detections(web):
     def page(request: Request):
         q = request.query_params
-        check_known(q, ("species", "date", "min_score", "before", "after"))
+        check_known(q, ("species", "date", "min_score", "review", "before", "after"))
         label, day, min_score = get_label(q), get_date(q), get_score(q)
+        review = q.get("review", "").strip() or None
+        if review is not None and review not in REVIEW_FILTERS:
+            raise BadRequest(f"review must be one of {', '.join(REVIEW_FILTERS)}, not {review[:40]!r}")
         try:
             before = Cursor.decode(q["before"]) if q.get("before") else None
             after = Cursor.decode(q["after"]) if q.get("after") else None
@@ -47,14 +51,14 @@ def detections(web):
             raise BadRequest("before/after must be a page cursor from this dashboard's own links") from None
         if before and after:
             raise BadRequest("give before or after, not both")
-        rows, older, newer = web.queries.detections_page(label=label, day=day, min_score=min_score, before=before,
-                                                         after=after, limit=web.ctx.page_size)
+        rows, older, newer = web.queries.detections_page(label=label, day=day, min_score=min_score, review=review,
+                                                         before=before, after=after, limit=web.ctx.page_size)
         reviews = web.reviews.latest_for([r["id"] for r in rows]) if rows else {}
         keep = {k: v for k, v in (("species", label), ("date", day and day.isoformat()),
-                                  ("min_score", q.get("min_score", "").strip())) if v}
+                                  ("min_score", q.get("min_score", "").strip()), ("review", review)) if v}
         return web.render(request, "detections.html", title="Detections", rows=rows, reviews=reviews,
                           species=web.queries.species_list(), label=label, day=day,
-                          min_score=q.get("min_score", "").strip(), keep=keep,
+                          min_score=q.get("min_score", "").strip(), review=review, keep=keep,
                           older=older and older.encode(), newer=newer and newer.encode())
     return page
 
@@ -69,12 +73,32 @@ def detection(web):
         review = web.reviews.latest(det_id)
         from edge.outputs.web.forms import find_clip
 
+        clip = find_clip(web, det)
         return web.render(request, "detection.html", title=det["common_name"] or det["label"], d=det,
-                          review=review, neighbours=web.queries.neighbours(det), has_clip=find_clip(web, det) is not None,
+                          review=review, neighbours=web.queries.neighbours(det), has_clip=clip is not None,
+                          span=clip and event_span(clip, det, web.ctx.clip_padding_s),
                           prev_id=web.queries.step(det, newer=False), next_id=web.queries.step(det, newer=True),
+                          unreviewed_id=web.queries.step(det, newer=False, unreviewed=True) if review else None,
                           labels=modelinfo.label_names(web.ctx.models_dir, web.ctx.bundle_path),
                           duration=(parse_utc(det["end_utc"]) - parse_utc(det["start_utc"])).total_seconds())
     return page
+
+
+def event_span(clip, det: dict, padding_s: float) -> tuple[float, float] | None:
+    """Where the event lies in its clip, as (x, width) out of 1000 (the clip starts ``padding_s``
+    before the event, or at the start of its source)."""
+    import wave
+
+    try:
+        with wave.open(str(clip), "rb") as w:
+            total = w.getnframes() / w.getframerate()
+    except (OSError, wave.Error, EOFError, ZeroDivisionError):
+        return None
+    if total <= 0:
+        return None
+    a = min(det["offset_s"], padding_s)
+    b = min(a + det["end_offset_s"] - det["offset_s"], total)
+    return round(1000 * a / total, 1), round(1000 * max(b - a, 0) / total, 1)
 
 
 def species_index(web):
@@ -156,8 +180,10 @@ def health(web):
         check_known(request.query_params, ())
         report, age = web.ctx.read_health()
         h = (report or {}).get("health", report or {})
+        level = next((h[k] for k in ("audio_level_dbfs", "audio_rms_dbfs") if h.get(k) is not None), None)
         stale = age is not None and age > 3 * max(web.ctx.status_interval_s, 10)
-        return web.render(request, "health.html", title="Health", h=h, report=report or {}, age=age, stale=stale,
+        return web.render(request, "health.html", title="Health", h=h, level=level, report=report or {}, age=age,
+                          stale=stale,
                           mqtt=(report or {}).get("mqtt") or {}, store=web.queries.store_figures(),
                           machine=sysinfo.machine(web.ctx.state_dir, (report or {}).get("pid")))
     return page

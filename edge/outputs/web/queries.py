@@ -14,6 +14,7 @@ which the species pages and counts read instead of scanning the detections.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -43,7 +44,10 @@ WEB_MIGRATIONS: list[str | list[str]] = [
     "CREATE INDEX IF NOT EXISTS detections_score ON detections(score)",
 ]
 OUTBOX_COUNT_CAP = 100_000
-SCORE_PLAN_CAP = 10_000
+REVIEWED = ("any", "correct", "wrong", "species")
+REVIEW_FILTERS = ("none", *REVIEWED)
+SCORE_PLAN_CAP = 1_000  # the least matches read by score
+PAGE_COST = 50  # a page's rows, for the plan choice
 
 
 iso_z = format_utc  # the store's UTC text (edge.contract.record)
@@ -136,9 +140,10 @@ class Queries:
 
     def day_summary(self, day: date) -> list[dict]:
         a, b = self.day_bounds(day)
+        # SQLite takes a bare column (id) from the row holding the one max() of the query: the best one
         rows = self._all(
-            "SELECT label, max(common_name) AS common_name, count(*) AS n, min(start_utc) AS first, "
-            "max(start_utc) AS last, max(score) AS best FROM detections WHERE start_utc >= ? AND start_utc < ? "
+            "SELECT label, common_name, count(*) AS n, min(start_utc) AS first, max(start_utc) AS last, "
+            "max(score) AS best, id AS best_id FROM detections WHERE start_utc >= ? AND start_utc < ? "
             "GROUP BY label ORDER BY n DESC, label", [a, b])
         hours: dict[str, list[int]] = {r["label"]: [0] * 24 for r in rows}
         for h in self._all(
@@ -147,15 +152,22 @@ class Queries:
             hours[h["label"]][self.local_hour(h["h"]).hour] += h["n"]  # at most 24 per species
         for r in rows:
             r["hours"] = hours[r["label"]]
-            best = self._one("SELECT id FROM detections WHERE label = ? AND start_utc >= ? AND start_utc < ? "
-                             "ORDER BY score DESC LIMIT 1", [r["label"], a, b])
-            r["best_id"] = best[0] if best else None
         return rows
+
+    def latest_of_day(self, day: date, limit: int = 8) -> list[dict]:
+        a, b = self.day_bounds(day)
+        return self._all("SELECT id, start_utc, label, common_name, score FROM detections "
+                         "WHERE start_utc >= ? AND start_utc < ? ORDER BY start_utc DESC, seq DESC LIMIT ?", [a, b, limit])
 
     # -- detections list --------------------------------------------------------
     def detections_page(self, *, label: str | None = None, day: date | None = None, min_score: float | None = None,
-                        before: Cursor | None = None, after: Cursor | None = None, limit: int = 50):
-        """(rows newest first, cursor of an older page or None, cursor of a newer page or None)."""
+                        review: str | None = None, before: Cursor | None = None, after: Cursor | None = None,
+                        limit: int = 50):
+        """(rows newest first, cursor of an older page or None, cursor of a newer page or None).
+
+        ``review``: ``none`` (not reviewed yet), ``any`` (reviewed), or the newest review's
+        verdict (``correct``, ``wrong``, ``species``).
+        """
         where, params = [], []
         if label:
             where.append("label = ?")
@@ -167,7 +179,16 @@ class Queries:
         if min_score is not None:
             where.append("score >= ?")
             params.append(min_score)
-        src = self._source(label, day, min_score)
+        if review == "none":  # dense: by time (or score), each row probed in the reviews index
+            where.append("NOT EXISTS (SELECT 1 FROM reviews r WHERE r.detection_id = detections.id)")
+        if review in REVIEWED:  # few: from the reviews (CROSS JOIN keeps them the outer loop), then sorted
+            verdict = "" if review == "any" else (
+                "WHERE verdict = ? AND id IN (SELECT max(id) FROM reviews GROUP BY detection_id)")
+            src = (f"(SELECT DISTINCT detection_id AS rid FROM reviews {verdict}) AS rv "
+                   "CROSS JOIN detections ON detections.id = rv.rid")
+            params = ([] if review == "any" else [review]) + params  # the source's parameter comes first
+        else:
+            src = self._source(label, day, min_score)
         ascending = after is not None and before is None
         page_where, page_params = list(where), list(params)
         if before is not None:
@@ -202,16 +223,20 @@ class Queries:
         Newest first by the time index is right when matches are dense (a page is found
         in the first few thousand rows); when they are few, walking the time index
         until the end costs a scan of the whole table. So: count the matches through
-        the score index, up to SCORE_PLAN_CAP; fewer than that, read them all by score
-        and sort them (cost: the matches); else by time. A day bounds the scan anyway.
+        the score index, up to sqrt(50 x rows) (7,000 at a million rows, where the two
+        costs meet; at least SCORE_PLAN_CAP); fewer than that, read them all by score and
+        sort them (cost: the matches); else by time. A day bounds the scan anyway.
         """
         if min_score is None or day is not None:
             return "detections"
         index = "detections_label_score" if label else "detections_score"
         cond, params = (("label = ? AND score >= ?", [label, min_score]) if label else ("score >= ?", [min_score]))
+        # reading m matches by score costs ~m; finding a page of p by time costs ~p * rows / m: equal at sqrt(p * rows)
+        rows = self._one("SELECT max(seq) FROM detections")[0] or 0
+        cap = max(SCORE_PLAN_CAP, int(math.sqrt(PAGE_COST * rows)))
         n = self._one(f"SELECT count(*) FROM (SELECT 1 FROM detections INDEXED BY {index} WHERE {cond} LIMIT ?)",
-                      [*params, SCORE_PLAN_CAP])[0]
-        if n < SCORE_PLAN_CAP:
+                      [*params, cap])[0]
+        if n < cap:
             return f"detections INDEXED BY {index}"
         # dense: by time, which the planner would not pick by itself (two constraints on the score index)
         return "detections INDEXED BY " + ("detections_label_start" if label else "detections_start")
@@ -232,10 +257,12 @@ class Queries:
             "WHERE start_utc >= ? AND start_utc <= ? ORDER BY start_utc, seq LIMIT ?",
             [iso_z(t - timedelta(seconds=span_s)), iso_z(t + timedelta(seconds=span_s)), limit])
 
-    def step(self, det: dict, newer: bool) -> str | None:
+    def step(self, det: dict, newer: bool, unreviewed: bool = False) -> str | None:
+        """The id of the next detection in time (newer or older), or of the next one not yet reviewed."""
         op, order = (">", "ASC") if newer else ("<", "DESC")
-        row = self._one(f"SELECT id FROM detections WHERE (start_utc, seq) {op} (?, ?) "
-                        f"ORDER BY start_utc {order}, seq {order} LIMIT 1", [det["start_utc"], det["seq"]])
+        cond = " AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.detection_id = detections.id)" if unreviewed else ""
+        row = self._one(f"SELECT id FROM detections INDEXED BY detections_start WHERE (start_utc, seq) {op} (?, ?)"
+                        f"{cond} ORDER BY start_utc {order}, seq {order} LIMIT 1", [det["start_utc"], det["seq"]])
         return row[0] if row else None
 
     # -- species ----------------------------------------------------------------

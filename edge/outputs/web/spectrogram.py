@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 TOP_DB = 80.0
 ROW_REPEAT = 2  # each mel band is drawn this many pixels high
+MAX_WIDTH = 1500  # columns; longer clips are compressed in time (10 ms a column up to 15 s)
 # magma-like colour scale: (position, r, g, b)
 _STOPS = [(0.0, 0, 0, 4), (0.13, 28, 16, 68), (0.25, 79, 18, 123), (0.38, 129, 37, 129), (0.5, 181, 54, 122),
           (0.63, 229, 80, 100), (0.75, 251, 135, 97), (0.88, 254, 194, 135), (1.0, 252, 253, 191)]
@@ -72,6 +73,9 @@ def render_png(wav_path: str | Path) -> bytes:
     if len(x) < params.n_fft:
         raise SpectrogramError(f"{wav_path}: too short to draw ({len(x)} samples)")
     db = LogMel(params).frames(x)  # (frames, mels)
+    if len(db) > MAX_WIDTH:  # a long event: neighbouring frames share a column (their loudest)
+        k = -(-len(db) // MAX_WIDTH)
+        db = np.pad(db, ((0, -len(db) % k), (0, 0)), mode="edge").reshape(-1, k, db.shape[1]).max(axis=1)
     top = float(db.max())
     scaled = np.clip((db - (top - TOP_DB)) / TOP_DB, 0, 1)
     idx = (scaled.T[::-1] * 255).round().astype(np.uint8)  # (mels, frames), high frequencies first
