@@ -40,6 +40,7 @@ from edge.config import Config, MQTTConfig
 from edge.types import HealthSource, Outbox, Service
 from edge.outputs.mqtt.client import Handler, MQTTClient
 from edge.outputs.mqtt.discovery import Discovery
+from edge.outputs.mqtt.ledger import Ledger
 from edge.outputs.mqtt.topics import Topics
 from edge.clock import OutboxClock
 
@@ -86,12 +87,8 @@ class Publisher(Service):
         self._max_inflight = max_inflight
         self._poll_s = poll_s
 
-        self._lock = threading.Lock()
-        self._inflight: dict[int, tuple[Optional[str], str]] = {}  # mid -> (detection id or None, topic)
-        self._inflight_ids: set[str] = set()
-        self._early_acks: dict[int, tuple[bool, str]] = {}  # acks that beat publish() returning
-        self._acked: list[str] = []
-        self._refused: set[str] = set()  # refused by the broker (ACL): not retried until reconnect
+        self._lock = threading.Lock()  # the re-send window's times
+        self.ledger = Ledger(self.topics.base)
         self._live: collections.deque = collections.deque()
         self._wake = threading.Event()
         self._just_connected = threading.Event()
@@ -101,7 +98,6 @@ class Publisher(Service):
         self._last_refill = time.monotonic()
         self._next_health = 0.0
         self._last_poll = 0.0
-        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()  # recently acknowledged ids: no live re-send
         self._started = time.monotonic()
         self._clock = OutboxClock()  # the re-send window's time (continued from the store's once it is open)
         self._last_ack_t: Optional[float] = None  # OutboxClock time of the broker's last acknowledgement
@@ -185,20 +181,14 @@ class Publisher(Service):
         self._wake.set()
 
     def _on_ack(self, mid: int, ok: bool, reason: str) -> None:
-        with self._lock:
-            if ok:
+        if ok:
+            with self._lock:
                 self._last_ack_t = self._clock.now()
-            if mid not in self._inflight:
-                self._early_acks[mid] = (ok, reason)
-                return
-            self._settle(mid, ok, reason)
+        self.ledger.ack(mid, ok, reason)
         self._wake.set()
 
     def _on_reset(self) -> None:
-        with self._lock:
-            self._inflight.clear()
-            self._inflight_ids.clear()
-            self._early_acks.clear()
+        self.ledger.reset()
 
     def _on_lost(self, unclean: bool) -> None:
         """The connection ended (network thread). Unclean: the broker may have lost what it acknowledged."""
@@ -211,27 +201,6 @@ class Publisher(Service):
                 self._requeue_since = since
         self._wake.set()
 
-    def _settle(self, mid: int, ok: bool, reason: str) -> None:  # with self._lock held
-        det_id, topic = self._inflight.pop(mid)
-        if not ok:
-            self.stats["refused"] += 1
-            n = self.stats["refused"]
-            # mosquitto also drops the connection after a refusal: say it once, then now and then
-            log.log(logging.ERROR if n == 1 or n % 100 == 0 else logging.DEBUG,
-                    "MQTT: the broker refused %s on %s: %s (%d refusals so far; check the broker's ACL "
-                    "allows this device to write under %s/); refused detections stay in the outbox",
-                    f"detection {det_id}" if det_id else "the message", topic, reason, n, self.topics.base)
-        if det_id is None:
-            return
-        self._inflight_ids.discard(det_id)
-        if ok:
-            self._acked.append(det_id)
-            self._recent[det_id] = None
-            if len(self._recent) > 10000:
-                self._recent.popitem(last=False)
-        else:
-            self._refused.add(det_id)
-
     # ---- sending ---------------------------------------------------------
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool, det_id: Optional[str]) -> Optional[int]:
         mid = self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -239,13 +208,7 @@ class Publisher(Service):
             return None
         if qos == 0:
             return mid
-        with self._lock:
-            self._inflight[mid] = (det_id, topic)
-            if det_id is not None:
-                self._inflight_ids.add(det_id)
-            early = self._early_acks.pop(mid, None)
-            if early is not None:
-                self._settle(mid, *early)
+        self.ledger.sent(mid, det_id, topic)
         return mid
 
     def _record(self, row: Mapping[str, Any]) -> Optional[Detection]:
@@ -255,8 +218,7 @@ class Publisher(Service):
         except ValueError as exc:
             log.error("MQTT: cannot make a message of a stored detection, skipped: %s", exc)
             if row.get("id"):
-                with self._lock:
-                    self._refused.add(row["id"])
+                self.ledger.refuse(row["id"])
             return None
 
     def _send_detection(self, det: Detection) -> bool:
@@ -265,13 +227,11 @@ class Publisher(Service):
             msg = payloads.detection(det, self.location)
         except ValueError as exc:
             log.error("MQTT: cannot make a message of a stored detection, skipped: %s", exc)
-            with self._lock:
-                self._refused.add(det.id)  # not again until the next connection
+            self.ledger.refuse(det.id)  # not again until the next connection
             return False
         det_id = msg["id"]
-        with self._lock:
-            if det_id in self._inflight_ids or det_id in self._refused or det_id in self._recent:
-                return False
+        if self.ledger.blocked(det_id):
+            return False
         if self._send(self.topics.detections, payloads.encode(msg), 1, False, det_id) is None:
             return False
         self.stats["published"] += 1
@@ -317,7 +277,7 @@ class Publisher(Service):
 
     def _step(self) -> None:
         self.client.maintain()
-        with self._lock:  # taken before the flush: the lost connection's acks are already in _acked
+        with self._lock:  # taken before the flush: the lost connection's acks are already in the ledger
             requeue_since, self._requeue_since = self._requeue_since, None
         self._flush_acks()
         if requeue_since is not None:
@@ -337,9 +297,7 @@ class Publisher(Service):
     def _requeue(self, since: float) -> None:
         """Back to the outbox: what was first acknowledged since ``since`` (OutboxClock), after an unclean loss."""
         ids = self._box().requeue_acked_since(since)
-        with self._lock:
-            for i in ids:
-                self._recent.pop(i, None)
+        self.ledger.forget(ids)
         self.stats["requeued"] += len(ids)
         if ids:
             log.info("MQTT: the connection dropped without a goodbye; the %d detections the broker acknowledged in "
@@ -347,8 +305,7 @@ class Publisher(Service):
                      "messages; consumers de-duplicate on id)", len(ids), self.cfg.resend_window_s)
 
     def _connected_now(self, now: float) -> None:
-        with self._lock:
-            self._refused.clear()
+        self.ledger.connected()
         self._backlog_pending = True
         self._tokens = 0.0
         self._last_refill = now
@@ -362,9 +319,8 @@ class Publisher(Service):
 
     def _send_live(self) -> None:
         while self._live:
-            with self._lock:
-                if len(self._inflight_ids) >= self._max_inflight:
-                    return
+            if self.ledger.in_flight() >= self._max_inflight:
+                return
             self._send_detection(self._live.popleft())
 
     def _send_backlog(self, now: float) -> None:
@@ -375,9 +331,9 @@ class Publisher(Service):
             if now - self._last_poll < self._poll_s:
                 return
         self._last_poll = now
-        with self._lock:
-            room = self._max_inflight - len(self._inflight_ids)
-            skip = len(self._inflight_ids) + len(self._refused)
+        in_flight = self.ledger.in_flight()
+        room = self._max_inflight - in_flight
+        skip = in_flight + self.ledger.refused()
         if room <= 0 or self._tokens < 1:
             return
         rows = self._box().unpublished(skip + min(self._batch, room, int(self._tokens)))
@@ -390,9 +346,7 @@ class Publisher(Service):
                 self._tokens -= 1
                 sent += 1
         self.stats["backlog_sent"] += sent
-        with self._lock:
-            waiting = len(self._inflight_ids)
-        self._backlog_pending = sent > 0 or waiting > 0
+        self._backlog_pending = sent > 0 or self.ledger.in_flight() > 0
         if not self._backlog_pending and self._drain is not None:
             self._drain["drained_s"] = round(time.monotonic() - self._drain["connected_at"], 3)
             self.drains.append(self._drain)
@@ -401,8 +355,7 @@ class Publisher(Service):
             self._drain = None
 
     def _flush_acks(self) -> None:
-        with self._lock:
-            ids, self._acked = self._acked, []
+        ids = self.ledger.take_acked()
         if ids:
             self._box().mark_published(ids, utc_now(), self._clock.now())
             self.stats["acked"] += len(ids)
@@ -425,7 +378,7 @@ class Publisher(Service):
     def mqtt_stats(self) -> dict:
         return {"protocol": self.client.protocol, "connects": self.client.connects,
                 "published": self.stats["published"], "acked": self.stats["acked"],
-                "backlog_sent": self.stats["backlog_sent"], "refused": self.stats["refused"],
+                "backlog_sent": self.stats["backlog_sent"], "refused": self.ledger.refusals,
                 "requeued": self.stats["requeued"]}
 
     def publish_health(self) -> None:
@@ -440,13 +393,9 @@ class Publisher(Service):
             self._send_live()
             self._send(self.topics.status, payloads.encode(payloads.status(self.device_id, "offline")), 1, True, None)
             end = time.monotonic() + min(timeout, 3.0)
-            while time.monotonic() < end:
-                with self._lock:
-                    if not self._inflight:
-                        break
+            while time.monotonic() < end and self.ledger.messages_in_flight():
                 time.sleep(0.02)
         self._flush_acks()
-        with self._lock:
-            left = len(self._inflight_ids)
+        left = self.ledger.in_flight()
         if left:
             log.info("MQTT: stopping with %d detections unacknowledged; they stay in the outbox", left)
