@@ -224,3 +224,35 @@ def test_unusable_url_is_named_and_the_service_stays_idle(caplog):
     finally:
         a.stop()
     assert "notaservice://" in caplog.text and "no usable notification URL" in caplog.text
+
+
+def test_no_signal_alarm_from_the_real_signal_guard_and_health(receiver):
+    """The pipeline's SignalGuard counts dead windows, Health reports them, the alerts service raises the alarm."""
+    import numpy as np
+
+    from edge.detection.guard import SignalGuard
+    from edge.service.health import Health
+
+    hop, window = 1000, 4000
+    guard, health = SignalGuard(hop), Health("garden")
+    a = service([receiver.url], health=health.snapshot, check_s=3600, no_signal_after=20)
+
+    def feed(x: np.ndarray, start: int) -> None:
+        guard.clean(x)
+        for s in range(start, start + len(x) - window + 1, hop):
+            guard.has_signal(s, window)
+        health.note_signal(guard)
+        a.check()
+
+    try:
+        silence = np.zeros(30 * hop, np.float32)  # a dead microphone: digital silence
+        feed(silence, 0)
+        assert health.snapshot()["no_signal_streak"] >= 20
+        song = (0.1 * np.sin(np.arange(30 * hop) / 3)).astype(np.float32)
+        feed(song, len(silence))
+        assert health.snapshot()["no_signal_streak"] == 0
+        assert wait_until(lambda: a.stats["sent"] == 2, 15)
+    finally:
+        a.stop()
+    assert [b["title"] for b in receiver.bodies] == ["dawnchorus: No signal on garden",
+                                                      "dawnchorus: Signal back on garden"]

@@ -78,6 +78,17 @@ class UpdateResult:
         return asdict(self)
 
 
+def release_heap() -> None:
+    """Give the heap freed by a large message back to the system (the daemon keeps up to 64 MB of freed heap
+    for the front-end's sake: edge/__main__.py), so a bundle's few copies do not stay in the RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def version_key(version: str) -> tuple:
     """Natural order: '1.10' > '1.9', '2024.06.01' > '2024.5.30'."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
@@ -213,6 +224,10 @@ class UpdateService(Service):
                 self.process(payload, origin)
             except Exception:  # never let one bundle end the updates thread
                 log.exception("unexpected error handling a bundle from %s", origin)
+            big = len(payload) > MB
+            del payload
+            if big:
+                release_heap()
             self._check_healthy()
 
     def _check_healthy(self) -> None:
