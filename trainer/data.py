@@ -275,7 +275,7 @@ class FrameCache:
             except (DatasetError, OSError) as exc:
                 bad.append((rec.id, str(exc)))
         if bad:
-            for f, why in bad:
+            for _, why in bad:
                 log.warning("unreadable, skipped: %s", why)
             ds.skipped.extend(bad)
             ds.recordings = [r for r in ds.recordings if r.id in out]
@@ -402,8 +402,9 @@ def grouped_split(ds: Dataset, val_fraction: float, seed: int = 0) -> tuple[list
     """(train ids, validation ids): per species, whole recordist groups go to validation
     until about val_fraction of its recordings; each species keeps at least one group on each side."""
     rng = np.random.default_rng(seed)
-    train, val = [], []
-    for lab, groups in sorted(_groups(ds).items()):
+    train: list = []
+    val: list = []
+    for _lab, groups in sorted(_groups(ds).items()):
         gl = [groups[g] for g in sorted(groups)]
         n = sum(len(g) for g in gl)
         target = val_fraction * n

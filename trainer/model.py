@@ -108,7 +108,7 @@ def set_trainable(parts: Parts, mode: str, finetune_blocks: int) -> None:
     first = N_BLOCKS + 1 - finetune_blocks
     for layer in bb.layers:
         layer.trainable = _block_index(layer.name) >= first
-    n = sum(int(l.trainable) for l in bb.layers)
+    n = sum(int(layer.trainable) for layer in bb.layers)
     log.info("fine-tuning %d of %d backbone layers (blocks >= %d)", n, len(bb.layers), first)
 
 

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 VERDICTS = ("correct", "wrong", "species")
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9 _.'()-]{1,80}$")
 
-MIGRATIONS = [
+MIGRATIONS: list[str | list[str]] = [
     """
     CREATE TABLE IF NOT EXISTS reviews (
         id INTEGER PRIMARY KEY,
@@ -130,7 +130,7 @@ class Reviews:
             "INSERT INTO reviews (detection_id, verdict, label, common_name, created_utc, reviewer, note) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)", [detection_id, verdict, label, common_name or "", utc_now(), reviewer, note[:500]])
         self._keep_clip(det)
-        return int(cur.lastrowid)
+        return int(cur.lastrowid or 0)
 
     def _keep_clip(self, det) -> None:
         if not (self.kept_dir and self.clips_dir):

@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 

@@ -357,6 +357,7 @@ class ParallelReplay:
         sources = dict(opened)
         try:
             current, skip = None, False
+            state: dict = {}
             for res in results:
                 i = res.unit.file
                 if i != current:
@@ -379,41 +380,34 @@ class ParallelReplay:
 
     def _begin_file(self, src: FileSource) -> dict:
         from edge.detection.postprocess import ModelInfo, PostProcessor, SourceInfo
-        from edge.service.runtime import SourceRun
 
         rt, p = self.runtime, self.runtime.pipeline
-        rt.source = src
-        for sink in rt.sinks:
-            sink.begin_source(src.name)
+        run = rt.begin_source(src)
         post = PostProcessor(ModelInfo.from_bundle(p.bundle), SourceInfo(p.device_id, src.name, src.time_source),
                              p.detection, p.clock)
-        return {"post": post, "run": SourceRun(src.name), "index": 0, "open": False}
+        return {"post": post, "run": run, "index": 0}
 
     def _take(self, out: FileOutcome, src: FileSource, state: dict, res: UnitResult) -> bool:
         """One unit's windows through post-processing into the store; True if the file broke off here."""
         from datetime import timedelta
 
         rt, p, run = self.runtime, self.runtime.pipeline, state["run"]
-        if not state["open"] and res.audio_end_s > 0:
-            rt.sessions.ensure_open(src.start_utc, src.name, p.bundle)
-            state["open"] = True
         post, k, dets = state["post"], state["index"], []
         for j in range(res.windows):
             dets += post.add(k + j, res.offsets[j], res.utcs[j], res.scores[j])
         state["index"] = k + res.windows
         if res.windows:
             rt.health.note_windows(res.windows, res.invoke_s / res.windows)
-        if dets:
-            rt.deliver(dets, run)
-        run.audio_s = max(run.audio_s, res.audio_end_s)
+        start_s = (res.unit.span or (0,))[0] / p.sample_rate
+        if res.audio_end_s > start_s or dets:  # the session, the detections: as the runtime does for a block
+            rt.took(run, src.start_utc + timedelta(seconds=start_s), src.start_utc + timedelta(seconds=res.audio_end_s),
+                    start_s, dets)
         run.decode_s += res.decode_s
         out.windows += res.windows
         out.frontend_s += res.frontend_s
         out.invoke_s += res.invoke_s
         out.workers.add(res.worker)
         out.peak_rss_mb = max(out.peak_rss_mb, res.peak_rss_mb)
-        if state["open"]:
-            rt.sessions.tick(src.start_utc + timedelta(seconds=run.audio_s), src.name, p.bundle)
         if res.error:
             run.error = res.error
             log.warning("%s", res.error)
@@ -421,14 +415,5 @@ class ParallelReplay:
         return False
 
     def _end_file(self, out: FileOutcome, src: FileSource, state: dict) -> None:
-        from datetime import timedelta
 
-        rt, run = self.runtime, state["run"]
-        dets = state["post"].close()
-        if dets:
-            rt.deliver(dets, run)
-        for sink in rt.sinks:
-            sink.end_source()
-        if state["open"]:
-            rt.sessions.close(src.start_utc + timedelta(seconds=run.audio_s))
-        out.run = run
+        out.run = self.runtime.end_source(state["run"], state["post"].close())

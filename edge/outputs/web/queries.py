@@ -18,6 +18,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 from datetime import date, datetime, timedelta, timezone, tzinfo
 
 from edge.contract.record import format_utc, parse_utc
@@ -133,10 +134,13 @@ class Queries:
     def local(self, utc_text: str | None) -> datetime | None:
         return parse_utc(utc_text).astimezone(self.tz) if utc_text else None
 
+    def local_date(self, utc_text: str) -> date:
+        return parse_utc(utc_text).astimezone(self.tz).date()
+
     # -- today ------------------------------------------------------------------
     def latest_day(self) -> date | None:
         row = self._one("SELECT max(start_utc) FROM detections")
-        return self.local(row[0]).date() if row and row[0] else None
+        return self.local_date(row[0]) if row and row[0] else None
 
     def day_summary(self, day: date) -> list[dict]:
         a, b = self.day_bounds(day)
@@ -168,7 +172,8 @@ class Queries:
         ``review``: ``none`` (not reviewed yet), ``any`` (reviewed), or the newest review's
         verdict (``correct``, ``wrong``, ``species``).
         """
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if label:
             where.append("label = ?")
             params.append(label)
@@ -291,7 +296,7 @@ class Queries:
         if first is None:
             return None
         last = self._one("SELECT max(start_utc) FROM detections WHERE label = ?", [label])[0]
-        last_day = self.local(last).date()
+        last_day = self.local_date(last)
         first_day = last_day - timedelta(days=days - 1)
         by_hour = [0] * 24
         counts: dict[date, int] = {}
@@ -328,7 +333,7 @@ class Queries:
 
     def latest_effort_day(self) -> date | None:
         row = self._one("SELECT max(start_utc) FROM effort")
-        return self.local(row[0]).date() if row and row[0] else None
+        return self.local_date(row[0]) if row and row[0] else None
 
     # -- health -----------------------------------------------------------------
     def store_figures(self) -> dict:
