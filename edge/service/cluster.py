@@ -15,6 +15,7 @@ which is all it needs (``pip install 'dawnchorus[cluster]'``).
 from __future__ import annotations
 
 import logging
+from typing import Any, Optional
 
 from edge.service.parallel import Unit, WorkSettings, analyse
 
@@ -45,8 +46,8 @@ class DaskExecutor:
         threads = self.client.nthreads()
         self.jobs = max(1, sum(threads.values()))
         self.description = f"Dask {address}: {len(threads)} worker(s), {self.jobs} thread(s)"
-        self._settings = None
-        self._futures = []
+        self._settings: Optional[tuple[WorkSettings, Any]] = None  # (settings, their scattered copy)
+        self._futures: list[Any] = []
 
     def submit(self, unit: Unit, settings: WorkSettings):
         if self._settings is None or self._settings[0] is not settings:

@@ -101,7 +101,7 @@ class ModelStore:
 
     # -- state file -------------------------------------------------------
     def _read_state(self) -> dict[str, Any]:
-        empty = {"schema": STATE_SCHEMA, "active": None, "previous": None, "swap_utc": None,
+        empty: dict[str, Any] = {"schema": STATE_SCHEMA, "active": None, "previous": None, "swap_utc": None,
                  "healthy": True, "starts": [], "refused": [], "rollbacks": [], "last_update": None}
         try:
             raw = self.state_path.read_bytes()
@@ -162,7 +162,7 @@ class ModelStore:
     def record_running(self, entry: dict) -> None:
         """Name the bundle running now as active when the state disagrees (first start, fallback)."""
         act = self.active
-        if same(act, entry) and act["file"] == entry["file"]:
+        if act is not None and same(act, entry) and act["file"] == entry["file"]:
             return
         self.state.update(active=entry, healthy=True, starts=[])
         if same(self.previous, entry):

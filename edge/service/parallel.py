@@ -76,9 +76,8 @@ class WorkSettings:
                        public_key_data=Path(self.public_key).read_bytes())
 
     def open(self, path: str, sample_rate: int, span: Optional[tuple[int, Optional[int]]] = None) -> FileSource:
-        kw = {"timezone": self.timezone} if self.timezone is not None else {}
         return FileSource(path, sample_rate, channel=self.channel, start_utc=self.start_utc, block_s=4.0,
-                          span=span, **kw)
+                          span=span, timezone=self.timezone)
 
 
 @dataclass(frozen=True)
@@ -183,7 +182,7 @@ def _pipeline(s: WorkSettings):
     from edge.contract.signing import load_public_key
     from edge.detection.pipeline import Pipeline
 
-    if s.bundle_data is not None:
+    if s.bundle_data is not None and s.public_key_data is not None:
         from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
         bundle = parse_bundle(s.bundle_data, load_pem_public_key(s.public_key_data), path=s.bundle,
@@ -393,8 +392,9 @@ class ParallelReplay:
 
         rt, p, run = self.runtime, self.runtime.pipeline, state["run"]
         post, k, dets = state["post"], state["index"], []
+        scores = res.scores if res.scores is not None else np.zeros((0, 0), np.float32)  # no windows: no scores
         for j in range(res.windows):
-            dets += post.add(k + j, res.offsets[j], res.utcs[j], res.scores[j])
+            dets += post.add(k + j, res.offsets[j], res.utcs[j], scores[j])
         state["index"] = k + res.windows
         if res.windows:
             rt.health.note_windows(res.windows, res.invoke_s / res.windows)

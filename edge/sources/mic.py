@@ -159,7 +159,10 @@ class MicSource(AudioSource):
             if room < frames:
                 indata = indata[:max(room, 0)]
                 frames = len(indata)
-        self._ring.write(indata, status.input_overflow)
+        ring = self._ring
+        if ring is None:  # the stream is closing
+            return
+        ring.write(indata, status.input_overflow)
         self._captured += frames
         if limit is not None and self._captured >= limit:
             self._limit_reached = True

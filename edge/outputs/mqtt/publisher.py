@@ -296,7 +296,7 @@ class Publisher(Service):
 
     def _requeue(self, since: float) -> None:
         """Back to the outbox: what was first acknowledged since ``since`` (OutboxClock), after an unclean loss."""
-        ids = self._box().requeue_acked_since(since)
+        ids = list(self._box().requeue_acked_since(since))
         self.ledger.forget(ids)
         self.stats["requeued"] += len(ids)
         if ids:
