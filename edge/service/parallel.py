@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from edge.sources import timed
 from edge.sources.file import FileSource, SourceError
 
 log = logging.getLogger(__name__)
@@ -218,15 +219,10 @@ def analyse(unit: Unit, settings: WorkSettings) -> UnitResult:
         if unit.start_utc is not None and source.time_source == "replay-time":
             source.start_utc = unit.start_utc
         p.begin(source.name, source.time_source)
-        blocks = source.blocks(None)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                block = next(blocks)
-            except StopIteration:
-                break
-            finally:
-                res.decode_s += time.perf_counter() - t0
+        def spent(seconds: float) -> None:
+            res.decode_s += seconds
+
+        for block in timed(source.blocks(None), spent):
             p.feed(block)
             res.audio_end_s = block.offset_s + len(block.samples) / p.sample_rate
     except SourceError as exc:

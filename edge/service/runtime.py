@@ -34,7 +34,7 @@ from edge.config import Config
 from edge.contract.record import Detection
 from edge.service.health import Health
 from edge.service.sessions import Sessions
-from edge.sources.file import SourceError
+from edge.sources import SourceError, timed
 from edge.types import AudioBlock, AudioSource, DetectionSink, Service
 
 if TYPE_CHECKING:  # loaded where used: the daemon starts in about a second
@@ -198,18 +198,15 @@ class Runtime:
         """Every block of ``source`` through the pipeline and out; the source's open events closed at its end."""
         p = self.pipeline
         run = self.begin_source(source)
-        blocks = source.blocks(self.stop_event)
+
+        def spent(seconds: float) -> None:
+            run.decode_s += seconds
+
+        blocks = timed(source.blocks(self.stop_event), spent)  # decoding time, without the pacing's waits
         if realtime:
             blocks = paced(blocks, p.sample_rate, self.stop_event)
         try:
-            while True:
-                t0 = time.perf_counter()
-                try:
-                    block = next(blocks)
-                except StopIteration:
-                    break
-                finally:
-                    run.decode_s += time.perf_counter() - t0
+            for block in blocks:
                 dets = self._feed(block)
                 for sink in self.sinks:
                     sink.add_audio(block)
