@@ -14,9 +14,9 @@ from collections import Counter
 from pathlib import Path
 
 from fixtures_mqtt import Broker, Collector, wait_until
-from mqtt_helpers import make_detections, mqtt_config
+from mqtt_helpers import make_detections, mqtt_config, store_then_publish
 
-from edge.outputs.mqtt.publisher import Publisher, StoreThenPublish
+from edge.outputs.mqtt.publisher import Publisher
 from edge.outputs.store import Store
 
 DET = "dawnchorus/dev1/detections"
@@ -47,7 +47,7 @@ def broker_crashes(work: Path, crashes: int, rng, log, window_s: float = 2.0, ra
         while not stop.is_set():
             d = make_detections(1, start=i)
             with lock:
-                StoreThenPublish(store, holder["pub"]).handle(d)
+                store_then_publish(store, holder["pub"], d)
             made[d[0].id] = time.monotonic()
             i += 1
             stop.wait(1.0 / rate_hz)

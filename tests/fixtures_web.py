@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -50,29 +49,7 @@ def replay_demo(state: Path) -> Path:
     subprocess.run([sys.executable, "-m", "edge", "replay", "--config", str(cfg), "--no-progress", "--format", "csv",
                     "--out", str(state / "replay.csv")], check=True, env=env_with_repo(), capture_output=True,
                    timeout=300)
-    if not any((state / "clips").rglob("*.wav")):
-        write_clips_like_the_daemon(state)
     return cfg
-
-
-def write_clips_like_the_daemon(state: Path) -> None:
-    """Clips of the stored detections through the daemon's ClipWriter (for a replay without clip support)."""
-    import sqlite3
-
-    from edge.outputs.clips import ClipWriter
-    from edge.sources import FileSource
-    from edge.types import Detection
-
-    db = sqlite3.connect(state / "detections.db")
-    db.row_factory = sqlite3.Row
-    rows = [dict(r) for r in db.execute("SELECT * FROM detections ORDER BY seq")]
-    db.close()
-    writer = ClipWriter(state / "clips", 32000, history_s=600)
-    for block in FileSource(rows[0]["source"], 32000).blocks(threading.Event()):
-        writer.add_audio(block)
-    fields = Detection.__dataclass_fields__
-    writer.handle([Detection(**{k: r[k] for k in fields}) for r in rows])
-    writer.flush()
 
 
 class WebServer:

@@ -103,3 +103,35 @@ def test_resends_queue_behind_the_real_backlog(tmp_path):
     assert store.last_acked_t() == 100.0
     assert store.requeue_acked_since(200.0) == []
     assert store.requeue_acked_since(100.0) == [d.id for d in old]
+
+
+def test_store_refusing_acknowledgements_logs_once_and_sends_nothing_twice(tmp_path, mqtt_broker, make_collector,
+                                                                            caplog):
+    """The store is locked by another process while the broker acknowledges: one error line (no traceback
+    every second), the acknowledgements are kept and recorded once the lock goes, and nothing is sent again."""
+    import logging
+    import time
+
+    from fixtures_faults import Locker
+
+    col = make_collector(mqtt_broker, [DET])
+    col.wait_subscribed()
+    path = tmp_path / "d.db"
+    store = Store(path)
+    dets = make_detections(8)
+    store.insert(dets)
+    ids = {d.id for d in dets}
+    lock = Locker(path)
+    pub = start_publisher(mqtt_broker, lambda: Store(path, timeout_s=0.2))
+    try:
+        assert col.wait_for(lambda c: set(c.ids(DET)) == ids, 20)
+        time.sleep(3)  # the outbox loop meets the locked store again and again
+        assert store.outbox_depth() == 8
+        lock.release()
+        assert wait_until(lambda: store.outbox_depth() == 0, 40)
+        assert Counter(col.ids(DET)) == Counter({i: 1 for i in ids})
+        errors = [r for r in caplog.records if r.name.startswith("edge.outputs.mqtt") and r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and errors[0].exc_info is None and "refuses" in errors[0].getMessage()
+    finally:
+        lock.release()
+        pub.stop()

@@ -2,8 +2,12 @@
 windows; ``--jobs 2`` stores exactly what ``--jobs 1`` stores, events merged across the pieces of a split file."""
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +15,7 @@ import soundfile as sf
 from fixtures_replay import SR, TONES, noise, tone_bursts
 
 from edge.contract.resample import resample
-from edge.service.parallel import InlineExecutor, Unit, WorkSettings, analyse, plan, results_in_order, split_points
+from edge.service.parallel import InlineExecutor, Unit, Work, analyse, plan, results_in_order, split_points
 from edge.sources import FileSource
 
 
@@ -60,20 +64,113 @@ def test_split_points_cover_every_window_once(n_samples, pieces):
             assert end == (k1 - 1) * hop + span
 
 
-def test_pieces_score_exactly_the_windows_of_the_whole_file(tmp_path, tone_bundle_path):
-    key = tone_bundle_path.parent / "signing.pub"
+def replay_job(bundle_path):
+    from edge.config import Config
+    from edge.service.replay import ReplayJob
+
+    cfg = Config.model_validate({"model": {"bundle": str(bundle_path),
+                                           "public_key": str(bundle_path.parent / "signing.pub")}})
+    return ReplayJob(cfg, use_store=False)
+
+
+def test_pieces_score_exactly_the_windows_of_the_whole_file(tmp_path, tone_bundle_path, tone_bundle):
     path = tmp_path / "20240501_050000.flac"
     write(path, resample(tones_program(200.0), SR, 48000), 48000)
-    settings = WorkSettings(str(tone_bundle_path), str(key), 32 << 20, None, None, "rec")
-    src = settings.open(str(path), SR)
-    from edge.contract.bundle import load_bundle
-    from edge.contract.signing import load_public_key
-
-    units = plan([(0, src)], load_bundle(tone_bundle_path, load_public_key(key)), None, jobs=2, piece_s=60)
+    work = Work(replay_job(tone_bundle_path))
+    src = FileSource(path, SR)
+    units = plan([(0, src)], tone_bundle, None, jobs=2, piece_s=60)
     assert len(units) == 3 and [u.last for u in units] == [False, False, True]
-    parts = list(results_in_order(InlineExecutor(), units, settings))
-    whole = analyse(Unit(0, str(path)), settings)
+    parts = list(results_in_order(InlineExecutor(), units, work))
+    whole = analyse(Unit(0, str(path)), work)
     assert [w for r in parts for w in r.offsets] == whole.offsets
     assert [w for r in parts for w in r.utcs] == whole.utcs
     np.testing.assert_array_equal(np.concatenate([r.scores for r in parts]), whole.scores)
     assert whole.windows == 1 + int((200 - 3) / 1.5) + 1  # every 1.5 s, and the tail window
+    assert parts[-1].end_utc == whole.end_utc and parts[-1].audio_end_s == pytest.approx(200.0)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def replay(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "edge", *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def table(db, name: str) -> list[dict]:
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    try:
+        return [{k: r[k] for k in r.keys() if k != "created_utc"} for r in con.execute(f"SELECT * FROM {name} ORDER BY rowid")]
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """Recordings at recorders' rates and formats, one long enough to be split, and a broken file."""
+    d = tmp_path_factory.mktemp("archive")
+    write(d / "20240501_050000.wav", tones_program(40.0), SR)
+    write(d / "20240501_051000.ogg", resample(tones_program(30.0), SR, 44100), 44100)
+    long = resample(tones_program(200.0), SR, 48000)
+    long[140 * 48000 : 160 * 48000] = 0.0  # digital silence: windows the signal guard does not score
+    long[int(20.5 * 48000) : int(20.5 * 48000) + 7] = np.nan  # non-finite samples (a float WAV can hold them)
+    sf.write(d / "20240501_052000.wav", long, 48000, subtype="FLOAT")
+    write(d / "20240501_053000.wav", resample(tones_program(35.0), SR, 22050), 22050)
+    (d / "20240501_054000.wav").write_text("not audio\n" * 40)
+    return d
+
+
+def csv_rows(path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return [{k: v for k, v in r.items() if k != "created_utc"} for r in csv.DictReader(fh)]
+
+
+def summary_lines(stderr: str) -> list[str]:
+    """The summary without its timing figures."""
+    import re
+
+    lines = [ln for ln in stderr.splitlines() if not re.match(r"^\d{4}-\d\d-\d\d ", ln) and "XNNPACK" not in ln]
+    return [re.sub(r"in [\d.]+ s, \d+x realtime|^store: \S+", "", ln) for ln in lines]
+
+
+def test_jobs_2_stores_exactly_what_jobs_1_stores(tmp_path, archive, tone_bundle_path):
+    key = tone_bundle_path.parent / "signing.pub"
+    runs = {}
+    for jobs in (1, 2):
+        db, out = tmp_path / f"j{jobs}.db", tmp_path / f"j{jobs}.csv"
+        r = replay("-v", "replay", archive, "--bundle", tone_bundle_path, "--public-key", key, "--db", db,
+                   "--format", "csv", "--out", out, "--jobs", jobs)
+        assert r.returncode == 1, r.stderr  # the broken file is refused, the rest stored
+        runs[jobs] = (db, out, r.stderr)
+    assert "5 unit(s) of work (4 file(s), 1 split into pieces) on 2 worker processes" in runs[2][2]
+    assert "analysed by 2 worker process(es)" in runs[2][2]
+    for name in ("detections", "effort"):
+        one, two = table(runs[1][0], name), table(runs[2][0], name)
+        assert one == two and one, name
+    dets = table(runs[1][0], "detections")
+    long = [d for d in dets if d["source"].endswith("052000.wav") and d["label"] == "Tonus_midus"]
+    assert long[-1]["end_offset_s"] == pytest.approx(200.0, abs=1.6)  # the last event reaches the end
+    assert any(d["offset_s"] < 99 < d["end_offset_s"] for d in long)  # one event across the pieces (split at 99 s)
+    assert {d["label"] for d in dets if d["source"].endswith("052000.wav")} == {"Tonus_midus", "Tonus_highus"}
+    assert csv_rows(runs[1][1]) == csv_rows(runs[2][1]) == [
+        {k: str(v) for k, v in d.items() if k in csv_rows(runs[1][1])[0]} for d in dets]
+    one, two = summary_lines(runs[1][2]), summary_lines(runs[2][2])
+    assert one == two and any("refused 1 file(s)" in ln for ln in one)
+    assert any("window(s) without signal not scored" in ln and "non-finite sample(s)" in ln for ln in one), one
+
+
+def test_clips_need_the_audio_so_replay_stays_in_one_process(tmp_path, archive, tone_bundle_path):
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text(f"state_dir: {tmp_path}\nstore:\n  path: {tmp_path / 'd.db'}\n"
+                   f"clips:\n  enabled: true\n  dir: {tmp_path / 'clips'}\n")
+    r = replay("-v", "replay", archive, "--config", cfg, "--bundle", tone_bundle_path, "--public-key",
+               tone_bundle_path.parent / "signing.pub", "--jobs", 2, "--format", "csv", "--out", os.devnull)
+    assert r.returncode == 1, r.stderr
+    assert "clips are on: replaying in this process (--jobs 1)" in r.stderr
+    assert "worker process" not in r.stderr
+    dets = table(tmp_path / "d.db", "detections")
+    assert dets and len(list((tmp_path / "clips").rglob("*.wav"))) == len(dets)

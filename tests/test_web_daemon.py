@@ -52,4 +52,7 @@ def test_daemon_runs_the_dashboard_and_keeps_clips(tmp_path, alsa_device, tones)
     assert len(sorted((state / "clips").rglob("*.wav"))) == len(dets)  # kept for the dashboard
     report = json.loads((state / "health.json").read_text())
     assert report["health"]["state"] == "stopped" and report["health"]["audio_device"] == name
+    quiet = 10 * __import__("math").log10(float((x[-SR // 2:] ** 2).mean()))  # the recording ends in noise
+    assert abs(report["health"]["audio_level_dbfs"] - quiet) < 3 and report["health"]["last_audio_utc"]
+    assert "audio level dBFS</span>" in pages["/health"] and "(not reported)" not in pages["/health"]
     assert report["mqtt"] == {"enabled": False} and report["pid"] == proc.pid

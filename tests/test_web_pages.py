@@ -22,6 +22,10 @@ PASSWORD = "dawn-chorus-test"
 def site(tmp_path_factory):
     state = tmp_path_factory.mktemp("web-state")
     cfg = replay_demo(state)
+    db = sqlite3.connect(state / "detections.db")
+    n = db.execute("SELECT count(*) FROM detections").fetchone()[0]
+    assert n >= 10 and len(list((state / "clips").rglob("*.wav"))) == n  # the replay kept a clip of each
+    db.close()
     cfg.write_text(cfg.read_text() + "web:\n  page_size: 10\n")
     subprocess.run([sys.executable, "-m", "edge", "web", "--config", str(cfg), "--set-password"], input=PASSWORD + "\n",
                    text=True, check=True, env=env_with_repo(), capture_output=True)

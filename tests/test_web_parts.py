@@ -266,13 +266,24 @@ def test_hourly_counts_follow_inserts_and_deletes(store):
 
 
 @pytest.mark.parametrize("zone", ["Europe/Paris", "Asia/Kolkata", "America/St_Johns", "Australia/Lord_Howe", "UTC"])
-def test_local_buckets_place_every_hour_of_a_year_like_the_zone_does(zone):
-    q = Queries(None, ZoneInfo(zone))
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    hours = [(t0 + timedelta(hours=i)).strftime("%Y-%m-%dT%H") for i in range(366 * 24)]
-    got = list(q.local_buckets([(h, 1) for h in hours]))
-    want = [(q.local_hour(h).date(), q.local_hour(h).hour, 1) for h in hours]
-    assert got == want
+def test_species_hours_and_days_follow_the_zone_across_a_year(store, zone):
+    """Detections every 7 h 13 min over a year (each hour of day, both sides of every DST change): the species
+    page's counts by local hour and by local day equal the zone's own conversion of each detection."""
+    tz = ZoneInfo(zone)
+    t0 = datetime(2026, 1, 1, 0, 20, tzinfo=timezone.utc)
+    times = [t0 + timedelta(minutes=433 * i) for i in range(1215)]
+    store.insert([det(i, t, "Vireo_latimeri") for i, t in enumerate(times)])
+    q = Queries(connect(store.path), tz)
+    q.migrate()
+    s = q.species("Vireo_latimeri", days=366)
+    # the hour's bucket is placed by the UTC hour's start, as the page does
+    local = [t.replace(minute=0).astimezone(tz) for t in times]
+    want_hours = [sum(1 for t in local if t.hour == h) for h in range(24)]
+    assert s["by_hour"] == want_hours and s["n"] == len(times)
+    want_days = {}
+    for t in local:
+        want_days[t.date()] = want_days.get(t.date(), 0) + 1
+    assert dict(zip(s["days"], s["by_day"])) == {d: want_days.get(d, 0) for d in s["days"]}
 
 
 def test_a_long_clip_is_compressed_in_time(tmp_path):
@@ -317,3 +328,40 @@ def test_review_filters_page_like_a_plain_query(store):
     first = conn.execute("SELECT * FROM detections ORDER BY start_utc DESC, seq DESC LIMIT 1").fetchone()
     nxt = q.step(dict(first), newer=False, unreviewed=True)
     assert nxt == next(i for i in order[1:] if i not in latest)
+
+
+def test_replay_keeps_a_clip_of_each_detection_file_after_file(tmp_path):
+    """clips.enabled in replay, two recordings in one run: every detection has its clip, and each clip holds
+    its own file's samples around the event (the clip writer finishes a file before the next one starts)."""
+    import subprocess
+    import sys
+    import threading
+
+    import soundfile as sf
+
+    from edge.cli.replay import demo_files
+    from edge.outputs.clip_paths import clip_path
+    from edge.sources import FileSource
+
+    x, rate = sf.read(str(demo_files()[0]), dtype="float32")
+    sf.write(str(tmp_path / "a.wav"), x, rate, subtype="PCM_16")
+    sf.write(str(tmp_path / "b.wav"), x[::-1].copy(), rate, subtype="PCM_16")  # the same birds, backwards
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"store: {{path: {tmp_path / 'd.db'}}}\nclips: {{enabled: true, dir: {tmp_path / 'clips'}}}\n")
+    r = subprocess.run([sys.executable, "-m", "edge", "replay", str(tmp_path / "a.wav"), str(tmp_path / "b.wav"),
+                        "--config", str(cfg), "--no-progress", "--format", "csv", "--out", str(tmp_path / "out.csv"),
+                        "--start-time", "2026-05-01T05:00:00Z"], capture_output=True, text=True, env=env_with_repo(),
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [dict(d) for d in connect(tmp_path / "d.db").execute("SELECT * FROM detections ORDER BY seq")]
+    assert len({d["source"] for d in rows}) == 2 and len(list((tmp_path / "clips").rglob("*.wav"))) == len(rows)
+    audio = {}
+    for src in {d["source"] for d in rows}:
+        y = np.concatenate([b.samples for b in FileSource(src, 32000).blocks(threading.Event())])
+        audio[src] = np.clip(y * 32767.0, -32768, 32767).astype(np.int16)
+    for d in rows:
+        with wave.open(str(clip_path(tmp_path / "clips", d["start_utc"], d["label"], d["id"]))) as w:
+            got = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+        a = max(int((d["offset_s"] - 1.0) * 32000), 0)
+        want = audio[d["source"]][a:a + len(got)]
+        assert len(got) > 32000 and np.array_equal(got, want), d["source"]

@@ -105,6 +105,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "(default: location.timezone from --config, else UTC; GUANO/AudioMoth headers carry their own)")
     p.add_argument("--config", type=Path, help="edge configuration file (detection settings, model, store, device id)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="worker processes; long files are split between them (default: the cores available)")
+    p.add_argument("--dask", metavar="ADDRESS", help="replay on the Dask cluster whose scheduler is at ADDRESS "
+                   "(e.g. tcp://10.0.0.5:8786; needs the cluster extra, see docs/scaling.md)")
     p.add_argument("--mqtt", action="store_true",
                    help="also publish the detections to the broker in --config's mqtt section (as when mqtt.enabled)")
     p.add_argument("--mqtt-wait", type=float, default=60.0, metavar="S",
@@ -151,10 +155,27 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Optional[Path]]:
     return cfg, cfg.store.path
 
 
+def _close(executor, status):
+    if executor is not None:
+        executor.close(cancel=True)
+    return status
+
+
+def _runs(rt, files, job, executor, progress: bool):
+    """(path, SourceRun) per file: in this process, or on worker processes / a cluster (edge.service.parallel)."""
+    from edge.service.replay import replay_file
+
+    if executor is not None:
+        from edge.service.parallel import replay_parallel
+
+        return replay_parallel(rt, files, job, executor, progress=progress)
+    return ((path, replay_file(rt, path, job, progress=progress)) for path in files)
+
+
 def run(args: argparse.Namespace) -> int:
     from edge.config import ConfigError
     from edge.contract.record import parse_utc
-    from edge.service.replay import ReplayJob, ReplaySetupError, open_replay, replay_file, start_services
+    from edge.service.replay import ReplayJob, ReplaySetupError, open_replay, start_services
 
     if args.mqtt and not args.config:
         print("error: --mqtt needs --config FILE with an mqtt section (host, port, ...)", file=sys.stderr)
@@ -184,32 +205,55 @@ def run(args: argparse.Namespace) -> int:
     if start_utc is not None and len(files) > 1:
         log.warning("--start-time applies to every one of the %d files", len(files))
 
+    executor = None  # worker processes or a cluster: started first, they load the model while this process does
+    if (args.jobs != 1 or args.dask) and not args.realtime:
+        from edge.service.parallel import available_cores, start_workers
+
+        try:
+            executor = start_workers(job, args.jobs or available_cores(), args.dask, files)
+        except RuntimeError as exc:  # edge.service.cluster.ClusterError: no cluster there
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     try:
         rt = open_replay(job, stop=stop, services=False)
     except ReplaySetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _close(executor, 2)
     fe = rt.pipeline.bundle.frontend
     try:
         writer = make_writer(args.format, args.out, low_hz=fe.fmin, high_hz=fe.fmax, inputs=paths)
     except OSError as exc:
         rt.stop()
         print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return _close(executor, 2)
     rt.sinks.append(writer)
+    if job.use_store:  # clips.enabled (or web.enabled): a clip of each detection, as the daemon keeps them
+        from edge.outputs.clips import ClipWriter
+
+        try:
+            clips = ClipWriter.from_config(cfg, rt.pipeline.sample_rate)
+        except OSError as exc:
+            rt.stop()
+            print(f"error: cannot write clips to {cfg.clips.dir}: {exc.strerror or exc}", file=sys.stderr)
+            return _close(executor, 2)
+        if clips is not None:
+            rt.sinks.append(clips)
+            if executor is not None:  # clips are cut from the audio, which only this process would see
+                log.warning("clips are on: replaying in this process (--jobs 1)")
+                executor = _close(executor, None)
     try:
         start_services(rt)  # MQTT (when on): sends what the replay stores, and the outbox left from before
     except ReplaySetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _close(executor, 2)
 
     progress = not args.no_progress and sys.stderr.isatty()
     interrupted = False
     t0 = time.perf_counter()
     try:
-        for path in files:
-            stats.add(path, replay_file(rt, path, job, progress=progress))
+        for path, run in _runs(rt, files, job, executor, progress):
+            stats.add(path, run)
     except KeyboardInterrupt:
         interrupted = True
         stop.set()

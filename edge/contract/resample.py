@@ -25,7 +25,7 @@ samples of any part of a file depend only on the file, not on where reading
 began: a worker that starts at block ``b`` (``edge.sources.pieces``) computes
 bit for bit what a replay of the whole file computes there, so a long file
 split over several processes gives exactly the results of one process.
-A microphone stream is continuous and must not wait 10 s for a block, so
+A microphone stream is continuous and must not wait seconds for a block, so
 live capture uses ``StreamResampler``.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 QUALITY = "HQ"
 
 
-BLOCK_S = 10.0  # files are resampled in blocks of this much input, each on its own
+BLOCK_S = 5.0  # files are resampled in blocks of this much input, each on its own
 MARGIN_S = 0.1  # of neighbouring input either side of a block (the filter's support is a few ms)
 
 

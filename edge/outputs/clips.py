@@ -26,7 +26,7 @@ import time
 import wave
 from collections import deque
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -59,6 +59,21 @@ class ClipWriter(DetectionSink):
         self._files: deque[tuple[float, str, int]] = deque()  # (mtime, path, size), oldest first
         self._total = 0
         self._scan()
+
+    @classmethod
+    def from_config(cls, cfg, sample_rate: int) -> Optional["ClipWriter"]:
+        """The clip writer a configuration asks for: ``clips.enabled``, or the dashboard on
+        (``web.enabled``: it plays and draws the clips); None when neither."""
+        if not (cfg.clips.enabled or cfg.web.enabled):
+            return None
+        c = cfg.clips
+        return cls(c.dir, sample_rate, padding_s=c.padding_s, max_disk_mb=c.max_disk_mb,
+                   min_free_mb=cfg.store.reserve_mb)
+
+    def end_source(self) -> None:
+        """The source ended: write the clips still waiting; the next source counts its samples from 0."""
+        self.flush()
+        self._end = 0
 
     def _scan(self) -> None:
         found = []

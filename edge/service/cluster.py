@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from edge.service.parallel import Unit, WorkSettings, analyse
+from edge.service.parallel import Unit, Work, analyse
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class ClusterError(RuntimeError):
 class DaskExecutor:
     """Units on the workers of the Dask scheduler at ``address``."""
 
-    def __init__(self, address: str, *, timeout_s: float = 20.0):
+    def __init__(self, address: str, *, timeout_s: float = 10.0):
         try:
             from distributed import Client
         except ImportError:
@@ -46,14 +46,14 @@ class DaskExecutor:
         threads = self.client.nthreads()
         self.jobs = max(1, sum(threads.values()))
         self.description = f"Dask {address}: {len(threads)} worker(s), {self.jobs} thread(s)"
-        self._settings: Optional[tuple[WorkSettings, Any]] = None  # (settings, their scattered copy)
+        self._work: Optional[tuple[Work, Any]] = None  # (work, its scattered copy)
         self._futures: list[Any] = []
 
-    def submit(self, unit: Unit, settings: WorkSettings):
-        if self._settings is None or self._settings[0] is not settings:
+    def submit(self, unit: Unit, work: Work):
+        if self._work is None or self._work[0] is not work:
             # the bundle's bytes once to every worker, not with every unit
-            self._settings = (settings, self.client.scatter(settings.with_data(), broadcast=True, hash=False))
-        f = self.client.submit(analyse, unit, self._settings[1], pure=False)
+            self._work = (work, self.client.scatter(work.with_data(), broadcast=True, hash=False))
+        f = self.client.submit(analyse, unit, self._work[1], pure=False)
         self._futures.append(f)
         return f
 

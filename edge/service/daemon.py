@@ -128,8 +128,7 @@ class Daemon:
         if cfg.clips.enabled or cfg.web.enabled:  # the dashboard plays and draws the clips
             from edge.outputs.clips import ClipWriter
 
-            sinks.append(ClipWriter(cfg.clips.dir, pipeline.sample_rate, padding_s=cfg.clips.padding_s,
-                                    max_disk_mb=cfg.clips.max_disk_mb, min_free_mb=cfg.store.reserve_mb))
+            sinks.append(ClipWriter.from_config(cfg, pipeline.sample_rate))
         rt = self.runtime = Runtime(cfg, pipeline, store, health=self.health, stop=self.stop_event, sinks=sinks,
                                     running=running, model_store=model_store)
         rt.start_services(self.factories)

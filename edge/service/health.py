@@ -15,6 +15,7 @@ it can resume when the device returns.
 """
 from __future__ import annotations
 
+import math
 import shutil
 import threading
 import time
@@ -53,6 +54,8 @@ class Health:
         self.last_audio = 0.0
         self.last_window = 0.0
         self.last_waiting = 0.0
+        self.audio_level_dbfs: float | None = None  # RMS of the newest block; -120: digital silence
+        self.last_audio_wall: datetime | None = None
         self._lock = threading.Lock()  # only for the few multi-field updates
 
     # -- writers -----------------------------------------------------------------
@@ -63,6 +66,17 @@ class Health:
         if self.state not in ("listening", "stopping"):
             self.state = "listening"
             self.last_window = now  # a new segment needs a window's worth of audio before its first window
+
+    def note_level(self, samples) -> None:
+        """The audio level of the newest block (RMS, dBFS) and when it came (wall clock), for the dashboard."""
+        import numpy as np  # loaded already: the pipeline runs on it
+
+        x = np.asarray(samples, dtype=np.float32)
+        if x.size:
+            ms = float(np.dot(x, x)) / x.size
+            self.audio_level_dbfs = round(10 * math.log10(ms), 1) if math.isfinite(ms) and ms > 1e-12 else (
+                -120.0 if math.isfinite(ms) else None)
+        self.last_audio_wall = datetime.now(timezone.utc)
 
     def note_windows(self, n: int, seconds_each: float) -> None:
         if n <= 0:
@@ -132,6 +146,8 @@ class Health:
             "audio_device": self.device,
             "capture_rate": self.capture_rate,
             "audio_s": round(self.audio_s, 1),
+            "audio_level_dbfs": self.audio_level_dbfs,
+            "last_audio_utc": format_utc(self.last_audio_wall) if self.last_audio_wall else None,
             "windows_processed": self.windows,
             "inference_latency_ms": round(self.latency_ms, 2),
             "inference_latency_max_ms": round(self.latency_max_ms, 2),

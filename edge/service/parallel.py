@@ -7,10 +7,12 @@ boundaries. A worker (``analyse``, in its own interpreter: a ``spawn`` or
 resamples its unit (``FileSource(span=...)`` gives bit for bit the samples
 the whole file gives there), computes the front-end and runs the model, and
 returns the scores of every window with its offset and time - not
-detections. The parent (``ParallelReplay``) feeds the windows of each file,
-in order, to one post-processor and stores the events through the runtime,
-so events that cross a piece boundary merge, ids, progress, the stored rows
-and the summary are those of one job, and no window is lost or doubled.
+detections. It does so through the runtime's own per-source loop
+(``edge.service.replay.open_replay`` without a store, ``Runtime.run_source``).
+The parent (``ParallelReplay``) feeds the windows of each file, in order, to
+one post-processor and stores the events through its runtime, so events
+that cross a piece boundary merge, ids, progress, the stored rows and the
+summary are those of one job, and no window is lost or doubled.
 
 One writer, the parent, because workers send back a few hundred bytes per
 window (less than 1 % of their work) and SQLite takes one writer at a time:
@@ -27,12 +29,11 @@ import resource
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Callable, Iterable, Optional, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from edge.sources import timed
 from edge.sources.file import FileSource, SourceError
 
 log = logging.getLogger(__name__)
@@ -50,35 +51,28 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-@dataclass(frozen=True)
-class WorkSettings:
-    """Everything a worker needs to build the pipeline the parent would (picklable)."""
+def open_source(path: str, sample_rate: int, job, span: Optional[tuple[int, Optional[int]]] = None) -> FileSource:
+    """The file as ``edge.service.replay.replay_file`` opens it (not paced), or a span of it; in 2 s blocks
+    (the same results as 4 s: frames do not depend on block boundaries; a worker peaks 4 MB lower)."""
+    return FileSource(path, sample_rate, channel=job.channel, start_utc=job.start_utc,
+                      timezone=job.cfg.location.timezone, block_s=2.0, span=span)
 
-    bundle: str
-    public_key: str
-    max_bundle_bytes: int
-    overlap_s: Optional[float]
-    detection: Any  # edge.config DetectionConfig or None
-    device_id: str
-    channel: Optional[int] = None
-    start_utc: Optional[datetime] = None
-    timezone: Optional[str] = None
-    threads: int = 1
-    #: the bundle and public key themselves, for workers on other machines (a cluster); else read from the paths
+
+@dataclass(frozen=True)
+class Work:
+    """What a worker needs: the replay's job and, for workers on other machines, the bundle and key bytes."""
+
+    job: Any  # edge.service.replay.ReplayJob
     bundle_data: Optional[bytes] = field(default=None, repr=False)
     public_key_data: Optional[bytes] = field(default=None, repr=False)
 
-    def with_data(self) -> "WorkSettings":
-        """These settings carrying the bundle's and the key's bytes (workers need not see the paths)."""
+    def with_data(self) -> "Work":
         from dataclasses import replace
         from pathlib import Path
 
-        return replace(self, bundle_data=Path(self.bundle).read_bytes(),
-                       public_key_data=Path(self.public_key).read_bytes())
-
-    def open(self, path: str, sample_rate: int, span: Optional[tuple[int, Optional[int]]] = None) -> FileSource:
-        return FileSource(path, sample_rate, channel=self.channel, start_utc=self.start_utc, block_s=4.0,
-                          span=span, timezone=self.timezone)
+        m = self.job.cfg.model
+        return replace(self, bundle_data=Path(m.bundle_path).read_bytes(),
+                       public_key_data=Path(m.public_key_path).read_bytes())
 
 
 @dataclass(frozen=True)
@@ -86,11 +80,12 @@ class Unit:
     """A whole file (``span`` None) or output samples ``span`` of it, windows from ``first_window``."""
 
     file: int  # index in the replay's list of files
-    path: str
+    path: str  # absolute: workers elsewhere do not share our working directory
     span: Optional[tuple[int, Optional[int]]] = None
     first_window: int = 0
     last: bool = True  # the file's last unit: it also scores the tail window
     start_utc: Optional[datetime] = None  # the file's start when it came from the parent's clock
+    own_end: Optional[int] = None  # where the next piece's samples begin (pieces overlap by a window)
 
 
 @dataclass
@@ -100,11 +95,15 @@ class UnitResult:
     utcs: list[datetime] = field(default_factory=list)
     scores: Optional[np.ndarray] = None  # (windows, labels) float32
     audio_end_s: float = 0.0  # offset of the end of the audio analysed
+    end_utc: Optional[datetime] = None  # and its time
     error: Optional[str] = None  # the SourceError that cut the unit short
+    no_signal_windows: int = 0  # the signal guard's counts (edge.detection.guard), for the summary
+    nonfinite_samples: int = 0  # in this unit's own samples (not those the next piece also reads)
     decode_s: float = 0.0
     frontend_s: float = 0.0
     invoke_s: float = 0.0
     wall_s: float = 0.0
+    cpu_s: float = 0.0
     worker: str = ""
     peak_rss_mb: float = 0.0
 
@@ -162,48 +161,68 @@ def plan(sources: Sequence[tuple[int, FileSource]], bundle, overlap_s: Optional[
         pieces = int(n / sr // piece_s) if jobs > 1 and seeks and n / sr >= 1.5 * piece_s else 1
         pts = split_points(n, hop, span, pieces)
         for j, (k0, first, end) in enumerate(pts):
-            units.append(Unit(i, str(src.path), (first, end) if len(pts) > 1 else None, k0, j == len(pts) - 1, t0))
+            last = j == len(pts) - 1
+            units.append(Unit(i, str(src.path.resolve()), (first, end) if len(pts) > 1 else None, k0, last, t0,
+                              None if last else pts[j + 1][1]))
     return units
 
 
 # -- the work (worker) -------------------------------------------------------------------
 
-_LOCAL = threading.local()  # one pipeline per worker thread (a Dask worker may run several)
+_LOCAL = threading.local()  # one runtime per worker thread (a Dask worker may run several)
 
 
-def _pipeline(s: WorkSettings):
-    """The worker's pipeline for these settings, built once per process (per thread)."""
-    key = (s.bundle, s.public_key, s.max_bundle_bytes, s.overlap_s, repr(s.detection), s.device_id, s.threads,
-           hash(s.bundle_data))
-    cached = getattr(_LOCAL, "pipeline", None)
+def _runtime(work: Work):
+    """The worker's runtime (model and pipeline, no store, no services), built once per process (thread)."""
+    key = (repr(work.job), hash(work.bundle_data))
+    cached = getattr(_LOCAL, "runtime", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    from edge.contract.bundle import load_bundle, parse_bundle
-    from edge.contract.interpreter import load_model
-    from edge.contract.signing import load_public_key
-    from edge.detection.pipeline import Pipeline
+    from dataclasses import replace
 
-    if s.bundle_data is not None and s.public_key_data is not None:
-        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    from edge.service.replay import open_replay
 
-        bundle = parse_bundle(s.bundle_data, load_pem_public_key(s.public_key_data), path=s.bundle,
-                              max_bytes=s.max_bundle_bytes)
-    else:
-        bundle = load_bundle(s.bundle, load_public_key(s.public_key), max_bytes=s.max_bundle_bytes)
-    p = Pipeline(bundle, load_model(bundle, num_threads=s.threads), detection=s.detection,
-                 overlap_s=s.overlap_s, device_id=s.device_id)
-    _LOCAL.pipeline = (key, p)
-    return p
+    job = replace(work.job, use_store=False, realtime=False)
+    if work.bundle_data is not None:  # sent along: kept in a private directory of this worker
+        import hashlib
+        import tempfile
+        from pathlib import Path
+
+        d = Path(tempfile.gettempdir()) / f"dawnchorus-{os.getuid()}" / hashlib.sha256(work.bundle_data).hexdigest()[:16]
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (d / "model.bundle").write_bytes(work.bundle_data)
+        (d / "model.pub").write_bytes(work.public_key_data)
+        model = job.cfg.model.model_copy(update={"bundle": d / "model.bundle", "public_key": d / "model.pub"})
+        job = replace(job, cfg=job.cfg.model_copy(update={"model": model}))
+    rt = open_replay(job, services=False)
+    rt.pipeline._new_post = _WindowsOnly  # events are made by the parent, from every piece's windows
+    _LOCAL.runtime = (key, rt)
+    return rt
+
+
+class _WindowsOnly:
+    """A worker's post-processor: none (the parent's post-processes every file's windows in order)."""
+
+    def add(self, *args) -> list:
+        return []
+
+    def close(self) -> list:
+        return []
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def analyse(unit: Unit, settings: WorkSettings) -> UnitResult:
-    """Decode, front-end and model for one unit: the scores of its windows (runs in a worker)."""
-    t_start = time.perf_counter()
-    p = _pipeline(settings)
+def analyse(unit: Unit, work: Work) -> UnitResult:
+    """Decode, front-end and model for one unit: the scores of its windows (runs in a worker).
+
+    A piece that is not the file's last ends with its last window's samples, so the end of the
+    source adds no tail window; only the last piece (or a piece whose decoding broke off) has one.
+    """
+    t_start, c_start = time.perf_counter(), time.process_time()
+    rt = _runtime(work)
+    p = rt.pipeline
     res = UnitResult(unit, worker=f"{os.uname().nodename}:{os.getpid()}")
     rows: list[np.ndarray] = []
 
@@ -212,29 +231,35 @@ def analyse(unit: Unit, settings: WorkSettings) -> UnitResult:
         res.utcs.append(start_utc)
         rows.append(np.asarray(scores, dtype=np.float32))
 
-    s0 = dict(p.stats)
-    p.on_window = on_window
+    s0, g0 = dict(p.stats), p.guard.no_signal_windows
     try:
-        source = settings.open(unit.path, p.sample_rate, unit.span)
+        source = open_source(unit.path, p.sample_rate, work.job, unit.span)
+    except SourceError as exc:
+        res.error = str(exc)
+    else:
         if unit.start_utc is not None and source.time_source == "replay-time":
             source.start_utc = unit.start_utc
-        p.begin(source.name, source.time_source)
-        def spent(seconds: float) -> None:
-            res.decode_s += seconds
+        sr = p.sample_rate
 
-        for block in timed(source.blocks(None), spent):
-            p.feed(block)
-            res.audio_end_s = block.offset_s + len(block.samples) / p.sample_rate
-    except SourceError as exc:
-        res.error = f"{exc} ({res.audio_end_s:.1f} s analysed before the error)"
-    finally:
-        if unit.last or res.error:
-            p.finish()  # the tail window (one job scores it at the end of the file, or where decoding broke off)
-        p.on_window = None
+        def on_block(block):
+            res.end_utc = block.start_utc + timedelta(seconds=len(block.samples) / sr)  # as run_source has it
+            first = round(block.offset_s * sr)
+            own = block.samples if unit.own_end is None else block.samples[: max(0, unit.own_end - first)]
+            if len(own):
+                res.nonfinite_samples += len(own) - int(np.count_nonzero(np.isfinite(own)))
+
+        p.on_window = on_window
+        try:
+            run = rt.run_source(source, on_block=on_block)
+        finally:
+            p.on_window = None
+        res.audio_end_s, res.error, res.decode_s = run.audio_s, run.error, run.decode_s
     res.scores = np.stack(rows) if rows else np.zeros((0, len(p.bundle.labels)), np.float32)
+    res.no_signal_windows = p.guard.no_signal_windows - g0
     res.frontend_s = p.stats["frontend_s"] - s0["frontend_s"]
     res.invoke_s = p.stats["invoke_s"] - s0["invoke_s"]
     res.wall_s = time.perf_counter() - t_start
+    res.cpu_s = time.process_time() - c_start
     res.peak_rss_mb = peak_rss_mb()
     return res
 
@@ -249,167 +274,213 @@ def worker_environment() -> None:
     os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(64 * 1024 * 1024))
 
 
-class ProcessExecutor:
-    """``jobs`` worker processes on this machine (forkserver where there is one, else spawn)."""
+#: what every worker imports (a missing one is skipped)
+PRELOAD = ["edge.service.parallel", "edge.service.replay", "edge.detection.pipeline", "edge.contract.interpreter",
+           "edge.contract.signing", "ai_edge_litert.interpreter", "soxr"]
 
-    def __init__(self, jobs: int):
+
+def _warm(work: Work) -> None:
+    """A worker's first act: load the model (a failure shows again, with its reason, on the first unit)."""
+    try:
+        _runtime(work)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _nothing() -> None:
+    pass
+
+
+class ProcessExecutor:
+    """``jobs`` worker processes on this machine (forkserver where there is one, else spawn), started now:
+    each loads the model for ``work`` at once, while the caller gets on with its own set-up."""
+
+    def __init__(self, jobs: int, work: Optional[Work] = None):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         worker_environment()
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        ctx = mp.get_context(method)
+        if method == "forkserver":  # imported once in the server, not in every worker: 1 s sooner at work
+            ctx.set_forkserver_preload(PRELOAD)
         self.jobs = jobs
-        self.description = f"{jobs} worker process(es) ({method})"
-        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method))
+        self.description = f"{jobs} worker processes ({method})"
+        kw = {"initializer": _warm, "initargs": (work,)} if work is not None else {}
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **kw)
+        for _ in range(jobs):  # workers start on demand: ask for all of them now
+            self._pool.submit(_nothing)
 
-    def submit(self, unit: Unit, settings: WorkSettings):
-        return self._pool.submit(analyse, unit, settings)
+    def submit(self, unit: Unit, work: Work):
+        return self._pool.submit(analyse, unit, work)
 
     def close(self, cancel: bool = False) -> None:
-        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
 
 
 class InlineExecutor:
-    """The units in this process, one after the other (tests; --jobs 1 uses the runtime directly)."""
+    """The units in this process, one after the other (tests)."""
 
     jobs = 1
     description = "in this process"
 
-    def submit(self, unit: Unit, settings: WorkSettings):
+    def submit(self, unit: Unit, work: Work):
         from concurrent.futures import Future
 
         f: Future = Future()
-        try:
-            f.set_result(analyse(unit, settings))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
-            f.set_exception(exc)
+        f.set_result(analyse(unit, work))
         return f
 
     def close(self, cancel: bool = False) -> None:
         pass
 
 
-def results_in_order(executor, units: Iterable[Unit], settings: WorkSettings,
-                     on_result: Optional[Callable[[UnitResult], None]] = None):
-    """Submit every unit, then yield the results in the units' order (workers run ahead)."""
-    futures = [executor.submit(u, settings) for u in units]
+def results_in_order(executor, units: Iterable[Unit], work: Work):
+    """Submit every unit, then yield the results in the units' order (the workers run ahead)."""
+    futures = [executor.submit(u, work) for u in units]
     for f in futures:
-        r = f.result()
-        if on_result is not None:
-            on_result(r)
-        yield r
+        yield f.result()
 
 
 # -- the one writer (parent) -------------------------------------------------------------
 
-@dataclass
-class FileOutcome:
-    """One file of a parallel replay: what the runtime's ``run_source`` returns, or why it was refused."""
-
-    path: str
-    run: Any = None  # edge.service.runtime.SourceRun
-    refused: Optional[str] = None
-    windows: int = 0
-    frontend_s: float = 0.0
-    invoke_s: float = 0.0
-    workers: set = field(default_factory=set)
-    peak_rss_mb: float = 0.0
-
-
 class ParallelReplay:
-    """Files through ``executor``'s workers, their windows through one post-processor into ``runtime``."""
+    """Files through worker processes (or a cluster's), their windows through one post-processor into ``runtime``.
 
-    def __init__(self, runtime, settings: WorkSettings, executor, *, piece_s: Optional[float] = None,
+    With fewer than two units of work and no cluster the files are replayed in this process, as one job.
+    """
+
+    def __init__(self, runtime, job, *, jobs: int, executor=None, piece_s: Optional[float] = None,
                  progress: bool = False):
         self.runtime = runtime
-        self.settings = settings
+        self.work = Work(job)
+        self.jobs = executor.jobs if executor is not None else jobs
         self.executor = executor
         self.piece_s = piece_s
         self.progress = progress
         self.units: list[Unit] = []
+        self.workers: dict[str, float] = {}  # worker -> its peak RSS (MB)
+        self.cpu_s = 0.0  # the workers' CPU time on the units
 
-    def run(self, paths: Sequence) -> list[FileOutcome]:
+    def run(self, paths: Sequence) -> Iterator[tuple[Any, Any]]:
+        """(path, SourceRun) for every file, in order, as ``replay_file`` gives them."""
+        from edge.service.runtime import SourceRun
+
         rt, p = self.runtime, self.runtime.pipeline
-        outcomes = [FileOutcome(str(path)) for path in paths]
-        opened: list[tuple[int, FileSource]] = []
+        opened: dict[int, FileSource] = {}
+        refused: dict[int, Any] = {}
         for i, path in enumerate(paths):  # opened here too: the same refusals, in the same order, as one job
             try:
-                src = self.settings.open(str(path), p.sample_rate)
+                src = open_source(str(path), p.sample_rate, self.work.job)
             except SourceError as exc:
-                outcomes[i].refused = str(exc)
-                log.warning("%s", exc)
+                refused[i] = SourceRun(str(path), error=str(exc))
                 continue
             src.close()  # only its header and start time are needed here
-            opened.append((i, src))
-        self.units = plan(opened, p.bundle, self.settings.overlap_s, self.executor.jobs, self.piece_s)
+            opened[i] = src
+        self.units = plan(list(opened.items()), p.bundle, p.overlap_s, self.jobs, self.piece_s)
+        local = self.executor is None or isinstance(self.executor, ProcessExecutor)
+        if len(self.units) < 2 and local:  # nothing to share out: this process, as one job
+            from edge.service.replay import replay_file
+
+            if self.executor is not None:
+                self.executor.close()
+            for path in paths:
+                yield path, replay_file(rt, path, self.work.job, progress=self.progress)
+            return
+        if self.executor is None:
+            self.executor = ProcessExecutor(min(self.jobs, len(self.units)), self.work)
+        split = sum(1 for u in self.units if u.span is not None and u.span[0] == 0)
+        log.info("replay: %d unit(s) of work (%d file(s), %d split into pieces) on %s", len(self.units),
+                 len(opened), split, self.executor.description)
+        by_file: dict[int, list[Unit]] = {}
+        for u in self.units:
+            by_file.setdefault(u.file, []).append(u)
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            total = sum(src.output_samples for _, src in opened) / p.sample_rate
-            bar = tqdm(total=round(total), unit="s", desc=f"replay ({self.executor.description})", leave=False)
-        results = results_in_order(self.executor, self.units, self.settings)
-        sources = dict(opened)
+            total = sum(src.output_samples for src in opened.values()) / p.sample_rate
+            bar = tqdm(total=round(total), unit="s", desc=f"replay, {self.executor.description}", leave=False)
+        results = results_in_order(self.executor, self.units, self.work)
+        cancel = True
         try:
-            current, skip = None, False
-            state: dict = {}
-            for res in results:
-                i = res.unit.file
-                if i != current:
-                    if current is not None:
-                        self._end_file(outcomes[current], sources[current], state)
-                    current, skip = i, False
-                    state = self._begin_file(sources[i])
-                if bar is not None:
-                    bar.update(round(res.audio_end_s - (res.unit.span or (0,))[0] / p.sample_rate))
-                if skip or rt.stop_event.is_set():
-                    continue
-                skip = self._take(outcomes[i], sources[i], state, res)
-            if current is not None:
-                self._end_file(outcomes[current], sources[current], state)
+            for i, path in enumerate(paths):
+                if i in refused:
+                    log.warning("%s", refused[i].error)
+                    yield path, refused[i]
+                elif not rt.stop_event.is_set():
+                    yield path, self._file(opened[i], [next(results) for _ in by_file[i]], bar)
+            cancel = rt.stop_event.is_set()
+            if self.workers:
+                log.info("replay: analysed by %d worker process(es), peak RSS %s MB, %.2f CPU s", len(self.workers),
+                         ", ".join(f"{mb:.0f}" for _, mb in sorted(self.workers.items())), self.cpu_s)
         finally:
             if bar is not None:
                 bar.close()
-            self.executor.close(cancel=rt.stop_event.is_set())
-        return outcomes
+            self.executor.close(cancel=cancel)
 
-    def _begin_file(self, src: FileSource) -> dict:
+    def _file(self, src: FileSource, results: list[UnitResult], bar) -> Any:
+        """One file's windows, in order, through post-processing, the store, the sinks and the session."""
         from edge.detection.postprocess import ModelInfo, PostProcessor, SourceInfo
 
         rt, p = self.runtime, self.runtime.pipeline
-        run = rt.begin_source(src)
+        run = rt.begin_source(src)  # the runtime's own steps: sinks, session and delivery as run_source does them
         post = PostProcessor(ModelInfo.from_bundle(p.bundle), SourceInfo(p.device_id, src.name, src.time_source),
                              p.detection, p.clock)
-        return {"post": post, "run": run, "index": 0}
-
-    def _take(self, out: FileOutcome, src: FileSource, state: dict, res: UnitResult) -> bool:
-        """One unit's windows through post-processing into the store; True if the file broke off here."""
-        from datetime import timedelta
-
-        rt, p, run = self.runtime, self.runtime.pipeline, state["run"]
-        post, k, dets = state["post"], state["index"], []
-        scores = res.scores if res.scores is not None else np.zeros((0, 0), np.float32)  # no windows: no scores
-        for j in range(res.windows):
-            dets += post.add(k + j, res.offsets[j], res.utcs[j], scores[j])
-        state["index"] = k + res.windows
-        if res.windows:
-            rt.health.note_windows(res.windows, res.invoke_s / res.windows)
-        start_s = (res.unit.span or (0,))[0] / p.sample_rate
-        if res.audio_end_s > start_s or dets:  # the session, the detections: as the runtime does for a block
-            rt.took(run, src.start_utc + timedelta(seconds=start_s), src.start_utc + timedelta(seconds=res.audio_end_s),
-                    start_s, dets)
-        run.decode_s += res.decode_s
-        out.windows += res.windows
-        out.frontend_s += res.frontend_s
-        out.invoke_s += res.invoke_s
-        out.workers.add(res.worker)
-        out.peak_rss_mb = max(out.peak_rss_mb, res.peak_rss_mb)
-        if res.error:
+        index = 0
+        for res in results:
+            self.workers[res.worker] = max(self.workers.get(res.worker, 0.0), res.peak_rss_mb)
+            self.cpu_s += res.cpu_s
+            if bar is not None:
+                bar.update(max(0.0, res.audio_end_s - (res.unit.span or (0,))[0] / p.sample_rate))
+            if run.error is not None or rt.stop_event.is_set():
+                continue  # the file broke off in an earlier piece: one job stops there too
+            if res.error is not None and res.audio_end_s == 0 and not res.windows:
+                run.error = res.error
+                break
+            dets = []
+            for j in range(res.windows):
+                dets += post.add(index + j, res.offsets[j], res.utcs[j], res.scores[j])
+            index += res.windows
+            if res.windows:
+                rt.health.note_windows(res.windows, res.invoke_s / res.windows)
+            p.guard.no_signal_windows += res.no_signal_windows  # the summary reports them as one job's
+            p.guard.nonfinite_samples += res.nonfinite_samples
+            start_s = (res.unit.span or (0,))[0] / p.sample_rate
+            start = src.start_utc + timedelta(seconds=start_s)
+            rt.took(run, start, res.end_utc or start, start_s, dets)
+            run.audio_s = max(run.audio_s, res.audio_end_s)
+            run.decode_s += res.decode_s
             run.error = res.error
-            log.warning("%s", res.error)
-            return True
-        return False
+        run = rt.end_source(run, post.close())
+        if run.error is not None:
+            log.warning("%s", run.error)
+        return run
 
-    def _end_file(self, out: FileOutcome, src: FileSource, state: dict) -> None:
 
-        out.run = self.runtime.end_source(state["run"], state["post"].close())
+def start_workers(job, jobs: int, dask: Optional[str], paths: Sequence):
+    """The executor a replay of ``paths`` will use, started now (before the caller loads its own model):
+    the Dask cluster at ``dask`` (``edge.service.cluster.ClusterError`` if it cannot be used), local
+    worker processes when there is work for more than one, else None (replay in this process)."""
+    if dask:
+        from edge.service.cluster import DaskExecutor
+
+        return DaskExecutor(dask)
+    if jobs < 2 or not paths:
+        return None
+    if len(paths) == 1:  # one file: worth workers only if it is long enough to split
+        import soundfile as sf
+
+        try:
+            if sf.info(str(paths[0])).duration < 1.5 * MIN_PIECE_S:
+                return None
+        except Exception:  # noqa: BLE001 - refused with its reason by the replay
+            return None
+    return ProcessExecutor(jobs, Work(job))
+
+
+def replay_parallel(runtime, paths: Sequence, job, executor, *, piece_s: Optional[float] = None,
+                    progress: bool = False) -> Iterator[tuple[Any, Any]]:
+    """(path, SourceRun) for every file, analysed by ``executor`` (from ``start_workers``)."""
+    return ParallelReplay(runtime, job, jobs=executor.jobs, executor=executor, piece_s=piece_s,
+                          progress=progress).run(paths)

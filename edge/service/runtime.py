@@ -262,6 +262,7 @@ class Runtime:
             self.health.note_windows(n, (p.stats["invoke_s"] - i0) / n)
         if block is not None:
             self.health.note_audio(len(block.samples), p.sample_rate)
+            self.health.note_level(block.samples)
             self.health.note_signal(p.guard)
             if self.source is not None:
                 c = self.source.counters()

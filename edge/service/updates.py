@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional
 
 from edge.contract.bundle import Bundle, BundleError, load_bundle, message_limit, parse_bundle
 from edge.config import DEFAULT_BUNDLE, DEFAULT_PUBLIC_KEY, Config
+from edge.heap import release_heap
 from edge.contract.interpreter import InterpreterError, load_model
 from edge.service.modelstore import ModelStore, entry_for, utc_now
 from edge.contract.signing import SigningKeyError, load_public_key
@@ -76,17 +77,6 @@ class UpdateResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def release_heap() -> None:
-    """Give the heap freed by a large message back to the system (the daemon keeps up to 64 MB of freed heap
-    for the front-end's sake: edge/__main__.py), so a bundle's few copies do not stay in the RSS."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def version_key(version: str) -> tuple:
@@ -171,6 +161,9 @@ class UpdateService(Service):
         self._loader = loader
         self._clock = clock
         self._queue: queue.Queue[tuple[bytes, str]] = queue.Queue(maxsize=4)
+        # bytes in hand (waiting or being checked): at most one largest message, so a burst is dropped
+        self._queued_bytes, self._queue_bytes_max = 0, message_limit(self.max_bytes)
+        self._queued_lock = threading.Lock()
         self._lock = threading.Lock()  # one update at a time
         self._last_refused_digest: str | None = None
         self._run_started = clock()
@@ -203,10 +196,18 @@ class UpdateService(Service):
         self.offer(bytes(payload), topic)
 
     def offer(self, payload: bytes, origin: str) -> None:
-        try:
-            self._queue.put_nowait((payload, origin))
-        except queue.Full:
-            log.warning("update queue full; dropping the bundle from %s (a retained one comes back on reconnect)", origin)
+        with self._queued_lock:
+            if self._queued_bytes and self._queued_bytes + len(payload) > self._queue_bytes_max:
+                log.warning("update queue holds %d bytes; dropping the %d-byte bundle from %s (a retained one comes "
+                            "back on reconnect)", self._queued_bytes, len(payload), origin)
+                return
+            try:
+                self._queue.put_nowait((payload, origin))
+            except queue.Full:
+                log.warning("update queue full; dropping the bundle from %s (a retained one comes back on reconnect)",
+                            origin)
+                return
+            self._queued_bytes += len(payload)
 
     def _worker(self) -> None:
         was_connected = False
@@ -224,8 +225,11 @@ class UpdateService(Service):
                 self.process(payload, origin)
             except Exception:  # never let one bundle end the updates thread
                 log.exception("unexpected error handling a bundle from %s", origin)
-            big = len(payload) > MB
+            size = len(payload)
             del payload
+            with self._queued_lock:
+                self._queued_bytes -= size
+            big = size > MB
             if big:
                 release_heap()
             self._check_healthy()

@@ -253,7 +253,7 @@ class FileSource(AudioSource):
                         mono = np.concatenate([mono, resampler.flush()])
                 lo = max(0, first - out_pos)
                 hi = len(mono) if end is None else max(lo, min(len(mono), end - out_pos))
-                for i in range(lo, hi, out_frames):  # the resampler completes 10 s at a time
+                for i in range(lo, hi, out_frames):  # the resampler completes 5 s at a time
                     part = mono[i : min(i + out_frames, hi)]
                     offset = (out_pos + i) / self.sample_rate
                     yield AudioBlock(part, self.start_utc + timedelta(seconds=offset), offset)

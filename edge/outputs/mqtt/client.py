@@ -25,6 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from edge.heap import release_heap
 from edge.config.base import ConfigError
 from edge.config.mqtt import MQTTConfig
 from edge.config.mqtt import read_password as config_password
@@ -120,6 +121,7 @@ class MQTTClient:
         self._fail_logged = False
         self._refusals = 0
         self._stopping = False
+        self._release_heap = False  # a large message was dropped: give its heap back when idle
         self.connects = 0
 
     # ---- lifecycle -------------------------------------------------------
@@ -322,6 +324,7 @@ class MQTTClient:
                 if len(payload) > limit:
                     log.warning("MQTT: dropped a %d-byte message on %s: larger than the %d-byte limit for %s",
                                 len(payload), topic, limit, sub)
+                    self._release_heap = len(payload) > 1 << 20  # once paho has let go of it (dispatch thread)
                     continue
                 try:
                     self._dispatch.put_nowait((handler, topic, payload))
@@ -338,6 +341,9 @@ class MQTTClient:
             except queue.Empty:
                 if self._stopping:
                     return
+                if self._release_heap:
+                    self._release_heap = False
+                    release_heap()
                 continue
             if item is None:
                 return

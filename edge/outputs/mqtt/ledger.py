@@ -96,6 +96,15 @@ class Ledger:
             ids, self._acked = self._acked, []
         return ids
 
+    def put_back_acked(self, ids: list[str]) -> None:
+        """Acknowledgements the outbox could not record: first in line for the next try."""
+        with self.lock:
+            self._acked[:0] = ids
+
+    def acked_waiting(self) -> int:
+        with self.lock:
+            return len(self._acked)
+
     def forget(self, ids: list[str] | tuple[str, ...]) -> None:
         """Detections back in the outbox (re-sent after a broker crash): they may be sent again."""
         with self.lock:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sqlite3
 import threading
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -250,12 +251,22 @@ class Publisher(Service):
             self._clock.continue_from(last)
             if last is not None and (self._last_ack_t is None or self._last_ack_t < last):
                 self._last_ack_t = last
+        failures, last_log = 0, -1e18
         while not self.stop_event.is_set():
             try:
                 self._step()
-            except Exception:  # noqa: BLE001 - keep publishing whatever went wrong once
-                log.exception("MQTT: error in the outbox loop")
-                self.stop_event.wait(1.0)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - keep publishing whatever went wrong once
+                # a store that refuses (disk full, locked, read-only): one line, then at most one a minute
+                failures += 1
+                if time.monotonic() - last_log >= 60:
+                    last_log = time.monotonic()
+                    if isinstance(exc, (sqlite3.Error, OSError)):
+                        log.error("MQTT: the outbox (store) refuses: %s; acknowledgements are kept and recorded once "
+                                  "it takes them (%d failure(s) in a row; logged at most once a minute)", exc, failures)
+                    else:
+                        log.exception("MQTT: error in the outbox loop")
+                self.stop_event.wait(min(30.0, 2.0 ** min(failures, 5) / 2))
             self._wake.wait(self._next_wait())
             self._wake.clear()
 
@@ -279,20 +290,26 @@ class Publisher(Service):
         self.client.maintain()
         with self._lock:  # taken before the flush: the lost connection's acks are already in the ledger
             requeue_since, self._requeue_since = self._requeue_since, None
-        self._flush_acks()
+        refused = None
+        try:
+            self._flush_acks()
+        except (sqlite3.Error, OSError) as exc:  # the store refuses writes: keep sending, record the acks later
+            refused = exc
         if requeue_since is not None:
             self._requeue(requeue_since)
         if not self.client.connected:
             self._live.clear()  # they are in the store: the backlog sends them after reconnecting
-            return
-        now = time.monotonic()
-        if self._just_connected.is_set():
-            self._just_connected.clear()
-            self._connected_now(now)
-        self._send_live()
-        self._send_backlog(now)
-        if now >= self._next_health:
-            self.publish_health()
+        else:
+            now = time.monotonic()
+            if self._just_connected.is_set():
+                self._just_connected.clear()
+                self._connected_now(now)
+            self._send_live()
+            self._send_backlog(now)
+            if now >= self._next_health:
+                self.publish_health()
+        if refused is not None:
+            raise refused
 
     def _requeue(self, since: float) -> None:
         """Back to the outbox: what was first acknowledged since ``since`` (OutboxClock), after an unclean loss."""
@@ -357,7 +374,11 @@ class Publisher(Service):
     def _flush_acks(self) -> None:
         ids = self.ledger.take_acked()
         if ids:
-            self._box().mark_published(ids, utc_now(), self._clock.now())
+            try:
+                self._box().mark_published(ids, utc_now(), self._clock.now())
+            except BaseException:
+                self.ledger.put_back_acked(ids)  # not recorded: kept for the next try (else they would be sent again)
+                raise
             self.stats["acked"] += len(ids)
 
     # ---- status and health -----------------------------------------------------
@@ -395,7 +416,11 @@ class Publisher(Service):
             end = time.monotonic() + min(timeout, 3.0)
             while time.monotonic() < end and self.ledger.messages_in_flight():
                 time.sleep(0.02)
-        self._flush_acks()
+        try:
+            self._flush_acks()
+        except (sqlite3.Error, OSError) as exc:  # they stay in the outbox: sent again next time
+            log.error("MQTT: cannot record %d acknowledgement(s) in the store at stop: %s", self.ledger.acked_waiting(),
+                      exc)
         left = self.ledger.in_flight()
         if left:
             log.info("MQTT: stopping with %d detections unacknowledged; they stay in the outbox", left)

@@ -107,26 +107,33 @@ class Queries:
         h = utc_hour
         return datetime(int(h[0:4]), int(h[5:7]), int(h[8:10]), int(h[11:13]), tzinfo=timezone.utc).astimezone(self.tz)
 
-    def local_buckets(self, rows):
-        """(local date, local hour, n) for each (UTC hour bucket, n): the zone's offset is looked up
-        once per UTC day (per hour only on a day when it changes)."""
-        per_day: dict[str, tuple] = {}
-        for h, n in rows:
-            ds = h[:10]
-            info = per_day.get(ds)
-            if info is None:
-                d = date.fromisoformat(ds)
-                start = datetime(d.year, d.month, d.day, tzinfo=timezone.utc).astimezone(self.tz).utcoffset()
-                end = datetime(d.year, d.month, d.day, 23, tzinfo=timezone.utc).astimezone(self.tz).utcoffset()
-                info = per_day[ds] = (d, start if start == end else None)
-            d, off = info
-            if off is None:
-                t = self.local_hour(h)
-                yield t.date(), t.hour, n
-                continue
-            minutes = int(h[11:13]) * 60 + int(off.total_seconds() // 60)
-            shift, rest = divmod(minutes, 24 * 60)
-            yield (d + timedelta(days=shift)) if shift else d, rest // 60, n
+    def offset_sql(self, first_utc: str, last_utc: str) -> str:
+        """SQL giving the zone's UTC offset in minutes for a ``web_hourly.hour`` between the two times:
+        a constant, or a CASE over the zone's changes (DST) in that range, found per day then per hour."""
+        def off(t: datetime) -> int:
+            return int((t.astimezone(self.tz).utcoffset() or timedelta(0)).total_seconds() // 60)
+
+        d0 = parse_utc(first_utc).replace(minute=0, second=0, microsecond=0)
+        d1 = parse_utc(last_utc)
+        cur = off(d0)
+        changes: list[tuple[str, int]] = []
+        t = d0
+        while t <= d1:
+            nxt = t + timedelta(days=1)
+            if off(nxt) != cur:  # a change within this day: find its hour
+                h = t
+                while off(h) == cur:
+                    h += timedelta(hours=1)
+                cur = off(h)
+                changes.append((h.strftime("%Y-%m-%dT%H"), cur))
+            t = nxt
+        if not changes:
+            return str(off(d0))
+        whens, prev = [], off(d0)
+        for hour, value in changes:
+            whens.append(f"WHEN hour < '{hour}' THEN {prev}")
+            prev = value
+        return f"(CASE {' '.join(whens)} ELSE {prev} END)"
 
     def today(self) -> date:
         return datetime.now(self.tz).date()
@@ -298,16 +305,23 @@ class Queries:
         last = self._one("SELECT max(start_utc) FROM detections WHERE label = ?", [label])[0]
         last_day = self.local_date(last)
         first_day = last_day - timedelta(days=days - 1)
+        # hours and days in SQL over web_hourly (a few thousand rows a year), each UTC hour shifted by the
+        # zone's offset then (placed by the hour's start: zones with half-hour offsets round down)
+        shift = self.offset_sql(first, last)
+        local_minute = f"(CAST(substr(hour, 12, 2) AS INTEGER) * 60 + {shift})"
         by_hour = [0] * 24
-        counts: dict[date, int] = {}
         n = 0
-        with self.lock:
-            buckets = self.conn.execute("SELECT hour, n FROM web_hourly WHERE label = ? AND n > 0", [label]).fetchall()
-        for day_, hour, k in self.local_buckets(buckets):
-            n += k
-            by_hour[hour] += k
-            if day_ >= first_day:
-                counts[day_] = counts.get(day_, 0) + k
+        for r in self._all(f"SELECT (({local_minute} % 1440) + 1440) % 1440 / 60 AS h, sum(n) AS n FROM web_hourly "
+                           "WHERE label = ? GROUP BY h", [label]):
+            by_hour[r["h"]] = r["n"]
+            n += r["n"]
+        window = self.day_bounds(first_day)[0][:13]
+        counts: dict[date, int] = {}
+        for r in self._all(  # the UTC day, and -1, 0 or +1 day to the local one (integer division floored)
+                f"SELECT substr(hour, 1, 10) AS d, ({local_minute} + 2880) / 1440 - 2 AS k, sum(n) AS n "
+                "FROM web_hourly WHERE label = ? AND hour >= ? GROUP BY d, k", [label, window]):
+            day_ = date.fromisoformat(r["d"]) + timedelta(days=r["k"])
+            counts[day_] = counts.get(day_, 0) + r["n"]
         by_day = [(first_day + timedelta(days=i)) for i in range(days)]
         best = self._all("SELECT id, start_utc, score FROM detections WHERE label = ? ORDER BY score DESC LIMIT 5",
                          [label])
