@@ -7,7 +7,8 @@ share: front-end, bundle, signing, interpreter, the detection record),
 (the one runtime for ``run`` and ``replay``, model updates, health) and
 ``cli`` (``python -m edge``). ``config`` is the YAML configuration, ``types``
 the interfaces between the stages, ``clock`` time that clock steps cannot
-move. ``tests/test_architecture.py`` enforces each folder's imports.
+move, ``heap`` giving freed memory back. ``tests/test_architecture.py`` enforces each
+folder's imports.
 
 Imports from edge: cli.
 """

@@ -57,6 +57,19 @@ def window_hop_frames(bundle, overlap_s: float | None) -> int:
     return max(1, frames)
 
 
+class _NoEvents(PostProcessor):
+    """Post-processing that makes no events (``Pipeline.windows_only``)."""
+
+    def __init__(self, post: PostProcessor):
+        self.__dict__.update(post.__dict__)
+
+    def add(self, index: int, offset_s: float, start_utc: datetime, scores: np.ndarray) -> list[Detection]:
+        return []
+
+    def close(self) -> list[Detection]:
+        return []
+
+
 class Pipeline:
     """Feeds one source's blocks through the model; ``begin`` before each source."""
 
@@ -75,6 +88,9 @@ class Pipeline:
         self.stats = {"frontend_s": 0.0, "invoke_s": 0.0, "post_s": 0.0, "windows": 0, "samples": 0}
         #: optional callable(offset_s, start_utc, scores) called for every window (clips, debugging, tests)
         self.on_window = None
+        #: score windows (``on_window``) without making events: a parallel replay's workers, whose parent
+        #: makes the events from every piece's windows in order (set before ``begin``)
+        self.windows_only = False
         if detection is not None and strict_labels:
             unknown = unknown_labels([lab.label for lab in bundle.labels], detection)
             if unknown:
@@ -136,7 +152,8 @@ class Pipeline:
         return out
 
     def _new_post(self) -> PostProcessor:
-        return PostProcessor(self.model_info, self._source, self.detection, self.clock)
+        post = PostProcessor(self.model_info, self._source, self.detection, self.clock)
+        return _NoEvents(post) if self.windows_only else post
 
     # -- sources -----------------------------------------------------------
     def begin(self, source_name: str, time_source: str) -> None:

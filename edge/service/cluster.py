@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from edge.service.parallel import Unit, Work, analyse
+from edge.service.workers import Unit, Work, analyse
 
 log = logging.getLogger(__name__)
 
