@@ -16,6 +16,8 @@ TINY_CONFIG = {
     "train": {"epochs": 1, "steps_per_epoch": 4, "batch_size": 8, "head_epochs": 5, "head_windows_per_recording": 8,
               "warmup_steps": 0, "early_stopping_patience": 0, "validate_every_epoch": False},
     "quantize": {"representative_windows": 20},
+    "distill": {"teacher": "none"},
+    "thresholds": {"method": "f1"},
     "bundle": {"name": "tiny", "hop_s": 0.5},
 }
 

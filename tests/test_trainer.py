@@ -292,7 +292,7 @@ def test_distilled_tiny_run_names_its_teacher(train_data, tmp_path):
 
     from edge.contract.signing import generate_keypair, load_private_key
 
-    cfg = parse_train_config({**TINY_CONFIG, "distill": {"teacher": "birdnet", "hop_s": 0.5}})
+    cfg = parse_train_config({**TINY_CONFIG, "distill": {"teacher": "birdnet", "target": "scores", "hop_s": 0.5}})
     cfg.data.cache_dir = tmp_path / "cache"
     priv, pub = generate_keypair(tmp_path / "keys")
     res = run(train_data, tmp_path / "out", cfg, private_key=load_private_key(priv), progress=False, write_plots=False)

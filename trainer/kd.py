@@ -1,0 +1,287 @@
+"""Distillation from BirdNET's species outputs on the audio the student sees.
+
+Training windows come from three sources, each with a soft target per class:
+
+- the 1 s grid of every training recording (the 17 species' recordings),
+- the 1 s grid of the training part of the negative sets (other birds, other
+  places; their secondary labels name model classes where heard),
+- the pool of augmented windows (``trainer.pool``): mixup, background, noise,
+  gain, clipping and synthetic negatives, each scored by the teacher on that
+  very mixed audio.
+
+Soft targets (documented in docs/training.md):
+
+- a class BirdNET knows (matched by scientific name): the teacher's sigmoid
+  score of that window, raised to ``label_floor`` when the window's recording
+  (or a mixed-in recording) carries that label *and* the teacher hears the
+  species at all there (its score >= ``hear_threshold``): the recording label
+  confirms a faint teacher detection;
+- a class BirdNET does not know: ``label_weight`` x the recording label +
+  (1 - label_weight) x an out-of-fold logistic regression on the teacher's
+  embeddings (folds grouped by recording; a pool window is scored by the fold
+  that did not see its main recording);
+- synthetic negatives (silence, hum, noise, tones...): all zeros.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import pool as poolmod
+from . import teacher as T
+from .augment import spec_masks
+from .data import FrameCache, Recording, pad_frames
+from .negatives import read_negatives, targets as neg_targets
+
+log = logging.getLogger(__name__)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x.astype(np.float32), -30, 30)))
+
+
+@dataclass
+class KDData:
+    frames: dict[str, np.ndarray]  # recording id -> dB frames (positives and negatives)
+    grid_rec: list[str]  # per grid window: recording id
+    grid_start: np.ndarray  # per grid window: start frame
+    grid_y: np.ndarray  # (n_grid, C) soft targets
+    grid_pos: np.ndarray  # bool: from a positive (model-class) recording
+    grid_class: np.ndarray  # primary class index (-1 for negatives)
+    grid_emb: np.ndarray  # (n_grid, 1024) teacher embeddings (for the embeddings + LR anchor)
+    grid_ylabel: np.ndarray  # (n_grid, C) recording labels
+    pool_frames: np.ndarray  # (n_pool, n_frames, n_mels) float16
+    pool_y: np.ndarray  # (n_pool, C)
+    negatives: object  # negatives.NegativeSet
+    birdnet_index: np.ndarray
+    info: dict
+
+
+def _resolve_negatives(data_root: Path, names: list[str]) -> list[Path]:
+    out = []
+    for n in names:
+        p = Path(n)
+        if not p.is_absolute() and not p.exists():
+            p = (data_root / n).resolve()
+        out.append(p)
+    return out
+
+
+def _unknown_lr(emb: np.ndarray, y: np.ndarray, groups: np.ndarray, cols: list[int], folds: int = 5):
+    """Out-of-fold LR probabilities for the classes in `cols`, and the per-fold models."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+    from sklearn.preprocessing import StandardScaler
+
+    p = np.zeros((len(emb), len(cols)), np.float32)
+    models, fold_of = [], {}
+    x = emb.astype(np.float32)
+    for f, (tr, te) in enumerate(GroupKFold(n_splits=folds).split(x, y, groups)):
+        sc = StandardScaler().fit(x[tr])
+        ms = []
+        for k, j in enumerate(cols):
+            if 0 < y[tr, j].sum() < len(tr):
+                lr = LogisticRegression(C=0.1, max_iter=1000, class_weight="balanced").fit(sc.transform(x[tr]), y[tr, j])
+                p[te, k] = lr.predict_proba(sc.transform(x[te]))[:, 1]
+            else:
+                lr = None
+            ms.append(lr)
+        models.append((sc, ms))
+        for g in set(groups[te]):
+            fold_of[g] = f
+    return p, models, fold_of
+
+
+def _apply_lr(models, fold: int, emb: np.ndarray, n_cols: int) -> np.ndarray:
+    sc, ms = models[fold]
+    x = sc.transform(emb.astype(np.float32))
+    return np.stack([m.predict_proba(x)[:, 1] if m is not None else np.zeros(len(x)) for m in ms], 1) \
+        if n_cols else np.zeros((len(x), 0), np.float32)
+
+
+def soft_targets(logits: np.ndarray, y: np.ndarray, bn_idx: np.ndarray, lr_p: np.ndarray, floor: float,
+                 hear: float, label_weight: float) -> np.ndarray:
+    t = np.zeros(y.shape, np.float32)
+    known = np.flatnonzero(bn_idx >= 0)
+    unknown = np.flatnonzero(bn_idx < 0)
+    s = _sigmoid(logits[:, bn_idx[known]])
+    t[:, known] = np.maximum(s, floor * y[:, known] * (s >= hear))
+    if len(unknown):
+        t[:, unknown] = label_weight * y[:, unknown] + (1 - label_weight) * lr_p
+    return t
+
+
+def build(ds, train_recs: list[Recording], frame_cache: FrameCache, cfg, data_root: Path,
+          progress: bool = True) -> KDData:
+    """Teacher outputs (cached) and soft targets for grid and pool windows of the training recordings."""
+    from .birdnet import LABELS_NAME, birdnet_model_path
+
+    d = cfg.distill
+    t0 = time.time()
+    fe = frame_cache.frontend
+    if abs(fe.window_s - poolmod.WINDOW_S) > 1e-9:
+        raise ValueError(f"distill.target 'pool' needs frontend.window_s {poolmod.WINDOW_S} (the teacher's window)")
+    classes = ds.classes
+    labels = (birdnet_model_path().parent / LABELS_NAME).read_text(encoding="utf-8").splitlines()
+    bn_idx = T.birdnet_index([ds.names.get(c, (c.replace("_", " "), ""))[0] for c in classes], labels)
+    unknown = [j for j in range(len(classes)) if bn_idx[j] < 0]
+    if unknown:
+        log.info("teacher does not know %s: recording labels + embedding LR for those", [classes[j] for j in unknown])
+    negs = read_negatives(_resolve_negatives(data_root, d.negatives), classes, d.negatives_held_out)
+    cache = Path(d.cache_dir) if d.cache_dir else T.default_teacher_cache()
+    recs = list(train_recs) + list(negs.train)
+    keys = {r.id: T.file_key(r.path) for r in recs}
+    paths = {keys[r.id]: str(r.path) for r in recs}
+    grid = T.grid_table(paths, cache, d.hop_s, d.workers, progress)
+    by_key = {keys[r.id]: r for r in recs}
+    frames = {}
+    have = set(grid.keys)
+    for r in recs:
+        if keys[r.id] not in have:
+            continue
+        try:
+            frames[r.id] = frame_cache.frames(r.path)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("negative %s unreadable: %s", r.id, exc)
+    idx = ds.index()
+    ratio = fe.sample_rate / poolmod.POOL_RATE
+    grid_rec = [by_key[k].id for k in grid.keys]
+    grid_start = np.array([int(round(o * ratio / fe.hop_length)) for o in grid.offsets])
+    ylab = {r.id: (ds.targets(r) if r.label else neg_targets(r, classes)) for r in recs}
+    y = np.stack([ylab[rid] for rid in grid_rec])
+    groups = np.array(grid.keys)
+    lr_p, lr_models, fold_of = _unknown_lr(grid.emb, y, groups, unknown) if unknown else (
+        np.zeros((len(y), 0), np.float32), None, {})
+    grid_y = soft_targets(grid.logits, y, bn_idx, lr_p, d.label_floor, d.hear_threshold, d.label_weight)
+    grid_pos = np.array([bool(by_key[k].label) for k in grid.keys])
+    grid_class = np.array([idx.get(by_key[k].label, -1) for k in grid.keys])
+    # the pool
+    pos = [(keys[r.id], _dur(r.path)) for r in train_recs]
+    neg = [(keys[r.id], _dur(r.path)) for r in negs.train]
+    recipes = poolmod.make_recipes(pos, neg, d.pool_size, seed=d.pool_seed)
+    ptab = T.pool_table(recipes, paths, cache, d.workers, progress)
+    ykey = {keys[r.id]: ylab[r.id] for r in recs}
+    py = np.zeros((len(recipes), len(classes)), np.float32)
+    for i, r in enumerate(recipes):
+        if r["kind"] != "mix":
+            continue
+        v = ykey[r["rec"]].copy()
+        for part in ("partner", "background"):
+            if r.get(part):
+                v = np.maximum(v, ykey[r[part]])
+        py[i] = v
+    plr = np.zeros((len(recipes), len(unknown)), np.float32)
+    if unknown:
+        for f in range(len(lr_models)):
+            sel = [i for i, r in enumerate(recipes) if r["kind"] == "mix" and fold_of.get(r["rec"], 0) == f]
+            if sel:
+                plr[sel] = _apply_lr(lr_models, f, ptab.emb[sel], len(unknown))
+    pool_y = soft_targets(ptab.logits, py, bn_idx, plr, d.label_floor, d.hear_threshold, d.label_weight)
+    synth = np.array([r["kind"] == "synthetic" for r in recipes])
+    pool_y[synth] = 0.0
+    pool_frames = pool_features(recipes, paths, frame_cache, cache, progress)
+    info = {"teacher": "BirdNET V2.4", "grid_windows": int(len(grid_rec)), "pool_windows": int(len(recipes)),
+            "negative_recordings_train": len(negs.train), "negative_recordings_held_out": len(negs.held_out),
+            "unknown_to_teacher": [classes[j] for j in unknown], "seconds": round(time.time() - t0, 1)}
+    log.info("distillation data: %s", json.dumps(info))
+    return KDData(frames, grid_rec, grid_start, grid_y, grid_pos, grid_class, grid.emb, y, pool_frames, pool_y, negs, bn_idx, info)
+
+
+def _dur(path) -> float:
+    import soundfile as sf
+
+    try:
+        return float(sf.info(str(path)).duration)
+    except Exception:  # noqa: BLE001
+        return 3.0
+
+
+def pool_features(recipes: list[dict], paths: dict[str, str], frame_cache: FrameCache, cache: Path,
+                  progress: bool = True) -> np.ndarray:
+    """dB frames of every pool window for the student's front-end (cached per chunk and front-end)."""
+    from scipy.signal import resample_poly
+
+    from .data import load_audio
+
+    fe = frame_cache.frontend
+    fp = frame_cache._fp
+    out = []
+    audio: dict[str, np.ndarray] = {}
+
+    def get(key):
+        if key not in audio:
+            audio[key] = load_audio(paths[key], poolmod.POOL_RATE)
+        return audio[key]
+
+    chunks = [recipes[i:i + T.CHUNK] for i in range(0, len(recipes), T.CHUNK)]
+    it = chunks
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(chunks, desc="pool features", unit="chunk", leave=False)
+    for c in it:
+        f = Path(cache) / "pool_frames" / (hashlib.sha1(json.dumps(c, sort_keys=True).encode()).hexdigest()[:24]
+                                           + f"_{fp}.npy")
+        if f.exists():
+            out.append(np.load(f))
+            continue
+        rows = []
+        for r in c:
+            x = poolmod.render(r, get)
+            if fe.sample_rate != poolmod.POOL_RATE:
+                x = resample_poly(x, fe.sample_rate, poolmod.POOL_RATE).astype(np.float32)
+            rows.append(pad_frames(frame_cache.logmel.frames(x), fe.n_frames)[:fe.n_frames].astype(np.float16))
+        arr = np.stack(rows)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        np.save(f.with_name(f.name + ".tmp.npy"), arr)
+        f.with_name(f.name + ".tmp.npy").replace(f)
+        out.append(arr)
+    return np.concatenate(out)
+
+
+class KDSampler:
+    """Training batches (features, soft targets, None) from grid and pool windows."""
+
+    def __init__(self, kd: KDData, logmel, aug, seed: int, pool_fraction: float, negative_fraction: float,
+                 jitter: int = 5):
+        self.kd, self.logmel, self.aug = kd, logmel, aug
+        self.rng = np.random.default_rng(seed)
+        self.nf = logmel.params.n_frames
+        self.pool_fraction, self.negative_fraction, self.jitter = pool_fraction, negative_fraction, jitter
+        self.by_class = [np.flatnonzero(kd.grid_class == c) for c in sorted(set(kd.grid_class[kd.grid_pos].tolist()))]
+        self.neg_rows = np.flatnonzero(~kd.grid_pos)
+        self.padded = {rid: pad_frames(f, self.nf) for rid, f in kd.frames.items()}
+
+    def _grid(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        rid = self.kd.grid_rec[row]
+        f = self.padded[rid]
+        s = int(self.kd.grid_start[row])
+        if self.jitter:
+            s += int(self.rng.integers(-self.jitter, self.jitter + 1))
+        s = int(np.clip(s, 0, len(f) - self.nf))
+        return f[s:s + self.nf].astype(np.float32), self.kd.grid_y[row]
+
+    def sample(self, augment: bool = True):
+        u = self.rng.random()
+        if u < self.pool_fraction and len(self.kd.pool_y):
+            i = int(self.rng.integers(len(self.kd.pool_y)))
+            w, y = self.kd.pool_frames[i].astype(np.float32), self.kd.pool_y[i]
+        elif u < self.pool_fraction + self.negative_fraction and len(self.neg_rows):
+            w, y = self._grid(int(self.neg_rows[self.rng.integers(len(self.neg_rows))]))
+        else:
+            rows = self.by_class[self.rng.integers(len(self.by_class))]
+            w, y = self._grid(int(rows[self.rng.integers(len(rows))]))
+        x = self.logmel.features(w)
+        if augment and self.aug.enabled:
+            x = spec_masks(x, self.aug, self.rng)
+        return x, y, None
+
+    def batch(self, size: int, augment: bool = True):
+        xs, ys, _ = zip(*(self.sample(augment) for _ in range(size)))
+        return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32), None
