@@ -37,7 +37,7 @@ class FrontendSection(_Section):
     fmin: float = _FRONTEND.fmin
     fmax: float = _FRONTEND.fmax
     window_s: float = _FRONTEND.window_s
-    normalization: Literal["none", "band_median", "band_median_std"] = _FRONTEND.normalization
+    normalization: Literal["none", "band_median", "band_median_std"] = _FRONTEND.normalization  # type: ignore[assignment]  # FrontendParams types it as str
 
     def params(self) -> FrontendParams:
         p = FrontendParams(sample_rate=self.sample_rate, n_fft=self.n_fft, win_length=self.n_fft,
@@ -234,4 +234,4 @@ def load_train_config(path: str | Path | None) -> TrainConfig:
         data = load_yaml(path)
     except YAMLConfigError as exc:
         raise TrainConfigError(f"training config {exc}") from None
-    return parse_train_config(data)
+    return parse_train_config(data)  # type: ignore[arg-type]  # parse_train_config refuses what is not a mapping

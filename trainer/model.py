@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,11 @@ class ModelError(ValueError):
 
 @dataclass
 class Parts:
-    model: object  # features -> scores
-    embedder: object  # features -> pooled backbone features
-    head: object  # pooled features -> scores (and the predicted teacher embedding when distilling)
-    backbone: object
-    train_model: object = None  # features -> outputs trained on (model, or [scores, embedding])
+    model: Any  # features -> scores
+    embedder: Any  # features -> pooled backbone features
+    head: Any  # pooled features -> scores (and the predicted teacher embedding when distilling)
+    backbone: Any
+    train_model: Any = None  # features -> outputs trained on (model, or [scores, embedding])
 
 
 def _block_index(name: str) -> int:
