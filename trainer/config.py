@@ -1,9 +1,10 @@
 """Training options: one pydantic model with defaults, unknown keys refused.
 
 ``load_train_config(path)`` reads a YAML file (every key optional) and raises
-``TrainConfigError`` naming each bad key by its dotted path. The defaults are
-the recipe that made the default model; ``trainer.example.yaml`` documents
-every option.
+``TrainConfigError`` naming each bad key by its dotted path.
+``trainer.example.yaml`` documents every option. The recipe a shipped model
+was trained with is the one its bundle records (the manifest's ``training``
+section), not necessarily these defaults.
 """
 from __future__ import annotations
 
