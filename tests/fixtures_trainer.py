@@ -10,7 +10,7 @@ TRAIN_DATA = Path(__file__).parent / "data" / "train"
 
 # Small enough to train in a few seconds on 2 cores: 32 mel bands, 1 s windows, alpha 0.35, random init.
 TINY_CONFIG = {
-    "frontend": {"n_mels": 32, "window_s": 1.0},
+    "frontend": {"n_mels": 32, "hop_length": 320, "window_s": 1.0},
     "data": {"val_fraction": 0.34},
     "model": {"alpha": 0.35, "weights": "none", "mode": "finetune", "finetune_blocks": 2},
     "train": {"epochs": 1, "steps_per_epoch": 4, "batch_size": 8, "head_epochs": 5, "head_windows_per_recording": 8,

@@ -146,7 +146,7 @@ def test_jobs_2_stores_exactly_what_jobs_1_stores(tmp_path, archive, tone_bundle
                    "--format", "csv", "--out", out, "--jobs", jobs)
         assert r.returncode == 1, r.stderr  # the broken file is refused, the rest stored
         runs[jobs] = (db, out, r.stderr)
-    assert "5 unit(s) of work (4 file(s), 1 split into pieces) on 2 worker processes" in runs[2][2]
+    assert "6 unit(s) of work (4 file(s), 1 split into pieces) on 2 worker processes" in runs[2][2]
     assert "analysed by 2 worker process(es)" in runs[2][2]
     for name in ("detections", "effort"):
         one, two = table(runs[1][0], name), table(runs[2][0], name)
@@ -154,7 +154,7 @@ def test_jobs_2_stores_exactly_what_jobs_1_stores(tmp_path, archive, tone_bundle
     dets = table(runs[1][0], "detections")
     long = [d for d in dets if d["source"].endswith("052000.wav") and d["label"] == "Tonus_midus"]
     assert long[-1]["end_offset_s"] == pytest.approx(200.0, abs=1.6)  # the last event reaches the end
-    assert any(d["offset_s"] < 99 < d["end_offset_s"] for d in long)  # one event across the pieces (split at 99 s)
+    assert any(d["offset_s"] < 66 < d["end_offset_s"] for d in long)  # one event across the pieces (split at 66 s)
     assert {d["label"] for d in dets if d["source"].endswith("052000.wav")} == {"Tonus_midus", "Tonus_highus"}
     assert csv_rows(runs[1][1]) == csv_rows(runs[2][1]) == [
         {k: str(v) for k, v in d.items() if k in csv_rows(runs[1][1])[0]} for d in dets]
@@ -174,3 +174,38 @@ def test_clips_need_the_audio_so_replay_stays_in_one_process(tmp_path, archive, 
     assert "worker process" not in r.stderr
     dets = table(tmp_path / "d.db", "detections")
     assert dets and len(list((tmp_path / "clips").rglob("*.wav"))) == len(dets)
+
+
+def _marked(mark: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if f"DAWNCHORUS_TEST_MARK={mark}".encode() in (d / "environ").read_bytes():
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_a_killed_replay_leaves_no_worker_behind(tmp_path, archive, tone_bundle_path):
+    import signal
+    import time
+    import uuid
+
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DAWNCHORUS_TEST_MARK": mark}
+    p = subprocess.Popen([sys.executable, "-m", "edge", "replay", str(archive), "--jobs", "2", "--bundle",
+                          str(tone_bundle_path), "--public-key", str(tone_bundle_path.parent / "signing.pub"),
+                          "--db", str(tmp_path / "d.db"), "--no-progress"], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(_marked(mark)) < 3 and time.monotonic() < deadline:  # the replay, the fork server, workers
+        time.sleep(0.05)
+    assert len(_marked(mark)) >= 3
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 15
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _marked(mark) == []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from edge.service.workers import Unit, Work, analyse
+from edge.service.workers import Unit, Work, _warm, analyse
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class ClusterError(RuntimeError):
 class DaskExecutor:
     """Units on the workers of the Dask scheduler at ``address``."""
 
-    def __init__(self, address: str, *, timeout_s: float = 10.0):
+    def __init__(self, address: str, work: Work | None = None, *, timeout_s: float = 10.0):
         try:
             from distributed import Client
         except ImportError:
@@ -48,12 +48,21 @@ class DaskExecutor:
         self.description = f"Dask {address}: {len(threads)} worker(s), {self.jobs} thread(s)"
         self._work: Optional[tuple[Work, Any]] = None  # (work, its scattered copy)
         self._futures: list[Any] = []
+        if work is not None:  # every worker loads the model now, while the caller loads its own
+            scattered = self._send(work)
+            for w in threads:
+                self._futures.append(self.client.submit(_warm, scattered, workers=[w], allow_other_workers=False,
+                                                        pure=False))
+
+    def _send(self, work: Work) -> Any:
+        """The bundle's bytes once to every worker, not with every unit; returns the scattered copy."""
+        if self._work is None or self._work[0] is not work:
+            self._work = (work, self.client.scatter(work.with_data(), broadcast=True, hash=False))
+        return self._work[1]
 
     def submit(self, unit: Unit, work: Work):
-        if self._work is None or self._work[0] is not work:
-            # the bundle's bytes once to every worker, not with every unit
-            self._work = (work, self.client.scatter(work.with_data(), broadcast=True, hash=False))
-        f = self.client.submit(analyse, unit, self._work[1], pure=False)
+        scattered = self._send(work) if self._work is None or self._work[0].job != work.job else self._work[1]
+        f = self.client.submit(analyse, unit, scattered, pure=False)
         self._futures.append(f)
         return f
 

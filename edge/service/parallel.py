@@ -84,12 +84,12 @@ def plan(sources: Sequence[tuple[int, FileSource]], bundle, overlap_s: Optional[
          piece_s: Optional[float] = None) -> list[Unit]:
     """Units for the opened files, in order. Files much longer than the average share of a job are
     split (when their format seeks exactly) into pieces of about ``piece_s`` seconds (default: the
-    total over 2 x jobs, within MIN_PIECE_S..MAX_PIECE_S)."""
+    total over 4 x jobs, within MIN_PIECE_S..MAX_PIECE_S)."""
     sr = bundle.frontend.sample_rate
     hop, span, _ = window_geometry(bundle, overlap_s)
     total_s = sum(src.output_samples for _, src in sources) / sr
-    if piece_s is None:
-        piece_s = min(MAX_PIECE_S, max(MIN_PIECE_S, total_s / (2 * jobs)))
+    if piece_s is None:  # 4 units per job at least: the load evens out when a core is slower than another
+        piece_s = min(MAX_PIECE_S, max(MIN_PIECE_S, total_s / (4 * jobs)))
     units: list[Unit] = []
     for i, src in sources:
         n = src.output_samples
@@ -230,7 +230,7 @@ def start_workers(job, jobs: int, dask: Optional[str], paths: Sequence):
     if dask:
         from edge.service.cluster import DaskExecutor
 
-        return DaskExecutor(dask)
+        return DaskExecutor(dask, Work(job))
     if jobs < 2 or not paths:
         return None
     if len(paths) == 1:  # one file: worth workers only if it is long enough to split

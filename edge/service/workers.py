@@ -192,8 +192,43 @@ PRELOAD = [
 ]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed replay that nobody has reaped yet
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _watch_replay(pid: int) -> None:
+    """Exit when the replay that started this worker is gone (killed: its pool cannot tell us)."""
+    while True:
+        time.sleep(1.0)
+        if not _alive(pid):
+            os._exit(0)
+
+
+def _worker_start(work: Optional[Work], replay_pid: int) -> None:
+    """A worker's first acts. Its own session: the terminal's Ctrl-C reaches the replay, which stops the
+    workers in order (and where the kernel shares CPU time between sessions, a replay's workers count as
+    the separate jobs they are); a watch on the replay, so a killed replay leaves no worker behind. Then
+    the model (a failure shows again, with its reason, on the first unit)."""
+    try:
+        os.setsid()
+    except OSError:
+        pass
+    threading.Thread(target=_watch_replay, args=(replay_pid,), name="replay-watch", daemon=True).start()
+    if work is not None:
+        _warm(work)
+
+
 def _warm(work: Work) -> None:
-    """A worker's first act: load the model (a failure shows again, with its reason, on the first unit)."""
+    """Load the model for ``work`` in this worker (thread) now; a failure shows again on the first unit."""
     try:
         _runtime(work)
     except Exception:  # noqa: BLE001
@@ -219,10 +254,8 @@ class ProcessExecutor:
             ctx.set_forkserver_preload(PRELOAD)
         self.jobs = jobs
         self.description = f"{jobs} worker processes ({method})"
-        if work is not None:
-            self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_warm, initargs=(work,))
-        else:
-            self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_start,
+                                         initargs=(work, os.getpid()))
         for _ in range(jobs):  # workers start on demand: ask for all of them now
             self._pool.submit(_nothing)
 
