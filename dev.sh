@@ -2,6 +2,7 @@
 # dawnchorus developer entry point: sets up what it needs, then runs.
 #   ./dev.sh demo   replay the bundled recording with the bundled default model
 #   ./dev.sh test   run the test suite (installs system packages when root)
+#   ./dev.sh lint   ruff and mypy over edge/ and trainer/ (settings in pyproject.toml)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${DAWNCHORUS_VENV:-.venv}
@@ -49,8 +50,14 @@ case "${1:-}" in
         need_venv dev
         exec "$VENV/bin/python" -m pytest -q "$@"
         ;;
+    lint)
+        shift
+        need_venv dev
+        "$VENV/bin/python" -m ruff check edge trainer
+        exec "$VENV/bin/python" -m mypy
+        ;;
     *)
-        echo "usage: $0 demo|test [args]" >&2
+        echo "usage: $0 demo|test|lint [args]" >&2
         exit 2
         ;;
 esac

@@ -6,6 +6,8 @@ block). A large MQTT message (a model bundle, or one dropped for its size)
 leaves its copies in that kept heap, so the RSS stays up by a few times its
 size; ``release_heap()`` returns it. Cheap, and called only after such a
 message. A no-op without glibc.
+
+Imports from edge: none.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ them to the store, then hands the new ones to each ``DetectionSink`` and
 ``Service``. The MQTT publisher reads the store as an ``Outbox``; the status
 message reads a ``HealthSource``.
 
-May import: the standard library, numpy and ``edge.contract`` only.
+Imports from edge: contract.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.service.clock import OutboxClock, StreamClock
+from edge.clock import OutboxClock, StreamClock
 from fixtures_updates import make_bundle  # noqa: F401 - the team_keys fixture's module
 from test_updates_store import REPO, _cfg, _install
 from edge.service.modelstore import ModelStore

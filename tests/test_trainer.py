@@ -100,7 +100,7 @@ def test_broken_and_missing_files_are_listed_and_skipped(train_data, tmp_path, c
     bad = {f for f, _ in ds.skipped}
     assert {"audio/Parus_major/XC000001.mp3", "audio/Corvus_corax/XC000002.wav"} <= bad
     assert len(ds.skipped) == 3 and len(ds.recordings) == 9 and set(frames) == {r.id for r in ds.recordings}
-    assert "3 unreadable" not in caplog.text and "2 unreadable file(s) skipped" in caplog.text
+    assert "3 unreadable file(s)" not in caplog.text and "2 unreadable file(s) skipped" in caplog.text
 
 
 def test_class_left_without_readable_audio_is_refused(train_data, tmp_path):

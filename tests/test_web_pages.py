@@ -30,7 +30,7 @@ def site(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "edge", "web", "--config", str(cfg), "--set-password"], input=PASSWORD + "\n",
                    text=True, check=True, env=env_with_repo(), capture_output=True)
     from edge.service.health import Health
-    from edge.service.healthfile import HealthFile
+    from edge.outputs.healthfile import HealthFile
 
     h = Health("recorder", state)
     h.note_device("USB mic (test)", 48000)

@@ -123,7 +123,7 @@ class WindowSampler:
             rid, s = self._background[rng.integers(len(self._background))]
             w = mix_at_snr(w, self.padded[rid][s:s + self.nf].astype(np.float32), rng.uniform(a.snr_db_min, a.snr_db_max))
         if rng.random() < a.gaussian_noise_prob:
-            s = rng.integers(len(self._noise_bank) - self.nf + 1)
+            s = int(rng.integers(len(self._noise_bank) - self.nf + 1))
             w = mix_at_snr(w, self._noise_bank[s:s + self.nf], rng.uniform(a.snr_db_min, a.snr_db_max) + 10.0)
         return w
 

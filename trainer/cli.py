@@ -21,6 +21,7 @@ def _train(args) -> int:
     key = load_private_key(args.key) if args.key else None
     res = run(args.data, args.out, cfg, private_key=key, progress=not args.quiet)
     m = res.int8_metrics
+    assert m is not None and res.float_metrics is not None  # run() fills both
     print(f"bundle: {res.bundle_path}")
     print(f"report: {Path(args.out) / 'metrics.json'}")
     print(f"{'':8}{'macro ROC-AUC':>15}{'macro AP':>10}{'cmAP pad':>10}{'rec top-1':>10}")

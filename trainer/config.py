@@ -1,9 +1,10 @@
 """Training options: one pydantic model with defaults, unknown keys refused.
 
 ``load_train_config(path)`` reads a YAML file (every key optional) and raises
-``TrainConfigError`` naming each bad key by its dotted path. The defaults are
-the recipe that made the default model; ``trainer.example.yaml`` documents
-every option.
+``TrainConfigError`` naming each bad key by its dotted path.
+``trainer.example.yaml`` documents every option. The recipe a shipped model
+was trained with is the one its bundle records (the manifest's ``training``
+section), not necessarily these defaults.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class FrontendSection(_Section):
     fmin: float = _FRONTEND.fmin
     fmax: float = _FRONTEND.fmax
     window_s: float = _FRONTEND.window_s
-    normalization: Literal["none", "band_median", "band_median_std"] = _FRONTEND.normalization
+    normalization: Literal["none", "band_median", "band_median_std"] = _FRONTEND.normalization  # type: ignore[assignment]  # FrontendParams types it as str
 
     def params(self) -> FrontendParams:
         p = FrontendParams(sample_rate=self.sample_rate, n_fft=self.n_fft, win_length=self.n_fft,
@@ -234,4 +235,4 @@ def load_train_config(path: str | Path | None) -> TrainConfig:
         data = load_yaml(path)
     except YAMLConfigError as exc:
         raise TrainConfigError(f"training config {exc}") from None
-    return parse_train_config(data)
+    return parse_train_config(data)  # type: ignore[arg-type]  # parse_train_config refuses what is not a mapping

@@ -122,7 +122,9 @@ def _names_from_folder(name: str) -> tuple[str, str, str]:
 
 
 def read_folder_layout(root: Path) -> Dataset:
-    recs, names, empty = [], {}, []
+    recs: list[Recording] = []
+    names: dict[str, tuple[str, str]] = {}
+    empty: list[str] = []
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DatasetError(f"{root}: no class folders (expected <label>/<audio file>) and no metadata.csv")
@@ -156,7 +158,9 @@ def read_csv_layout(csv_path: Path) -> Dataset:
         lab = (r["primary_label"] or "").strip()
         if lab and lab not in names:
             names[lab] = ((r.get("scientific_name") or lab.replace("_", " ")).strip(), (r.get("common_name") or "").strip())
-    recs, skipped, unknown = [], [], Counter()
+    recs: list[Recording] = []
+    skipped: list = []
+    unknown: Counter[str] = Counter()
     for i, r in enumerate(rows, start=2):
         lab = (r["primary_label"] or "").strip()
         fname = (r["filename"] or "").strip()
@@ -275,7 +279,7 @@ class FrameCache:
             except (DatasetError, OSError) as exc:
                 bad.append((rec.id, str(exc)))
         if bad:
-            for f, why in bad:
+            for _, why in bad:
                 log.warning("unreadable, skipped: %s", why)
             ds.skipped.extend(bad)
             ds.recordings = [r for r in ds.recordings if r.id in out]
@@ -402,8 +406,9 @@ def grouped_split(ds: Dataset, val_fraction: float, seed: int = 0) -> tuple[list
     """(train ids, validation ids): per species, whole recordist groups go to validation
     until about val_fraction of its recordings; each species keeps at least one group on each side."""
     rng = np.random.default_rng(seed)
-    train, val = [], []
-    for lab, groups in sorted(_groups(ds).items()):
+    train: list = []
+    val: list = []
+    for _lab, groups in sorted(_groups(ds).items()):
         gl = [groups[g] for g in sorted(groups)]
         n = sum(len(g) for g in gl)
         target = val_fraction * n

@@ -42,7 +42,7 @@ class TeacherTargets:
 def grid_windows(ds: Dataset, frames: dict[str, np.ndarray], frontend, hop_s: float, percentile: float):
     """(recording id, start frame) of the loud windows on the evaluation grid of every recording."""
     w = eval_windows(ds, frames, frontend, hop_s)
-    out = []
+    out: list = []
     for k, rid in enumerate(w.rec_ids):
         ii = np.flatnonzero(w.rec_index == k)
         act = set(active_starts(frames[rid], frontend.n_frames, percentile).tolist())

@@ -99,7 +99,7 @@ def compute_metrics(y: np.ndarray, scores: np.ndarray, rec_index: np.ndarray, re
     correct = [int(top1[i] == rec_primary[i]) for i in known]
     present = [j for j in range(len(classes)) if y[:, j].sum() > 0]
     predictions = [{"recording": rec_ids[i],
-                    "label": classes[rec_primary[i]] if rec_primary[i] is not None else None,
+                    "label": classes[p] if (p := rec_primary[i]) is not None else None,
                     "predicted": classes[int(top1[i])], "score": float(rs[i, top1[i]]),
                     "top3": [[classes[int(k)], float(rs[i, k])] for k in np.argsort(-rs[i])[:3]],
                     "n_windows": int(np.sum(rec_index == i))} for i in range(len(rec_ids))]

@@ -35,7 +35,11 @@ def negative_windows(recs, frame_cache, logmel, classes: list[str], hop_s: float
 
     p = logmel.params
     hop_f = max(1, int(round(hop_s * p.sample_rate / p.hop_length)))
-    xs, idx, ids, labs, offs = [], [], [], [], []
+    xs: list = []
+    idx: list = []
+    ids: list = []
+    labs: list = []
+    offs: list = []
     secs = 0.0
     for r in recs:
         try:

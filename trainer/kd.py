@@ -168,13 +168,13 @@ def build(ds, train_recs: list[Recording], frame_cache: FrameCache, cfg, data_ro
     ptab = T.pool_table(recipes, paths, cache, d.workers, progress)
     ykey = {keys[r.id]: ylab[r.id] for r in recs}
     py = np.zeros((len(recipes), len(classes)), np.float32)
-    for i, r in enumerate(recipes):
-        if r["kind"] != "mix":
+    for i, recipe in enumerate(recipes):
+        if recipe["kind"] != "mix":
             continue
-        v = ykey[r["rec"]].copy()
+        v = ykey[recipe["rec"]].copy()
         for part in ("partner", "background"):
-            if r.get(part):
-                v = np.maximum(v, ykey[r[part]])
+            if recipe.get(part):
+                v = np.maximum(v, ykey[recipe[part]])
         py[i] = v
     plr = np.zeros((len(recipes), len(unknown)), np.float32)
     if unknown:

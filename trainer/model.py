@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,11 @@ class ModelError(ValueError):
 
 @dataclass
 class Parts:
-    model: object  # features -> scores
-    embedder: object  # features -> pooled backbone features
-    head: object  # pooled features -> scores (and the predicted teacher embedding when distilling)
-    backbone: object
-    train_model: object = None  # features -> outputs trained on (model, or [scores, embedding])
+    model: Any  # features -> scores
+    embedder: Any  # features -> pooled backbone features
+    head: Any  # pooled features -> scores (and the predicted teacher embedding when distilling)
+    backbone: Any
+    train_model: Any = None  # features -> outputs trained on (model, or [scores, embedding])
 
 
 def _block_index(name: str) -> int:
@@ -108,7 +109,7 @@ def set_trainable(parts: Parts, mode: str, finetune_blocks: int) -> None:
     first = N_BLOCKS + 1 - finetune_blocks
     for layer in bb.layers:
         layer.trainable = _block_index(layer.name) >= first
-    n = sum(int(l.trainable) for l in bb.layers)
+    n = sum(int(layer.trainable) for layer in bb.layers)
     log.info("fine-tuning %d of %d backbone layers (blocks >= %d)", n, len(bb.layers), first)
 
 

@@ -12,6 +12,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def _duration(path: Path) -> float:
         return 0.0
 
 
-def read_negatives(paths: list[str | Path], classes: list[str], held_out_fraction: float = 0.25,
+def read_negatives(paths: Sequence[str | Path], classes: list[str], held_out_fraction: float = 0.25,
                    salt: str = "negatives") -> NegativeSet:
     """Recordings of the negative sets, their labels restricted to `classes` (secondary labels only).
 

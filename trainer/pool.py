@@ -128,7 +128,7 @@ def make_recipes(positives: list[tuple[str, float]], negatives: list[tuple[str, 
     def off(dur: float) -> int:
         return int(rng.integers(0, max(1, int((dur - WINDOW_S) * POOL_RATE)) + 1)) if dur > WINDOW_S else 0
 
-    for i in range(n):
+    for _ in range(n):
         u = rng.random()
         r: dict = {"seed": int(rng.integers(2**31))}
         if u < synthetic_fraction:

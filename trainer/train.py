@@ -12,6 +12,7 @@ import os
 import queue
 import threading
 import time
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,14 +41,14 @@ class Prepared:
     val: Dataset
     val_windows: Windows
     x_val: np.ndarray
-    teacher: object = None  # distill.TeacherTargets when distilling
-    kd: object = None  # kd.KDData when distilling with target 'pool'
+    teacher: Any = None  # distill.TeacherTargets when distilling
+    kd: Any = None  # kd.KDData when distilling with target 'pool'
 
 
 @dataclass
 class Result:
     prepared: Prepared
-    parts: object
+    parts: Any
     history: list[dict] = field(default_factory=list)
     float_scores: np.ndarray | None = None
     int8_scores: np.ndarray | None = None
@@ -57,7 +58,7 @@ class Result:
     bundle_path: Path | None = None
     timings: dict = field(default_factory=dict)
     open_set: dict | None = None  # {"int8": operating point, "float": ...} on held-out negatives and silence
-    neg_windows: object = None  # holdout.NegWindows
+    neg_windows: Any = None  # holdout.NegWindows
     neg_scores: dict | None = None  # {"int8": (n, C), "float": (n, C), "silence_int8": ..., "silence_float": ...}
 
 
@@ -145,7 +146,7 @@ def _loss(cfg: TrainConfig):
     return keras.losses.BinaryCrossentropy(label_smoothing=cfg.train.label_smoothing)
 
 
-def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[object, list[dict]]:
+def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list[dict]]:
     import keras
 
     from .model import build_model, calibrate_batchnorm, set_trainable

@@ -7,6 +7,8 @@ A command's name is its module's with ``-`` for ``_`` (``export_reviews`` ->
 ``export-reviews``). When the command line names one, only that module is
 imported: a command pays for its own imports only (``web`` stays without
 numpy, and so within its memory budget).
+
+Imports from edge: anything (the commands are thin layers over the runtime).
 """
 from __future__ import annotations
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge.config import Config
 
 
 def add_parser(sub) -> None:
@@ -65,7 +69,7 @@ def _retention(store) -> str:
     return "up to " + " and ".join(p for p in parts if p) if any(parts) else "off (keep everything)"
 
 
-def bundle_problems(cfg) -> tuple[list[str], object]:
+def bundle_problems(cfg: Config) -> tuple[list[str], Any]:
     """Problems of ``cfg`` against the model it names (loaded and verified), and that bundle."""
     from edge.contract.bundle import BundleError, load_bundle
     from edge.contract.signing import SigningKeyError, load_public_key

@@ -175,7 +175,7 @@ def _runs(rt, files, job, executor, progress: bool):
 def run(args: argparse.Namespace) -> int:
     from edge.config import ConfigError
     from edge.contract.record import parse_utc
-    from edge.service.replay import ReplayJob, ReplaySetupError, open_replay, replay_file, start_services
+    from edge.service.replay import ReplayJob, ReplaySetupError, open_replay, start_services
 
     if args.mqtt and not args.config:
         print("error: --mqtt needs --config FILE with an mqtt section (host, port, ...)", file=sys.stderr)

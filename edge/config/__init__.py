@@ -10,8 +10,11 @@ documented in ``config.example.yaml``.
 ``load_config(path)`` raises ``ConfigError`` whose message names each bad
 key by its dotted path, the value given and what is allowed.
 
-May import: pydantic, yaml and the standard library only (nothing else of
-the edge), so every part can read its settings without pulling in another.
+May import: pydantic, yaml and the standard library only, so every part can
+read its settings without pulling in another (one exception: ``web`` checks
+``listen`` with the dashboard's standard-library parser).
+
+Imports from edge: config.
 """
 from __future__ import annotations
 

@@ -105,7 +105,7 @@ class FrontendParams:
             raise FrontendError(f"window_s {self.window_s} is shorter than one FFT frame")
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
     """Slaney mel scale (librosa's default, htk=False)."""
     f = np.asarray(f, dtype=np.float64)
     f_sp = 200.0 / 3

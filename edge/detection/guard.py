@@ -59,10 +59,10 @@ class SignalGuard:
         if n:
             cells = buf[: n * self.hop].reshape(n, self.hop)
             lo, hi = cells.min(axis=1), cells.max(axis=1)
-            cbad = np.zeros(n, bool)
+            cbad: np.ndarray = np.zeros(n, bool)
             if bad or self._pending_bad:
                 src_bad = np.concatenate([np.full(len(self._pending), self._pending_bad), ~finite])
-                cbad = src_bad[: n * self.hop].reshape(n, self.hop).any(axis=1)
+                cbad = np.asarray(src_bad[: n * self.hop].reshape(n, self.hop).any(axis=1))
                 self._pending_bad = bool(src_bad[n * self.hop:].any())
             self._lo = np.concatenate([self._lo, lo])
             self._hi = np.concatenate([self._hi, hi])

@@ -57,8 +57,25 @@ def window_hop_frames(bundle, overlap_s: float | None) -> int:
     return max(1, frames)
 
 
+class _NoEvents(PostProcessor):
+    """Post-processing that makes no events (``Pipeline.windows_only``)."""
+
+    def __init__(self, post: PostProcessor):
+        self.__dict__.update(post.__dict__)
+
+    def add(self, index: int, offset_s: float, start_utc: datetime, scores: np.ndarray) -> list[Detection]:
+        return []
+
+    def close(self) -> list[Detection]:
+        return []
+
+
 class Pipeline:
     """Feeds one source's blocks through the model; ``begin`` before each source."""
+
+    _head: list[np.ndarray]
+    _next_start: int
+    _last_start: int
 
     def __init__(self, bundle, model, *, detection=None, overlap_s: float | None = None,
                  device_id: str = "recorder", clock=None, strict_labels: bool = True):
@@ -71,6 +88,9 @@ class Pipeline:
         self.stats = {"frontend_s": 0.0, "invoke_s": 0.0, "post_s": 0.0, "windows": 0, "samples": 0}
         #: optional callable(offset_s, start_utc, scores) called for every window (clips, debugging, tests)
         self.on_window = None
+        #: score windows (``on_window``) without making events: a parallel replay's workers, whose parent
+        #: makes the events from every piece's windows in order (set before ``begin``)
+        self.windows_only = False
         if detection is not None and strict_labels:
             unknown = unknown_labels([lab.label for lab in bundle.labels], detection)
             if unknown:
@@ -132,7 +152,8 @@ class Pipeline:
         return out
 
     def _new_post(self) -> PostProcessor:
-        return PostProcessor(self.model_info, self._source, self.detection, self.clock)
+        post = PostProcessor(self.model_info, self._source, self.detection, self.clock)
+        return _NoEvents(post) if self.windows_only else post
 
     # -- sources -----------------------------------------------------------
     def begin(self, source_name: str, time_source: str) -> None:
@@ -220,7 +241,7 @@ class Pipeline:
             self._last_start = start
             self._next_start = start + self.hop_frames
 
-    def _score(self, window_frames: np.ndarray, start_sample: int, features: np.ndarray | None = None) -> list[Detection]:
+    def _score(self, window_frames: np.ndarray | None, start_sample: int, features: np.ndarray | None = None) -> list[Detection]:
         t0 = time.perf_counter()
         n = self.params.window_samples if features is None else min(self._seg_samples, self.params.window_samples)
         if not self.guard.has_signal(start_sample, n):  # the model never sees it
@@ -228,6 +249,7 @@ class Pipeline:
             t1 = t2 = time.perf_counter()
         else:
             if features is None:
+                assert window_frames is not None  # a window of frames, or the padded segment's features
                 features = self.logmel.features(window_frames)
             t1 = time.perf_counter()
             scores = self.model.predict(features)

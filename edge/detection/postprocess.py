@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -114,7 +115,7 @@ class PostProcessor:
     model: ModelInfo
     source: SourceInfo
     detection: object = None  # edge.config.DetectionConfig or None for defaults
-    clock: object = None  # callable returning "now" (UTC datetime); tests pass a fixed one
+    clock: Optional[Callable[[], datetime]] = None  # "now" (UTC); tests pass a fixed one
     thresholds: np.ndarray = field(init=False)
     active: np.ndarray = field(init=False)
     _open: dict[int, _Open] = field(init=False, default_factory=dict)

@@ -26,7 +26,7 @@ import time
 import wave
 from collections import deque
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -120,7 +120,7 @@ class ClipWriter(DetectionSink):
         return self._hist[idx]
 
     # -- events ------------------------------------------------------------------
-    def handle(self, detections: list[Detection]) -> None:
+    def handle(self, detections: Sequence[Detection]) -> None:
         self._pending.extend(detections)
         self._write_ready(final=False)
 

@@ -230,7 +230,7 @@ class Retention(Service):
         used = self._used_bytes(db)
         n = db.execute("SELECT count(*) FROM detections").fetchone()[0] or 1
         per_row = max(1.0, used / n)
-        return max(100, int((used - self.max_bytes) / per_row * 1.1) + 1)
+        return max(100, int((used - (self.max_bytes or used)) / per_row * 1.1) + 1)
 
     # ---- clips ---------------------------------------------------------------------------
     def _delete_clips(self, rows, rep: PruneReport) -> None:

@@ -27,16 +27,17 @@ import re
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
+
+from edge.contract.record import utc_now
 
 log = logging.getLogger(__name__)
 
 VERDICTS = ("correct", "wrong", "species")
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9 _.'()-]{1,80}$")
 
-MIGRATIONS = [
+MIGRATIONS: list[str | list[str]] = [
     """
     CREATE TABLE IF NOT EXISTS reviews (
         id INTEGER PRIMARY KEY,
@@ -55,10 +56,6 @@ MIGRATIONS = [
 
 class ReviewError(ValueError):
     """A review that cannot be recorded; the message says why."""
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def connect(path: str | Path, *, timeout_s: float = 10.0, readonly: bool = False) -> sqlite3.Connection:
@@ -131,9 +128,9 @@ class Reviews:
                 common_name = known[0] if known else ""
         cur = self.conn.execute(
             "INSERT INTO reviews (detection_id, verdict, label, common_name, created_utc, reviewer, note) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)", [detection_id, verdict, label, common_name or "", _now(), reviewer, note[:500]])
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", [detection_id, verdict, label, common_name or "", utc_now(), reviewer, note[:500]])
         self._keep_clip(det)
-        return int(cur.lastrowid)
+        return int(cur.lastrowid or 0)
 
     def _keep_clip(self, det) -> None:
         if not (self.kept_dir and self.clips_dir):

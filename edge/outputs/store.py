@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: the record's fields, one column each (``tests/test_record.py`` checks the CREATE TABLE below against them)
 DETECTION_COLUMNS = DETECTION_FIELDS
+#: the columns the store adds: insertion order, and the outbox's state
+STORE_COLUMNS = ("seq", "published_utc", "acked_t")
 
 MIGRATIONS: list[str] = [
     # 1: detections (and the outbox), effort, gaps
@@ -79,7 +81,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX gaps_start ON gaps(start_utc);
     """,
     # 2: the outbox remembers when the broker FIRST acknowledged each detection, on the re-send window's
-    # timeline (edge.service.clock.OutboxClock: monotonic seconds continued across restarts), so the
+    # timeline (edge.clock.OutboxClock: monotonic seconds continued across restarts), so the
     # window survives a restart and a clock step, and a re-send does not refresh it
     """
     ALTER TABLE detections ADD COLUMN acked_t REAL;
@@ -301,7 +303,7 @@ class Store:
             cur = self.db.execute(
                 "INSERT INTO gaps (device_id, source, start_utc, end_utc, reason, samples_lost) VALUES (?, ?, ?, ?, ?, ?)",
                 [device_id, source, start_utc, end_utc, reason, int(samples_lost)])
-            return int(cur.lastrowid)
+            return int(cur.lastrowid or 0)
 
     def gaps(self) -> list[dict]:
         with self._lock:

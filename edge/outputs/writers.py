@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable, Sequence
 
 from edge.contract.record import DETECTION_FIELDS, Detection
 from edge.types import DetectionSink
@@ -31,11 +31,16 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("table", "csv", "json", "raven")
 
-RAVEN_COLUMNS = (  # BirdNET-Analyzer's twelve, in its order, then ours
-    "Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
-    "Common Name", "Species Code", "Confidence", "Begin Path", "File Offset (s)",
-    "Mean Confidence", "Windows", "Begin Date Time (UTC)",
-)
+#: Raven column -> the record's field it shows (None: the table's own: selection number, view, channel, band);
+#: BirdNET-Analyzer's twelve, in its order, then ours
+RAVEN_FIELDS: dict[str, str | None] = {
+    "Selection": None, "View": None, "Channel": None, "Begin Time (s)": "offset_s", "End Time (s)": "end_offset_s",
+    "Low Freq (Hz)": None, "High Freq (Hz)": None, "Common Name": "common_name", "Species Code": "label",
+    "Confidence": "score", "Begin Path": "source", "File Offset (s)": "offset_s",
+    "Mean Confidence": "mean_score", "Windows": "n_windows", "Begin Date Time (UTC)": "start_utc",
+}
+RAVEN_COLUMNS = tuple(RAVEN_FIELDS)
+_RAVEN_FORMATS = {"offset_s": "{:.3f}", "end_offset_s": "{:.3f}", "score": "{:.4f}", "mean_score": "{:.4f}"}
 
 
 class Writer(DetectionSink):
@@ -63,13 +68,13 @@ class TableWriter(_StreamWriter):
     def begin_source(self, path: str) -> None:
         self._source, self._rows = path, []
 
-    def handle(self, detections: list[Detection]) -> None:
+    def handle(self, detections: Sequence[Detection]) -> None:
         if self._source is None:  # used without begin_source: print as they come
             self._print(detections)
         else:
             self._rows += detections
 
-    def _print(self, rows: list[Detection]) -> None:
+    def _print(self, rows: Sequence[Detection]) -> None:
         for d in rows:
             self.out.write(
                 f"  {d.offset_s:9.1f} {d.end_offset_s:9.1f}  {d.start_utc:<24} {d.score:5.2f} {d.mean_score:5.2f} "
@@ -97,7 +102,7 @@ class CSVWriter(_StreamWriter):
         self._w = csv.writer(self.out, lineterminator="\n")
         self._w.writerow(DETECTION_FIELDS)
 
-    def handle(self, detections: list[Detection]) -> None:
+    def handle(self, detections: Sequence[Detection]) -> None:
         for d in detections:
             self._w.writerow([getattr(d, c) for c in DETECTION_FIELDS])
 
@@ -109,7 +114,7 @@ class JSONWriter(_StreamWriter):
         super().__init__(out)
         self._rows: list[dict] = []
 
-    def handle(self, detections: list[Detection]) -> None:
+    def handle(self, detections: Sequence[Detection]) -> None:
         self._rows += [d.to_dict() for d in detections]
 
     def close(self) -> None:
@@ -155,7 +160,7 @@ class RavenWriter(Writer):
     def begin_source(self, path: str) -> None:
         self._source, self._rows = path, []
 
-    def handle(self, detections: list[Detection]) -> None:
+    def handle(self, detections: Sequence[Detection]) -> None:
         self._rows += detections
 
     def end_source(self) -> None:
@@ -170,10 +175,10 @@ class RavenWriter(Writer):
                 w = csv.writer(fh, delimiter="\t", lineterminator="\n")
                 w.writerow(RAVEN_COLUMNS)
                 for i, d in enumerate(rows, 1):
-                    w.writerow([i, "Spectrogram 1", 1, f"{d.offset_s:.3f}", f"{d.end_offset_s:.3f}",
-                                f"{self.low_hz:.1f}", f"{self.high_hz:.1f}", d.common_name, d.label,
-                                f"{d.score:.4f}", d.source, f"{d.offset_s:.3f}",
-                                f"{d.mean_score:.4f}", d.n_windows, d.start_utc])
+                    own = {"Selection": i, "View": "Spectrogram 1", "Channel": 1,
+                           "Low Freq (Hz)": f"{self.low_hz:.1f}", "High Freq (Hz)": f"{self.high_hz:.1f}"}
+                    w.writerow([own[c] if f is None else _RAVEN_FORMATS.get(f, "{}").format(getattr(d, f))
+                                for c, f in RAVEN_FIELDS.items()])
         except OSError as exc:  # a full disk, a file where a folder should be: said, and the run goes on
             self.errors.append(f"cannot write {path}: {(exc.strerror or str(exc)).lower()}")
             log.error("%s", self.errors[-1])
@@ -212,4 +217,5 @@ def make_writer(fmt: str, out: str | None, *, low_hz: float = 0.0, high_hz: floa
     if fmt == "raven":
         return RavenWriter(out, low_hz, high_hz, inputs)
     stream = open(out, "w", newline="") if out else sys.stdout
-    return {"table": TableWriter, "csv": CSVWriter, "json": JSONWriter}[fmt](stream)
+    streams: dict[str, Callable[[IO[str]], Writer]] = {"table": TableWriter, "csv": CSVWriter, "json": JSONWriter}
+    return streams[fmt](stream)

@@ -166,7 +166,7 @@ class Alerts(Service):
         self._watcher: Optional[threading.Thread] = None
         self._timeout_kw: dict = {}
         self._busy = threading.Event()  # the worker is loading Apprise
-        self.stats = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter()
         #: (kind, title, body, ok) of every alert the worker tried to send
         self.history: collections.deque = collections.deque(maxlen=100)
 

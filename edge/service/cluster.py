@@ -15,8 +15,9 @@ which is all it needs (``pip install 'dawnchorus[cluster]'``).
 from __future__ import annotations
 
 import logging
+from typing import Any, Optional
 
-from edge.service.parallel import Unit, Work, _warm, analyse
+from edge.service.workers import Unit, Work, _warm, analyse
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +46,23 @@ class DaskExecutor:
         threads = self.client.nthreads()
         self.jobs = max(1, sum(threads.values()))
         self.description = f"Dask {address}: {len(threads)} worker(s), {self.jobs} thread(s)"
-        self._work = None
-        self._futures = []
+        self._work: Optional[tuple[Work, Any]] = None  # (work, its scattered copy)
+        self._futures: list[Any] = []
         if work is not None:  # every worker loads the model now, while the caller loads its own
-            self._send(work)
+            scattered = self._send(work)
             for w in threads:
-                self._futures.append(self.client.submit(_warm, self._work[1], workers=[w], allow_other_workers=False,
+                self._futures.append(self.client.submit(_warm, scattered, workers=[w], allow_other_workers=False,
                                                         pure=False))
 
-    def _send(self, work: Work) -> None:
-        """The bundle's bytes once to every worker, not with every unit."""
+    def _send(self, work: Work) -> Any:
+        """The bundle's bytes once to every worker, not with every unit; returns the scattered copy."""
         if self._work is None or self._work[0] is not work:
             self._work = (work, self.client.scatter(work.with_data(), broadcast=True, hash=False))
+        return self._work[1]
 
     def submit(self, unit: Unit, work: Work):
-        if self._work is None or self._work[0].job != work.job:
-            self._send(work)
-        f = self.client.submit(analyse, unit, self._work[1], pure=False)
+        scattered = self._send(work) if self._work is None or self._work[0].job != work.job else self._work[1]
+        f = self.client.submit(analyse, unit, scattered, pure=False)
         self._futures.append(f)
         return f
 

@@ -33,15 +33,17 @@ from edge.service.runtime import SERVICE_FACTORIES, Runtime, ServiceFactory
 from edge.service.sdnotify import Notifier, Watchdog
 from edge.types import AudioBlock, DetectionSink
 
+from edge.sources.mic import CaptureListener
+
 if TYPE_CHECKING:
-    from edge.service.clock import StreamClock
+    from edge.clock import StreamClock
     from edge.sources.mic import DeviceInfo, MicSource
 
 log = logging.getLogger(__name__)
 
 
-class CaptureEvents:
-    """What the microphone reports (``edge.sources.mic.CaptureListener``): sessions, gaps, health."""
+class CaptureEvents(CaptureListener):
+    """What the microphone reports: sessions, gaps, health."""
 
     def __init__(self, runtime: Runtime, source_name: str):
         self.rt = runtime
@@ -126,11 +128,13 @@ class Daemon:
         if cfg.clips.enabled or cfg.web.enabled:  # the dashboard plays and draws the clips
             from edge.outputs.clips import ClipWriter
 
-            sinks.append(ClipWriter.from_config(cfg, pipeline.sample_rate))
+            clips = ClipWriter.from_config(cfg, pipeline.sample_rate)
+            if clips is not None:
+                sinks.append(clips)
         rt = self.runtime = Runtime(cfg, pipeline, store, health=self.health, stop=self.stop_event, sinks=sinks,
                                     running=running, model_store=model_store)
         rt.start_services(self.factories)
-        from edge.service.clock import anchor_after_store, stream_clock
+        from edge.clock import anchor_after_store, stream_clock
 
         self.clock = stream_clock()  # live times: the wall clock read once, then monotonic; steps recorded as such
         anchor_after_store(self.clock, store, cfg.device_id, self.source_name)
@@ -148,7 +152,7 @@ class Daemon:
         rt = self.runtime
         if self.clock is not None and rt is not None and rt.store is not None \
                 and (step := self.clock.check()) is not None:
-            from edge.service.clock import record_step
+            from edge.clock import record_step
 
             record_step(step, self.clock.now(), rt.store, self.cfg.device_id, self.source_name)
         if not self.ready:

@@ -15,7 +15,7 @@ loadable files. Temporary leftovers are removed on the next start.
 The state also carries the crash-loop counter: the starts of the daemon
 since the last swap that have not (yet) reached "healthy". It lives on disk
 so it survives the crashes it counts. Each start is [boot id, seconds since
-boot] (``edge.service.clock``), never the wall clock: an NTP step (a Pi has no
+boot] (``edge.clock``), never the wall clock: an NTP step (a Pi has no
 real-time clock) cannot make it forget a crash.
 """
 from __future__ import annotations
@@ -25,13 +25,12 @@ import logging
 import os
 import re
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from edge.contract.record import utc_now as record_utc_now
 
-from edge.service.clock import boot_id, boot_time
+from edge.clock import boot_id, boot_time
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ class ModelStore:
 
     # -- state file -------------------------------------------------------
     def _read_state(self) -> dict[str, Any]:
-        empty = {"schema": STATE_SCHEMA, "active": None, "previous": None, "swap_utc": None,
+        empty: dict[str, Any] = {"schema": STATE_SCHEMA, "active": None, "previous": None, "swap_utc": None,
                  "healthy": True, "starts": [], "refused": [], "rollbacks": [], "last_update": None}
         try:
             raw = self.state_path.read_bytes()
@@ -163,7 +162,7 @@ class ModelStore:
     def record_running(self, entry: dict) -> None:
         """Name the bundle running now as active when the state disagrees (first start, fallback)."""
         act = self.active
-        if same(act, entry) and act["file"] == entry["file"]:
+        if act is not None and same(act, entry) and act["file"] == entry["file"]:
             return
         self.state.update(active=entry, healthy=True, starts=[])
         if same(self.previous, entry):

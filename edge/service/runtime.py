@@ -34,7 +34,7 @@ from edge.config import Config
 from edge.contract.record import Detection
 from edge.service.health import Health
 from edge.service.sessions import Sessions
-from edge.sources.file import SourceError
+from edge.sources import SourceError, timed
 from edge.types import AudioBlock, AudioSource, DetectionSink, Service
 
 if TYPE_CHECKING:  # loaded where used: the daemon starts in about a second
@@ -103,7 +103,7 @@ def alerts_service(ctx: RuntimeContext) -> Optional[Service]:
 
 
 def health_file_service(ctx: RuntimeContext) -> Optional[Service]:
-    from edge.service.healthfile import service_factory
+    from edge.outputs.healthfile import service_factory
 
     return service_factory(ctx)
 
@@ -197,40 +197,53 @@ class Runtime:
                    on_block: Optional[Callable[[AudioBlock], None]] = None) -> SourceRun:
         """Every block of ``source`` through the pipeline and out; the source's open events closed at its end."""
         p = self.pipeline
-        run = SourceRun(source.name)
-        self.source = source
-        p.begin(source.name, source.time_source)
-        for sink in self.sinks:
-            sink.begin_source(source.name)
-        blocks = source.blocks(self.stop_event)
+        run = self.begin_source(source)
+
+        def spent(seconds: float) -> None:
+            run.decode_s += seconds
+
+        blocks = timed(source.blocks(self.stop_event), spent)  # decoding time, without the pacing's waits
         if realtime:
             blocks = paced(blocks, p.sample_rate, self.stop_event)
         try:
-            while True:
-                t0 = time.perf_counter()
-                try:
-                    block = next(blocks)
-                except StopIteration:
-                    break
-                finally:
-                    run.decode_s += time.perf_counter() - t0
-                offset = None if source.time_source == "clock" else block.offset_s  # as for detection ids
-                self.sessions.ensure_open(block.start_utc, source.name, p.bundle, offset_s=offset)
+            for block in blocks:
                 dets = self._feed(block)
                 for sink in self.sinks:
                     sink.add_audio(block)
                 seconds = len(block.samples) / p.sample_rate
-                run.audio_s = block.offset_s + seconds
-                self._last_end = block.start_utc + timedelta(seconds=seconds)
-                if dets or self._pending():
-                    self.deliver(dets, run)
+                self.took(run, block.start_utc, block.start_utc + timedelta(seconds=seconds), block.offset_s, dets)
                 if on_block is not None:
                     on_block(block)
-                self.sessions.tick(block.start_utc, self._last_end, source.name, p.bundle, offset_s=offset)
         except SourceError as exc:
             run.error = f"{exc} ({run.audio_s:.1f} s analysed before the error)"
             log.warning("%s", exc)
-        dets = self._feed(None)  # the last segment's tail window, every open event
+        return self.end_source(run, self._feed(None))  # the last segment's tail window, every open event
+
+    # The steps of run_source, for a caller that runs the model elsewhere (edge.service.parallel):
+    def begin_source(self, source: AudioSource) -> SourceRun:
+        """A source starts: the pipeline and the sinks are told; ``took`` and ``end_source`` follow."""
+        self.source = source
+        self.pipeline.begin(source.name, source.time_source)
+        for sink in self.sinks:
+            sink.begin_source(source.name)
+        return SourceRun(source.name)
+
+    def took(self, run: SourceRun, start: datetime, end: datetime, offset_s: float,
+             dets: Sequence[Detection]) -> None:
+        """Audio from ``start`` to ``end`` (``offset_s`` into the source at ``start``) went through the model and
+        gave ``dets``: the listening session opened (or a new one after a model swap), the detections delivered."""
+        source, bundle = self.source, self.pipeline.bundle
+        assert source is not None, "begin_source first"
+        key_offset = None if source.time_source == "clock" else offset_s  # sessions keyed as detection ids are
+        self.sessions.ensure_open(start, source.name, bundle, offset_s=key_offset)
+        run.audio_s = max(run.audio_s, offset_s + (end - start).total_seconds())
+        self._last_end = end
+        if dets or self._pending():
+            self.deliver(dets, run)
+        self.sessions.tick(start, end, source.name, bundle, offset_s=key_offset)
+
+    def end_source(self, run: SourceRun, dets: Sequence[Detection]) -> SourceRun:
+        """The source ended with ``dets`` (its last events): delivered, the sinks told, the session closed."""
         if dets or self._pending():
             self.deliver(dets, run)
         for sink in self.sinks:
@@ -244,7 +257,7 @@ class Runtime:
         p = self.pipeline
         w0, i0 = p.stats["windows"], p.stats["invoke_s"]
         dets = p.finish() if block is None else p.feed(block)
-        n = p.stats["windows"] - w0
+        n = int(p.stats["windows"] - w0)
         if n:
             self.health.note_windows(n, (p.stats["invoke_s"] - i0) / n)
         if block is not None:

@@ -13,13 +13,13 @@ import logging
 import os
 import socket
 import threading
-from typing import Callable
+from typing import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
 
 class Notifier:
-    def __init__(self, env: dict | None = None):
+    def __init__(self, env: Mapping[str, str] | None = None):
         env = os.environ if env is None else env
         addr = env.get("NOTIFY_SOCKET") or ""
         if addr.startswith("@"):

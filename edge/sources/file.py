@@ -157,6 +157,7 @@ class FileSource(AudioSource):
         self.format = f"{self._sf.format}/{self._sf.subtype}"
         # 16/24/32-bit integer PCM is read as integers and scaled here: libsndfile's own conversion
         # to float costs 6x more than the decoding of a WAV file
+        self._scale: np.float32 | None
         self._dtype, self._scale = {"PCM_16": ("int16", np.float32(2.0**-15)), "PCM_24": ("int32", np.float32(2.0**-31)),
                                     "PCM_32": ("int32", np.float32(2.0**-31))}.get(self._sf.subtype, ("float32", None))
         try:

@@ -106,7 +106,8 @@ def time_from_name(path: str | Path) -> tuple[datetime, bool] | None:
     m = _NAME_TIME.search(stem)
     if m:
         try:
-            return datetime(*(int(m[k]) for k in ("y", "mo", "d", "h", "mi", "s"))), True
+            y, mo, d, h, mi, s = (int(m[k]) for k in ("y", "mo", "d", "h", "mi", "s"))
+            return datetime(y, mo, d, h, mi, s), True
         except ValueError:
             return None
     m = _HEX_TIME.match(stem)

@@ -125,7 +125,7 @@ class MicSource(AudioSource):
 
     def __init__(self, audio_cfg, sample_rate: int, listener: CaptureListener | None = None,
                  max_seconds: float | None = None, clock=None):
-        from edge.service.clock import stream_clock
+        from edge.clock import stream_clock
 
         self.cfg = audio_cfg
         self.clock = clock or stream_clock()  # block times: anchored once, monotonic after (NTP steps do not show)
@@ -159,7 +159,10 @@ class MicSource(AudioSource):
             if room < frames:
                 indata = indata[:max(room, 0)]
                 frames = len(indata)
-        self._ring.write(indata, status.input_overflow)
+        ring = self._ring
+        if ring is None:  # the stream is closing
+            return
+        ring.write(indata, status.input_overflow)
         self._captured += frames
         if limit is not None and self._captured >= limit:
             self._limit_reached = True

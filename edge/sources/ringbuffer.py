@@ -51,7 +51,7 @@ class RingBuffer:
         self.driver_overflows = 0  # input overflows PortAudio reported
         self.dropped_frames = 0
         self._stamp = (0.0, 0)  # (wall clock, position) at the end of the last write, set as one
-        self._clock = clock  # the wall clock: the daemon's is edge.service.clock.StreamClock.now (steps do not show)
+        self._clock = clock  # the wall clock: the daemon's is edge.clock.StreamClock.now (steps do not show)
 
     # -- producer (the capture callback) ---------------------------------------
     def write(self, frames: np.ndarray, driver_overflow: bool = False) -> bool:

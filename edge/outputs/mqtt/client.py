@@ -23,7 +23,7 @@ import queue
 import ssl
 import threading
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from edge.heap import release_heap
 from edge.config.base import ConfigError
@@ -115,7 +115,7 @@ class MQTTClient:
         self._dispatch: queue.Queue = queue.Queue(maxsize=dispatch_queue)
         self._dispatcher: Optional[threading.Thread] = None
         self._connected = threading.Event()
-        self._client = None
+        self._client: Any = None  # paho.mqtt.client.Client once opened
         self._client_lock = threading.Lock()
         self._fallback = threading.Event()
         self._fail_logged = False
@@ -137,12 +137,15 @@ class MQTTClient:
         import paho.mqtt.client as mqtt
 
         proto = mqtt.MQTTv5 if self.protocol == "5" else mqtt.MQTTv311
-        kw = {} if proto == mqtt.MQTTv5 else {"clean_session": True}
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto, **kw)
+        if proto == mqtt.MQTTv5:
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto)
+        else:
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto,
+                            clean_session=True)
         c.enable_logger(_paho_log)
         c.suppress_exceptions = True
         c.max_inflight_messages_set(self._max_inflight)
-        c.reconnect_delay_set(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        c.reconnect_delay_set(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)  # type: ignore[arg-type]  # paho says int, takes float
         if self.cfg.username is not None:
             c.username_pw_set(self.cfg.username, self._password)
         if self.cfg.tls is not None:

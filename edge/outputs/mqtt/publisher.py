@@ -14,7 +14,7 @@ this side did not ask for (no DISCONNECT from the broker either), the
 detections FIRST acknowledged in the last ``resend_window_s`` seconds
 (counted back from the last acknowledgement) go back to the outbox
 (``Store.requeue_acked_since``) and the backlog sends them again, after the
-never-sent backlog. The window is measured on ``edge.service.clock.OutboxClock``
+never-sent backlog. The window is measured on ``edge.clock.OutboxClock``
 (monotonic, continued across restarts from the store's last acknowledgement)
 and the first acknowledgement's time is stored (``acked_t``): a device restart
 or a clock step does not move an acknowledgement out of the window, and a
@@ -41,8 +41,9 @@ from edge.config import Config, MQTTConfig
 from edge.types import HealthSource, Outbox, Service
 from edge.outputs.mqtt.client import Handler, MQTTClient
 from edge.outputs.mqtt.discovery import Discovery
+from edge.outputs.mqtt.ledger import Ledger
 from edge.outputs.mqtt.topics import Topics
-from edge.service.clock import OutboxClock
+from edge.clock import OutboxClock
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,8 @@ class Publisher(Service):
         self._max_inflight = max_inflight
         self._poll_s = poll_s
 
-        self._lock = threading.Lock()
-        self._inflight: dict[int, tuple[Optional[str], str]] = {}  # mid -> (detection id or None, topic)
-        self._inflight_ids: set[str] = set()
-        self._early_acks: dict[int, tuple[bool, str]] = {}  # acks that beat publish() returning
-        self._acked: list[str] = []
-        self._refused: set[str] = set()  # refused by the broker (ACL): not retried until reconnect
+        self._lock = threading.Lock()  # the re-send window's times
+        self.ledger = Ledger(self.topics.base)
         self._live: collections.deque = collections.deque()
         self._wake = threading.Event()
         self._just_connected = threading.Event()
@@ -102,7 +99,6 @@ class Publisher(Service):
         self._last_refill = time.monotonic()
         self._next_health = 0.0
         self._last_poll = 0.0
-        self._recent = collections.OrderedDict()  # recently acknowledged ids: no live re-send
         self._started = time.monotonic()
         self._clock = OutboxClock()  # the re-send window's time (continued from the store's once it is open)
         self._last_ack_t: Optional[float] = None  # OutboxClock time of the broker's last acknowledgement
@@ -110,7 +106,7 @@ class Publisher(Service):
         self._drain: Optional[dict] = None
         #: one entry per reconnect: backlog at connect and seconds until drained
         self.drains: list[dict] = []
-        self.stats = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter()
 
         will = payloads.encode(payloads.status(device_id, "offline"))
         self.client = MQTTClient(cfg, cfg.client_id or f"dawnchorus-{device_id}", self.stop_event,
@@ -186,20 +182,14 @@ class Publisher(Service):
         self._wake.set()
 
     def _on_ack(self, mid: int, ok: bool, reason: str) -> None:
-        with self._lock:
-            if ok:
+        if ok:
+            with self._lock:
                 self._last_ack_t = self._clock.now()
-            if mid not in self._inflight:
-                self._early_acks[mid] = (ok, reason)
-                return
-            self._settle(mid, ok, reason)
+        self.ledger.ack(mid, ok, reason)
         self._wake.set()
 
     def _on_reset(self) -> None:
-        with self._lock:
-            self._inflight.clear()
-            self._inflight_ids.clear()
-            self._early_acks.clear()
+        self.ledger.reset()
 
     def _on_lost(self, unclean: bool) -> None:
         """The connection ended (network thread). Unclean: the broker may have lost what it acknowledged."""
@@ -212,27 +202,6 @@ class Publisher(Service):
                 self._requeue_since = since
         self._wake.set()
 
-    def _settle(self, mid: int, ok: bool, reason: str) -> None:  # with self._lock held
-        det_id, topic = self._inflight.pop(mid)
-        if not ok:
-            self.stats["refused"] += 1
-            n = self.stats["refused"]
-            # mosquitto also drops the connection after a refusal: say it once, then now and then
-            log.log(logging.ERROR if n == 1 or n % 100 == 0 else logging.DEBUG,
-                    "MQTT: the broker refused %s on %s: %s (%d refusals so far; check the broker's ACL "
-                    "allows this device to write under %s/); refused detections stay in the outbox",
-                    f"detection {det_id}" if det_id else "the message", topic, reason, n, self.topics.base)
-        if det_id is None:
-            return
-        self._inflight_ids.discard(det_id)
-        if ok:
-            self._acked.append(det_id)
-            self._recent[det_id] = None
-            if len(self._recent) > 10000:
-                self._recent.popitem(last=False)
-        else:
-            self._refused.add(det_id)
-
     # ---- sending ---------------------------------------------------------
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool, det_id: Optional[str]) -> Optional[int]:
         mid = self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -240,13 +209,7 @@ class Publisher(Service):
             return None
         if qos == 0:
             return mid
-        with self._lock:
-            self._inflight[mid] = (det_id, topic)
-            if det_id is not None:
-                self._inflight_ids.add(det_id)
-            early = self._early_acks.pop(mid, None)
-            if early is not None:
-                self._settle(mid, *early)
+        self.ledger.sent(mid, det_id, topic)
         return mid
 
     def _record(self, row: Mapping[str, Any]) -> Optional[Detection]:
@@ -256,8 +219,7 @@ class Publisher(Service):
         except ValueError as exc:
             log.error("MQTT: cannot make a message of a stored detection, skipped: %s", exc)
             if row.get("id"):
-                with self._lock:
-                    self._refused.add(row["id"])
+                self.ledger.refuse(row["id"])
             return None
 
     def _send_detection(self, det: Detection) -> bool:
@@ -266,13 +228,11 @@ class Publisher(Service):
             msg = payloads.detection(det, self.location)
         except ValueError as exc:
             log.error("MQTT: cannot make a message of a stored detection, skipped: %s", exc)
-            with self._lock:
-                self._refused.add(det.id)  # not again until the next connection
+            self.ledger.refuse(det.id)  # not again until the next connection
             return False
         det_id = msg["id"]
-        with self._lock:
-            if det_id in self._inflight_ids or det_id in self._refused or det_id in self._recent:
-                return False
+        if self.ledger.blocked(det_id):
+            return False
         if self._send(self.topics.detections, payloads.encode(msg), 1, False, det_id) is None:
             return False
         self.stats["published"] += 1
@@ -314,6 +274,11 @@ class Publisher(Service):
         o = self._outbox_arg
         return o if isinstance(o, Outbox) else o()
 
+    def _box(self) -> Outbox:
+        """The outbox, opened by the outbox thread before anything uses it."""
+        assert self._outbox is not None
+        return self._outbox
+
     def _next_wait(self) -> float:
         if not self.client.connected:
             return 1.0
@@ -323,7 +288,7 @@ class Publisher(Service):
 
     def _step(self) -> None:
         self.client.maintain()
-        with self._lock:  # taken before the flush: the lost connection's acks are already in _acked
+        with self._lock:  # taken before the flush: the lost connection's acks are already in the ledger
             requeue_since, self._requeue_since = self._requeue_since, None
         refused = None
         try:
@@ -348,10 +313,8 @@ class Publisher(Service):
 
     def _requeue(self, since: float) -> None:
         """Back to the outbox: what was first acknowledged since ``since`` (OutboxClock), after an unclean loss."""
-        ids = self._outbox.requeue_acked_since(since)
-        with self._lock:
-            for i in ids:
-                self._recent.pop(i, None)
+        ids = list(self._box().requeue_acked_since(since))
+        self.ledger.forget(ids)
         self.stats["requeued"] += len(ids)
         if ids:
             log.info("MQTT: the connection dropped without a goodbye; the %d detections the broker acknowledged in "
@@ -359,12 +322,11 @@ class Publisher(Service):
                      "messages; consumers de-duplicate on id)", len(ids), self.cfg.resend_window_s)
 
     def _connected_now(self, now: float) -> None:
-        with self._lock:
-            self._refused.clear()
+        self.ledger.connected()
         self._backlog_pending = True
         self._tokens = 0.0
         self._last_refill = now
-        depth = self._outbox.outbox_depth()
+        depth = self._box().outbox_depth()
         self._drain = {"connected_at": time.monotonic(), "backlog": depth, "drained_s": None} if depth else None
         if depth:
             log.info("MQTT: %d detections waiting in the outbox; sending them at up to %g/s",
@@ -374,9 +336,8 @@ class Publisher(Service):
 
     def _send_live(self) -> None:
         while self._live:
-            with self._lock:
-                if len(self._inflight_ids) >= self._max_inflight:
-                    return
+            if self.ledger.in_flight() >= self._max_inflight:
+                return
             self._send_detection(self._live.popleft())
 
     def _send_backlog(self, now: float) -> None:
@@ -387,12 +348,12 @@ class Publisher(Service):
             if now - self._last_poll < self._poll_s:
                 return
         self._last_poll = now
-        with self._lock:
-            room = self._max_inflight - len(self._inflight_ids)
-            skip = len(self._inflight_ids) + len(self._refused)
+        in_flight = self.ledger.in_flight()
+        room = self._max_inflight - in_flight
+        skip = in_flight + self.ledger.refused()
         if room <= 0 or self._tokens < 1:
             return
-        rows = self._outbox.unpublished(skip + min(self._batch, room, int(self._tokens)))
+        rows = self._box().unpublished(skip + min(self._batch, room, int(self._tokens)))
         sent = 0
         for row in rows:
             if self._tokens < 1:
@@ -402,9 +363,7 @@ class Publisher(Service):
                 self._tokens -= 1
                 sent += 1
         self.stats["backlog_sent"] += sent
-        with self._lock:
-            waiting = len(self._inflight_ids)
-        self._backlog_pending = sent > 0 or waiting > 0
+        self._backlog_pending = sent > 0 or self.ledger.in_flight() > 0
         if not self._backlog_pending and self._drain is not None:
             self._drain["drained_s"] = round(time.monotonic() - self._drain["connected_at"], 3)
             self.drains.append(self._drain)
@@ -413,14 +372,12 @@ class Publisher(Service):
             self._drain = None
 
     def _flush_acks(self) -> None:
-        with self._lock:
-            ids, self._acked = self._acked, []
+        ids = self.ledger.take_acked()
         if ids:
             try:
-                self._outbox.mark_published(ids, utc_now(), self._clock.now())
+                self._box().mark_published(ids, utc_now(), self._clock.now())
             except BaseException:
-                with self._lock:  # not recorded: keep them for the next try (else they would be sent again)
-                    self._acked[:0] = ids
+                self.ledger.put_back_acked(ids)  # not recorded: kept for the next try (else they would be sent again)
                 raise
             self.stats["acked"] += len(ids)
 
@@ -442,7 +399,7 @@ class Publisher(Service):
     def mqtt_stats(self) -> dict:
         return {"protocol": self.client.protocol, "connects": self.client.connects,
                 "published": self.stats["published"], "acked": self.stats["acked"],
-                "backlog_sent": self.stats["backlog_sent"], "refused": self.stats["refused"],
+                "backlog_sent": self.stats["backlog_sent"], "refused": self.ledger.refusals,
                 "requeued": self.stats["requeued"]}
 
     def publish_health(self) -> None:
@@ -457,16 +414,13 @@ class Publisher(Service):
             self._send_live()
             self._send(self.topics.status, payloads.encode(payloads.status(self.device_id, "offline")), 1, True, None)
             end = time.monotonic() + min(timeout, 3.0)
-            while time.monotonic() < end:
-                with self._lock:
-                    if not self._inflight:
-                        break
+            while time.monotonic() < end and self.ledger.messages_in_flight():
                 time.sleep(0.02)
         try:
             self._flush_acks()
         except (sqlite3.Error, OSError) as exc:  # they stay in the outbox: sent again next time
-            log.error("MQTT: cannot record %d acknowledgement(s) in the store at stop: %s", len(self._acked), exc)
-        with self._lock:
-            left = len(self._inflight_ids)
+            log.error("MQTT: cannot record %d acknowledgement(s) in the store at stop: %s", self.ledger.acked_waiting(),
+                      exc)
+        left = self.ledger.in_flight()
         if left:
             log.info("MQTT: stopping with %d detections unacknowledged; they stay in the outbox", left)

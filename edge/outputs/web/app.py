@@ -88,7 +88,7 @@ class Web:
         logged_in = self.sessions.valid(cookie)
         html = self.env.get_template(name).render(
             request=request, path=request.url.path, device_id=self.ctx.device_id, logged_in=logged_in,
-            csrf=self.sessions.csrf_token(cookie) if logged_in else "", has_password=self.password_hash() is not None,
+            csrf=self.sessions.csrf_token(cookie) if logged_in and cookie else "", has_password=self.password_hash() is not None,
             require_login=self.ctx.require_login, now=datetime.now(self.tz), **data)
         return HTMLResponse(html, status_code=status)
 
@@ -173,7 +173,8 @@ def create_app(ctx: WebContext) -> Starlette:
         web.close()
 
     app = Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
-                    exception_handlers={BadRequest: bad_request, HTTPException: http_error, Exception: server_error},
+                    exception_handlers={BadRequest: bad_request, HTTPException: http_error,  # type: ignore[dict-item]
+                                        Exception: server_error},
                     lifespan=lifespan, max_body_size=64 * 1024)
     app.state.web = web
     return app

@@ -91,7 +91,7 @@ class Sessions:
 
     def revoke(self, cookie: str | None) -> None:
         """Log a session out (kept until its expiry; a restart forgets all sessions anyway)."""
-        if self.valid(cookie):
+        if cookie is not None and self.valid(cookie):
             expiry, nonce, _ = cookie.split(".")
             now = self.clock()
             self.revoked = {n: e for n, e in self.revoked.items() if e > now}

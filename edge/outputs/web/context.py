@@ -5,7 +5,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import tzinfo
+from datetime import timezone, tzinfo
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -86,4 +86,4 @@ class WebContext:
 def _local_tz() -> tzinfo:
     from datetime import datetime
 
-    return datetime.now().astimezone().tzinfo
+    return datetime.now().astimezone().tzinfo or timezone.utc

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
+from typing import Any
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def model_facts(models_dir: Path | None, configured: Path | None) -> dict:
     active = (state or {}).get("active")
     path = Path(active["file"]) if active and active.get("file") else configured
     manifest = read_manifest(path) if path else None
-    facts = {"path": str(path) if path else None, "manifest": manifest, "state": state, "installed": bool(active)}
+    facts: dict[str, Any] = {"path": str(path) if path else None, "manifest": manifest, "state": state, "installed": bool(active)}
     if manifest:
         names = {lab["label"]: lab for lab in manifest.get("labels", [])}
         thr = manifest.get("thresholds", {})

@@ -18,8 +18,10 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 from datetime import date, datetime, timedelta, timezone, tzinfo
 
+from edge.contract.record import format_utc, parse_utc
 from edge.outputs.reviews import migrate_aux
 
 WEB_MIGRATIONS: list[str | list[str]] = [
@@ -49,12 +51,7 @@ SCORE_PLAN_CAP = 1_000  # the least matches read by score
 PAGE_COST = 50  # a page's rows, for the plan choice
 
 
-def iso_z(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def parse_utc(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+iso_z = format_utc  # the store's UTC text (edge.contract.record)
 
 
 @dataclass(frozen=True)
@@ -144,10 +141,13 @@ class Queries:
     def local(self, utc_text: str | None) -> datetime | None:
         return parse_utc(utc_text).astimezone(self.tz) if utc_text else None
 
+    def local_date(self, utc_text: str) -> date:
+        return parse_utc(utc_text).astimezone(self.tz).date()
+
     # -- today ------------------------------------------------------------------
     def latest_day(self) -> date | None:
         row = self._one("SELECT max(start_utc) FROM detections")
-        return self.local(row[0]).date() if row and row[0] else None
+        return self.local_date(row[0]) if row and row[0] else None
 
     def day_summary(self, day: date) -> list[dict]:
         a, b = self.day_bounds(day)
@@ -179,7 +179,8 @@ class Queries:
         ``review``: ``none`` (not reviewed yet), ``any`` (reviewed), or the newest review's
         verdict (``correct``, ``wrong``, ``species``).
         """
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if label:
             where.append("label = ?")
             params.append(label)
@@ -302,7 +303,7 @@ class Queries:
         if first is None:
             return None
         last = self._one("SELECT max(start_utc) FROM detections WHERE label = ?", [label])[0]
-        last_day = self.local(last).date()
+        last_day = self.local_date(last)
         first_day = last_day - timedelta(days=days - 1)
         # hours and days in SQL over web_hourly (a few thousand rows a year), each UTC hour shifted by the
         # zone's offset then (placed by the hour's start: zones with half-hour offsets round down)
@@ -346,7 +347,7 @@ class Queries:
 
     def latest_effort_day(self) -> date | None:
         row = self._one("SELECT max(start_utc) FROM effort")
-        return self.local(row[0]).date() if row and row[0] else None
+        return self.local_date(row[0]) if row and row[0] else None
 
     # -- health -----------------------------------------------------------------
     def store_figures(self) -> dict:

@@ -71,7 +71,7 @@ def service_factory(ctx) -> WebService | None:
     cfg = ctx.cfg
     if not cfg.web.enabled:
         return None
-    from edge.service.healthfile import report
+    from edge.outputs.healthfile import report
 
     wctx = WebContext.from_config(cfg, health=lambda: report(ctx.health.snapshot, ctx.services.get("mqtt")))
     try:

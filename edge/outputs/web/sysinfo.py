@@ -40,10 +40,12 @@ def disk(path: Path | None) -> dict | None:
 
 def machine(state_dir: Path | None, daemon_pid: int | None = None) -> dict:
     mem = _meminfo()
+    loads: tuple[float | None, ...]
     try:
-        load1, load5, load15 = os.getloadavg()
+        loads = os.getloadavg()
     except OSError:
-        load1 = load5 = load15 = None
+        loads = (None, None, None)
+    load1, load5, load15 = loads
     total, avail = mem.get("MemTotal"), mem.get("MemAvailable")
     return {
         "cpus": os.cpu_count() or 1,

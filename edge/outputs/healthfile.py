@@ -11,10 +11,10 @@ import json
 import logging
 import os
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from edge.contract.record import utc_now
 from edge.types import Service
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def report(snapshot: Callable[[], dict], publisher: Any = None, state: Optional[
     health = dict(snapshot())
     if state:
         health["state"] = state
-    return {"written_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+    return {"written_utc": utc_now(),
             "pid": os.getpid(), "health": health, "mqtt": mqtt_state(publisher)}
 
 

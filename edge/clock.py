@@ -26,6 +26,8 @@ environment names ``DAWNCHORUS_CLOCK_OFFSET_FILE``, the number of seconds in
 that file (re-read when it changes) is added, so ``bench/faults`` can step the
 clock of a real daemon process without root and without touching the
 monotonic clock (as NTP does). Nothing else reads that variable.
+
+Imports from edge: contract.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import os
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from edge.contract.record import format_utc
 
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 OFFSET_ENV = "DAWNCHORUS_CLOCK_OFFSET_FILE"
 STEP_THRESHOLD_S = 2.0  # wall clock vs the stream's timeline: more than this is a step, not drift
 
-_offset = {"path": None, "stamp": None, "value": 0.0}
+_offset: dict[str, Any] = {"path": None, "stamp": None, "value": 0.0}
 _offset_lock = threading.Lock()
 
 
