@@ -122,7 +122,7 @@ def test_live_tones_through_alsa_file_device(tmp_path, alsa_device, tones):
 def test_live_resamples_and_picks_the_channel(tmp_path, alsa_device, tones):
     """A 2-channel device at 48 kHz: channel 1 carries the tone, channel 0 only noise."""
     bundle, key = tones
-    from edge.sources.resample import StreamResampler
+    from edge.contract.resample import StreamResampler
 
     x, expected = tone_program()
     up = StreamResampler(SR, 48000)
@@ -151,7 +151,7 @@ def test_live_demo_recording_matches_replay(tmp_path, alsa_device):
     x, rate = sf.read(str(demo[0]), dtype="float32", always_2d=True)
     x = x.mean(axis=1)
     if rate != SR:
-        from edge.sources.resample import StreamResampler
+        from edge.contract.resample import StreamResampler
 
         rs = StreamResampler(rate, SR)
         x = np.concatenate([rs.process(x), rs.flush()])

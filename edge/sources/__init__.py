@@ -1,6 +1,6 @@
 """Audio sources: where the pipeline's samples come from: files (``file``, recorder time metadata in
-``metadata``) and the microphone (``mic``, with its ``ringbuffer``); ``resample`` streams the contract's
-resampler.
+``metadata``) and the microphone (``mic``, with its ``ringbuffer``); both resample with the contract's
+resampler (``edge.contract.resample``).
 
 Every source implements ``edge.types.AudioSource``: ``blocks(stop)`` yields
 mono float32 ``AudioBlock``s at the pipeline's rate.

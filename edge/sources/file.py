@@ -33,7 +33,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from edge.types import AudioBlock, AudioSource
-from edge.sources.resample import FileResampler
+from edge.contract.resample import FileResampler
 
 log = logging.getLogger(__name__)
 

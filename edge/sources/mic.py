@@ -30,7 +30,7 @@ import numpy as np
 
 from edge.sources.ringbuffer import RingBuffer
 from edge.types import AudioBlock, AudioSource, SourceCounters
-from edge.sources.resample import StreamResampler
+from edge.contract.resample import StreamResampler
 
 log = logging.getLogger(__name__)
 
