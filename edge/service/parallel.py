@@ -8,8 +8,8 @@ boundaries. A worker (``analyse``, in its own interpreter: a ``spawn`` or
 resamples its unit (``FileSource(span=...)`` gives bit for bit the samples
 the whole file gives there), computes the front-end and runs the model, and
 returns the scores of every window with its offset and time - not
-detections. It does so through the runtime's own per-source loop
-(``edge.service.replay.open_replay`` without a store, ``Runtime.run_source``).
+detections. It feeds the pipeline as ``Runtime.run_source`` does, without
+loading the configuration's classes or the store.
 The parent (``ParallelReplay``) feeds the windows of each file, in order, to
 one post-processor and stores the events through its runtime, so events
 that cross a piece boundary merge, ids, progress, the stored rows and the
@@ -135,7 +135,7 @@ class ParallelReplay:
         refused: dict[int, Any] = {}
         for i, path in enumerate(paths):  # opened here too: the same refusals, in the same order, as one job
             try:
-                src = open_source(str(path), p.sample_rate, self.work.job)
+                src = open_source(str(path), p.sample_rate, self.work.spec)
             except SourceError as exc:
                 refused[i] = SourceRun(str(path), error=str(exc))
                 continue
