@@ -137,6 +137,7 @@ class UnitResult:
     invoke_s: float = 0.0
     wall_s: float = 0.0
     cpu_s: float = 0.0
+    start_cpu_s: float = 0.0  # the worker process's CPU time before its first unit (start, model), on that unit only
     worker: str = ""
     peak_rss_mb: float = 0.0
 
@@ -184,6 +185,9 @@ def keep_heap() -> None:
         pass
 
 
+_START_CPU = [0.0]  # a local worker's CPU time to start (imports, model), reported with its first unit
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -223,6 +227,7 @@ def analyse(unit: Unit, work: Work) -> UnitResult:
     res.invoke_s = p.stats["invoke_s"] - s0["invoke_s"]
     res.wall_s = time.perf_counter() - t_start
     res.cpu_s = time.process_time() - c_start
+    res.start_cpu_s, _START_CPU[0] = _START_CPU[0], 0.0
     res.peak_rss_mb = peak_rss_mb()
     return res
 
@@ -304,6 +309,7 @@ def _worker_start(work: Optional[Work], replay_pid: int) -> None:
     threading.Thread(target=_watch_replay, args=(replay_pid,), name="replay-watch", daemon=True).start()
     if work is not None:
         _warm(work)
+    _START_CPU[0] = time.process_time()
 
 
 def _warm(work: Work) -> None:
