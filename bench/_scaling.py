@@ -32,11 +32,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-#: the Dask workers' settings docs/scaling.md gives (the statistical profiler off: it samples every thread
-#: 100 times a second; one BLAS thread; the allocator settings python -m edge uses)
+#: the Dask workers' settings docs/scaling.md gives: the statistical profiler off (it samples every thread
+#: 100 times a second), one BLAS thread; not the allocator's (the first unit sets them, edge.service.workers.keep_heap:
+#: set from the start they keep Dask's own start-up garbage too, 3 MB more)
 DASK_WORKER_ENV = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False", "OPENBLAS_NUM_THREADS": "1",
-                   "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(16 * 1024 * 1024),
-                   "MALLOC_TRIM_THRESHOLD_": str(64 * 1024 * 1024)}
+                   "OMP_NUM_THREADS": "1"}
 
 
 def busy_s() -> float:
@@ -95,7 +95,8 @@ def start_dask(n: int, tmp: Path) -> tuple[str, list[subprocess.Popen]]:
     says (DASK_WORKER_ENV)."""
     bindir = Path(sys.executable).parent
     sched_file = tmp / "scheduler.json"
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
     procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
                                "--dashboard-address", ":0", "--scheduler-file", str(sched_file)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
