@@ -348,12 +348,14 @@ class MQTTClient:
             if item is None:
                 return
             handler, topic, payload = item
+            del item
             try:
                 handler(topic, payload)
             except Exception as exc:  # noqa: BLE001 - a bad message must never stop the daemon
                 log.warning("MQTT: dropped a message on %s (%d bytes): %s: %s", topic,
                             len(payload), type(exc).__name__, exc)
                 log.debug("handler traceback", exc_info=True)
+            del handler, payload  # let go of it now, not when the next message comes (a bundle is megabytes)
 
 
 def _matches(sub: str, topic: str) -> bool:
