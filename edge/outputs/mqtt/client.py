@@ -11,7 +11,10 @@ answers "unsupported protocol version" (then stays there).
 Subscriptions (``subscribe(topic, handler, max_bytes)``) survive reconnects.
 Handlers run on one dispatcher thread, never on paho's network thread;
 oversized messages, undecodable topics and handler errors are dropped with a
-log line and never reach or stop the client.
+log line and never reach or stop the client. Messages waiting for their
+handler hold at most one largest message's bytes (its subscription's limit):
+a burst of bundles read faster than handled is dropped with a log line, not
+piled up in memory.
 
 The password is read from ``password_file`` or ``password_env`` and is never
 logged.
@@ -113,6 +116,8 @@ class MQTTClient:
         self._subs: dict[str, tuple[Handler, int]] = {}
         self._subs_lock = threading.Lock()
         self._dispatch: queue.Queue = queue.Queue(maxsize=dispatch_queue)
+        self._waiting_bytes = 0  # payload bytes queued for handlers, not yet handled
+        self._waiting_lock = threading.Lock()
         self._dispatcher: Optional[threading.Thread] = None
         self._connected = threading.Event()
         self._client: Any = None  # paho.mqtt.client.Client once opened
@@ -326,11 +331,20 @@ class MQTTClient:
                                 len(payload), topic, limit, sub)
                     self._release_heap = len(payload) > 1 << 20  # once paho has let go of it (dispatch thread)
                     continue
-                try:
-                    self._dispatch.put_nowait((handler, topic, payload))
-                except queue.Full:
-                    log.warning("MQTT: dropped a message on %s: %d messages already waiting", topic,
-                                self._dispatch.maxsize)
+                with self._waiting_lock:
+                    waiting = self._waiting_bytes
+                    if waiting and waiting + len(payload) > limit:
+                        log.warning("MQTT: dropped a %d-byte message on %s: %d bytes already wait for their handler "
+                                    "(at most the %d-byte limit for %s)", len(payload), topic, waiting, limit, sub)
+                        self._release_heap = len(payload) > 1 << 20
+                        continue
+                    try:
+                        self._dispatch.put_nowait((handler, topic, payload))
+                    except queue.Full:
+                        log.warning("MQTT: dropped a message on %s: %d messages already waiting", topic,
+                                    self._dispatch.maxsize)
+                        continue
+                    self._waiting_bytes += len(payload)
         except Exception:  # noqa: BLE001
             log.exception("MQTT: error while receiving a message; dropped")
 
@@ -349,6 +363,8 @@ class MQTTClient:
                 return
             handler, topic, payload = item
             del item
+            with self._waiting_lock:
+                self._waiting_bytes -= len(payload)
             try:
                 handler(topic, payload)
             except Exception as exc:  # noqa: BLE001 - a bad message must never stop the daemon
