@@ -167,3 +167,21 @@ def test_messages_waiting_for_their_handler_hold_at_most_one_largest_message(mqt
 def _sent_and_seen(client, hostport, got) -> bool:
     publish.single("dawnchorus/rec1/ping", b"x", qos=1, **hostport)
     return wait_until(lambda: bool(got), 1)
+
+
+def test_the_broker_connection_reads_a_bundle_in_small_pieces(mqtt_broker):
+    """The connection's kernel receive buffer is bounded, so a burst waits on TCP, not in this process."""
+    import socket
+
+    from edge.outputs.mqtt.client import RECEIVE_BUFFER_BYTES
+
+    stop = threading.Event()
+    client = MQTTClient(MQTTConfig(enabled=True, host=mqtt_broker.host, port=mqtt_broker.port), "dev-rcv", stop)
+    client.start()
+    try:
+        assert client.wait_connected(10)
+        sock = client._client.socket()
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) <= 2 * RECEIVE_BUFFER_BYTES  # Linux doubles it
+    finally:
+        stop.set()
+        client.stop()
