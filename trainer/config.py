@@ -167,6 +167,13 @@ class DistillSection(_Section):
     # training crops move at most this many frames off the teacher's window
     jitter_frames: int = Field(10, ge=0)
     num_threads: int = Field(1, ge=1, le=16)
+    # pool: a second head (dropped before export) also learns more of the teacher than the model's classes:
+    # logits: BirdNET's scores (sigmoid of logit / aux_temperature) for the aux_classes species it rates highest
+    #   on the training audio; embedding: its 1024-d embedding (standardised, MSE); none: the classes only
+    aux: Literal["none", "logits", "embedding"] = "none"
+    aux_classes: int = Field(256, ge=1, le=6522)
+    aux_temperature: float = Field(2.0, gt=0)
+    aux_weight: float = Field(1.0, ge=0)
 
 
 class ThresholdsSection(_Section):
