@@ -34,8 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 #: the Dask workers' settings docs/scaling.md gives: the statistical profiler off (it samples every thread
 #: 100 times a second), one BLAS thread, one malloc arena (Dask's threads and the task's then share their freed
-#: memory: 3 to 4 MB less); not the allocator's thresholds (the first unit sets them,
-#: edge.service.workers.keep_heap; set from the start they keep Dask's own start-up garbage too, 3 MB more)
+#: memory: 3 to 4 MB less); not the allocator's thresholds (the first unit sets them, edge.heap.configure;
+#: set from the start they keep Dask's own start-up garbage too, 3 MB more)
 DASK_WORKER_ENV = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False", "OPENBLAS_NUM_THREADS": "1",
                    "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"}
 

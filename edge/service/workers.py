@@ -25,6 +25,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from edge import heap
 from edge.sources.file import FileSource, SourceError
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def _pipeline(work: Work):
     cached = getattr(_LOCAL, "pipeline", None)
     if cached is not None and cached[0] == work.spec:
         return cached[1]
-    keep_heap()
+    heap.configure()  # as python -m edge keeps it (edge/heap.py): a Dask worker does not start through it
     from edge.contract.interpreter import load_model
     from edge.detection.pipeline import Pipeline
 
@@ -168,21 +169,6 @@ def _pipeline(work: Work):
     p.windows_only = True  # events are made by the parent, from every piece's windows
     _LOCAL.pipeline = (spec, p)
     return p
-
-
-def keep_heap() -> None:
-    """Keep freed memory in the heap (as ``python -m edge`` does, edge/__main__.py): decoding and
-    resampling's blocks otherwise cost a page fault per 4 kB every time (a Dask worker starts without it)."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:  # set before the process started: glibc has it
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 16 * 1024 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 _START_CPU = [0.0]  # a local worker's CPU time to start (imports, model), reported with its first unit
@@ -262,11 +248,11 @@ def _run(p, source: FileSource, unit: Unit, res: UnitResult) -> None:
 # -- executors (parent) ------------------------------------------------------------------
 
 def worker_environment() -> None:
-    """What every worker inherits: one BLAS thread, and freed memory kept in the heap (see edge/__main__.py)."""
+    """What every worker inherits: one BLAS thread, and freed memory kept in the heap (edge/heap.py)."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(16 * 1024 * 1024))
-    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(64 * 1024 * 1024))
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(heap.MMAP_THRESHOLD))
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(heap.TRIM_THRESHOLD))
 
 
 #: what every worker imports (a missing one is skipped)
