@@ -10,5 +10,5 @@ the interfaces between the stages, ``clock`` time that clock steps cannot
 move, ``heap`` giving freed memory back. ``tests/test_architecture.py`` enforces each
 folder's imports.
 
-Imports from edge: cli.
+Imports from edge: cli, heap.
 """

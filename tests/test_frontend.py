@@ -68,3 +68,24 @@ def test_parameters_the_edge_cannot_honour_are_refused():
         FrontendParams.from_dict({**FrontendParams().to_dict(), "preemphasis": 0.97})
     with pytest.raises(FrontendError, match="n_fft"):
         FrontendParams(n_fft=1000).validate()
+
+
+def test_frames_into_a_buffer_and_from_several_threads_are_the_same(train_data):
+    """``frames(out=...)`` (the edge writes into its frame buffer) and frames computed by several threads
+    at once (each uses its own scratch) equal a plain call; a buffer of the wrong shape is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = FrontendParams(hop_length=640, n_mels=64)
+    lm = LogMel(p)
+    x = load_audio(train_data / CLIPS[1], p.sample_rate)[: 20 * p.sample_rate]
+    ref = lm.frames(x)
+    assert len(ref) > 128  # several scratch batches
+    buf = np.full((len(ref) + 3, p.n_mels), np.nan, np.float32)
+    assert lm.frames(x, out=buf[1:-2]) is not None
+    np.testing.assert_array_equal(buf[1:-2], ref)
+    assert np.isnan(buf[0]).all() and np.isnan(buf[-2:]).all()  # nothing written outside
+    with ThreadPoolExecutor(4) as pool:
+        for got in pool.map(lambda k: lm.frames(x[k * 640:]), range(8)):
+            np.testing.assert_allclose(got, ref[len(ref) - len(got):], atol=1e-5)  # rows: BLAS may block them differently
+    with pytest.raises(ValueError, match="out must be"):
+        lm.frames(x, out=np.zeros((len(ref), p.n_mels + 1), np.float32))

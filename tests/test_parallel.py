@@ -209,3 +209,29 @@ def test_a_killed_replay_leaves_no_worker_behind(tmp_path, archive, tone_bundle_
     while _marked(mark) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _marked(mark) == []
+
+
+def test_a_worker_gets_the_verified_bundle_and_imports_no_configuration_store_or_cryptography(tmp_path,
+                                                                                                tone_bundle_path):
+    """What a worker is sent (pickled ``Work``) carries the bundle verified by the replay and the job's plain
+    values: a fresh interpreter scores a file from it, as the replay's own process does, without loading the
+    configuration's classes (pydantic), the store or ``cryptography`` (a Dask worker's memory budget)."""
+    import pickle
+
+    path = tmp_path / "20240501_050000.flac"
+    write(path, resample(tones_program(20.0), SR, 48000), 48000)
+    work = Work(replay_job(tone_bundle_path)).to_send()
+    assert work.bundle is not None
+    (tmp_path / "work.pickle").write_bytes(pickle.dumps((Unit(0, str(path)), work)))
+    code = ("import pickle, sys\nfrom edge.service.workers import analyse\n"
+            f"unit, work = pickle.loads(open({str(tmp_path / 'work.pickle')!r}, 'rb').read())\n"
+            "assert work.job is None\nres = analyse(unit, work)\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'cryptography', 'sqlite3')"
+            " or m.startswith(('edge.config', 'edge.outputs')))\n"
+            "print(res.windows, res.error, heavy)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    here = analyse(Unit(0, str(path)), Work(replay_job(tone_bundle_path)))  # from the bundle's file, verified here
+    assert r.stdout.split() == [str(here.windows), "None", "[]"]
+    assert here.windows == 1 + int((20 - 3) / 1.5) + 1

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from edge.contract.frontend import LogMel
+from edge.contract.frontend import CHUNK_FRAMES, LogMel
 from edge.detection.guard import SignalGuard
 from edge.detection.postprocess import ModelInfo, PostProcessor, SourceInfo, unknown_labels
 from edge.contract.record import Detection
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 MIN_SEGMENT_S = 1.0
 NO_SIGNAL_SCORE = -1.0  # a window the signal guard refuses: below every threshold (thresholds are in 0..1)
-CHUNK_FRAMES = 128  # frames computed per LogMel.frames call (keeps the work in cache: 10% faster, 3 MB less than 256)
 
 
 class PipelineError(ValueError):
@@ -192,18 +191,22 @@ class Pipeline:
         self._seg_samples += len(x)
         self.stats["samples"] += len(x)
         hop = self.params.hop_length
-        step = CHUNK_FRAMES * hop
-        pos = 0
-        while pos < len(x):
-            chunk = x[pos : pos + step]
-            pos += len(chunk)
-            t0 = time.perf_counter()
-            buf = np.concatenate([self._residual, chunk]) if len(self._residual) else chunk
-            fr = self.logmel.frames(buf)
-            self._residual = buf[len(fr) * hop :].copy()
-            self._append_frames(fr)
-            self.stats["frontend_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        buf = np.concatenate([self._residual, x]) if len(self._residual) else x
+        total = self.logmel.n_frames_for(len(buf))
+        done = 0
+        while done < total:  # frames straight into the frame buffer, CHUNK_FRAMES at a time, windows as they fill
+            m = min(CHUNK_FRAMES, total - done)
+            seg = buf[done * hop : (done + m - 1) * hop + self.params.n_fft]
+            self.logmel.frames(seg, out=self._reserve(m))
+            self._nbuf += m
+            done += m
+            t1 = time.perf_counter()
+            self.stats["frontend_s"] += t1 - t0
             out += self._run_windows()
+            t0 = time.perf_counter()
+        self._residual = buf[total * hop :].copy()
+        self.stats["frontend_s"] += time.perf_counter() - t0
         return out
 
     def finish(self) -> list[Detection]:
@@ -211,8 +214,8 @@ class Pipeline:
         return self._end_segment()
 
     # -- internals ---------------------------------------------------------
-    def _append_frames(self, fr: np.ndarray) -> None:
-        n = len(fr)
+    def _reserve(self, n: int) -> np.ndarray:
+        """Room for ``n`` more frames at the end of the frame buffer (a view to write them into)."""
         if self._nbuf + n > len(self._frames):
             # drop frames no window can use any more (the tail window may start after the last one)
             keep_from = max(0, min(self._next_start, self._last_start + 1) - self._frame0)
@@ -226,8 +229,7 @@ class Pipeline:
                 grown = np.empty((self._nbuf + n + self.n_frames, self._frames.shape[1]), dtype=np.float32)
                 grown[: self._nbuf] = self._frames[: self._nbuf]
                 self._frames = grown
-        self._frames[self._nbuf : self._nbuf + n] = fr
-        self._nbuf += n
+        return self._frames[self._nbuf : self._nbuf + n]
 
     def _run_windows(self) -> list[Detection]:
         out: list[Detection] = []

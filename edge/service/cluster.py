@@ -6,8 +6,8 @@ machines with the ``edge`` extra installed), submits every unit of
 ``edge.service.parallel`` to it, and takes the results back in order into
 this process's store: the workers never open the store, so it need not be
 reachable from them (only the audio files are, at the same paths). The
-bundle and its public key travel with the work, scattered once to every
-worker. Dask rather than Ray: pure Python from PyPI on aarch64 and x86-64
+bundle, verified here, travels with the work, scattered once to every
+worker (which runs the model's self-test on its own interpreter). Dask rather than Ray: pure Python from PyPI on aarch64 and x86-64
 alike, a 2 MB install, and a scheduler and workers started with one
 command each; the work here is independent tasks returning small results,
 which is all it needs (``pip install 'dawnchorus[cluster]'``).
@@ -55,13 +55,13 @@ class DaskExecutor:
                                                         pure=False))
 
     def _send(self, work: Work) -> Any:
-        """The bundle's bytes once to every worker, not with every unit; returns the scattered copy."""
+        """The work with its verified bundle once to every worker, not with every unit; returns the scattered copy."""
         if self._work is None or self._work[0] is not work:
-            self._work = (work, self.client.scatter(work.with_data(), broadcast=True, hash=False))
+            self._work = (work, self.client.scatter(work.to_send(), broadcast=True, hash=False))
         return self._work[1]
 
     def submit(self, unit: Unit, work: Work):
-        scattered = self._send(work) if self._work is None or self._work[0].job != work.job else self._work[1]
+        scattered = self._send(work) if self._work is None or self._work[0].spec != work.spec else self._work[1]
         f = self.client.submit(analyse, unit, scattered, pure=False)
         self._futures.append(f)
         return f

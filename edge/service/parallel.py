@@ -8,8 +8,8 @@ boundaries. A worker (``analyse``, in its own interpreter: a ``spawn`` or
 resamples its unit (``FileSource(span=...)`` gives bit for bit the samples
 the whole file gives there), computes the front-end and runs the model, and
 returns the scores of every window with its offset and time - not
-detections. It does so through the runtime's own per-source loop
-(``edge.service.replay.open_replay`` without a store, ``Runtime.run_source``).
+detections. It feeds the pipeline as ``Runtime.run_source`` does, without
+loading the configuration's classes or the store.
 The parent (``ParallelReplay``) feeds the windows of each file, in order, to
 one post-processor and stores the events through its runtime, so events
 that cross a piece boundary merge, ids, progress, the stored rows and the
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from datetime import timedelta
 from typing import Any, Iterator, Optional, Sequence
 
@@ -124,7 +125,8 @@ class ParallelReplay:
         self.progress = progress
         self.units: list[Unit] = []
         self.workers: dict[str, float] = {}  # worker -> its peak RSS (MB)
-        self.cpu_s = 0.0  # the workers' CPU time on the units
+        self.cpu_s = 0.0  # the workers' CPU time on the units and to start
+        self.start_cpu_s = 0.0  # of which to start (local workers: imports, the model)
 
     def run(self, paths: Sequence) -> Iterator[tuple[Any, Any]]:
         """(path, SourceRun) for every file, in order, as ``replay_file`` gives them."""
@@ -135,7 +137,7 @@ class ParallelReplay:
         refused: dict[int, Any] = {}
         for i, path in enumerate(paths):  # opened here too: the same refusals, in the same order, as one job
             try:
-                src = open_source(str(path), p.sample_rate, self.work.job)
+                src = open_source(str(path), p.sample_rate, self.work.spec)
             except SourceError as exc:
                 refused[i] = SourceRun(str(path), error=str(exc))
                 continue
@@ -176,8 +178,10 @@ class ParallelReplay:
                     yield path, self._file(opened[i], [next(results) for _ in by_file[i]], bar)
             cancel = rt.stop_event.is_set()
             if self.workers:
-                log.info("replay: analysed by %d worker process(es), peak RSS %s MB, %.2f CPU s", len(self.workers),
-                         ", ".join(f"{mb:.0f}" for _, mb in sorted(self.workers.items())), self.cpu_s)
+                log.info("replay: analysed by %d worker process(es), peak RSS %s MB, %.2f CPU s (%.2f of it starting); "
+                         "this process %.2f CPU s", len(self.workers),
+                         ", ".join(f"{mb:.0f}" for _, mb in sorted(self.workers.items())), self.cpu_s,
+                         self.start_cpu_s, time.process_time())
         finally:
             if bar is not None:
                 bar.close()
@@ -194,7 +198,8 @@ class ParallelReplay:
         index = 0
         for res in results:
             self.workers[res.worker] = max(self.workers.get(res.worker, 0.0), res.peak_rss_mb)
-            self.cpu_s += res.cpu_s
+            self.cpu_s += res.cpu_s + res.start_cpu_s
+            self.start_cpu_s += res.start_cpu_s
             if bar is not None:
                 bar.update(max(0.0, res.audio_end_s - (res.unit.span or (0,))[0] / p.sample_rate))
             if run.error is not None or rt.stop_event.is_set():

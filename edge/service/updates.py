@@ -20,6 +20,7 @@ whether it was accepted and why.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import queue
@@ -160,9 +161,12 @@ class UpdateService(Service):
         self._progress = progress
         self._loader = loader
         self._clock = clock
-        self._queue: queue.Queue[tuple[bytes, str]] = queue.Queue(maxsize=4)
-        # bytes in hand (waiting or being checked): at most one largest message, so a burst is dropped
-        self._queued_bytes, self._queue_bytes_max = 0, message_limit(self.max_bytes)
+        # (payload, origin, ticket) to check, or (None, origin, UpdateResult) to report
+        self._queue: queue.Queue[tuple[Optional[bytes], str, Any]] = queue.Queue(maxsize=16)
+        # bytes in hand (waiting or being checked): at most one largest message; more is refused on arrival
+        self._in_hand: dict[int, tuple[str, int]] = {}  # ticket -> (origin, bytes)
+        self._tickets = itertools.count()
+        self._in_hand_max = message_limit(self.max_bytes)
         self._queued_lock = threading.Lock()
         self._lock = threading.Lock()  # one update at a time
         self._last_refused_digest: str | None = None
@@ -195,19 +199,33 @@ class UpdateService(Service):
         """From the MQTT thread: queue the bundle; the work happens on our own thread."""
         self.offer(bytes(payload), topic)
 
-    def offer(self, payload: bytes, origin: str) -> None:
+    def offer(self, payload: bytes, origin: str) -> bool:
+        """Take a bundle to check on the updates thread; returns whether it was taken.
+
+        The bundles in hand (waiting or being checked) hold at most one largest message's bytes (checking one
+        costs a few times its size): one that comes beyond that is refused at once, with a log line, and
+        reported after the one in hand."""
         with self._queued_lock:
-            if self._queued_bytes and self._queued_bytes + len(payload) > self._queue_bytes_max:
-                log.warning("update queue holds %d bytes; dropping the %d-byte bundle from %s (a retained one comes "
-                            "back on reconnect)", self._queued_bytes, len(payload), origin)
-                return
-            try:
-                self._queue.put_nowait((payload, origin))
-            except queue.Full:
-                log.warning("update queue full; dropping the bundle from %s (a retained one comes back on reconnect)",
-                            origin)
-                return
-            self._queued_bytes += len(payload)
+            held = sum(n for _, n in self._in_hand.values())
+            if not held or held + len(payload) <= self._in_hand_max:
+                ticket = next(self._tickets)
+                try:
+                    self._queue.put_nowait((payload, origin, ticket))
+                except queue.Full:
+                    pass
+                else:
+                    self._in_hand[ticket] = (origin, len(payload))
+                    return True
+            first = next(iter(self._in_hand.values()), ("", 0))
+        reason = one_line(f"{origin}: not checked: {len(payload)} bytes arrived while {held} bytes of bundles wait or "
+                          f"are checked (first from {first[0]}); this device holds one largest bundle at a time: "
+                          "send it again after that one's report")
+        log.warning("bundle refused: %s", reason)
+        try:
+            self._queue.put_nowait((None, origin, UpdateResult("refused", reason, origin, utc_now())))
+        except queue.Full:
+            pass  # the log line says it; the report says the latest refusal already
+        return False
 
     def _worker(self) -> None:
         was_connected = False
@@ -217,21 +235,25 @@ class UpdateService(Service):
                 self.publish_report()  # on every (re)connect: the broker may have lost the retained one
             was_connected = connected
             try:
-                payload, origin = self._queue.get(timeout=0.5)
+                payload, origin, extra = self._queue.get(timeout=0.5)
             except queue.Empty:
                 self._check_healthy()
                 continue
+            if payload is None:  # a bundle refused on arrival: report it after the one in hand
+                with self._lock:
+                    self._record(extra)
+                continue
+            size = len(payload)
             try:
                 self.process(payload, origin)
             except Exception:  # never let one bundle end the updates thread
                 log.exception("unexpected error handling a bundle from %s", origin)
-            size = len(payload)
-            del payload
-            with self._queued_lock:
-                self._queued_bytes -= size
-            big = size > MB
-            if big:
-                release_heap()
+            finally:
+                del payload  # before the next message is let in
+                with self._queued_lock:
+                    self._in_hand.pop(extra, None)
+                if size > MB:
+                    release_heap()
             self._check_healthy()
 
     def _check_healthy(self) -> None:
@@ -262,15 +284,20 @@ class UpdateService(Service):
                 result = UpdateResult("refused", one_line(f"{origin}: cannot check the bundle: "
                                                           f"{type(exc).__name__}: {exc}"), origin, received)
             self._last_refused_digest = digest if result.result == "refused" else None
-            self.results.append(result)
-            if result.result == "ignored":
-                log.info("bundle from %s ignored: %s", origin, result.reason)
-            else:
-                log_fn = log.info if result.result == "accepted" else log.warning
-                log_fn("bundle %s %s from %s %s: %s", result.name, result.version, origin, result.result, result.reason)
-                self.store.set_last_update(result.to_dict())
-                self.publish_report()
+            self._record(result)
             return result
+
+    def _record(self, result: UpdateResult) -> None:
+        """Log, keep and (unless ignored) report what happened to a bundle; under ``self._lock``."""
+        self.results.append(result)
+        if result.result == "ignored":
+            log.info("bundle from %s ignored: %s", result.origin, result.reason)
+        else:
+            log_fn = log.info if result.result == "accepted" else log.warning
+            log_fn("bundle %s %s from %s %s: %s", result.name, result.version, result.origin, result.result,
+                   result.reason)
+            self.store.set_last_update(result.to_dict())
+            self.publish_report()
 
     def _process(self, payload: bytes, origin: str, received: str) -> UpdateResult:
         def refuse(reason: str, bundle: Bundle | None = None, result: str = "refused") -> UpdateResult:

@@ -1,10 +1,14 @@
 """The workers of a parallel replay (``edge.service.parallel``): a unit of work in, window scores out.
 
-``Work`` is what every worker needs (the replay job; the bundle's bytes for
-workers on other machines), ``Unit`` one whole file or a piece of one,
-``UnitResult`` its windows' offsets, times and scores. ``analyse`` runs in
-the worker, through the runtime's own per-source loop (a runtime without a
-store or services; post-processing is left to the parent). The executors
+``Work`` is what every worker needs (``WorkerJob``: the replay job's plain
+values; the bundle's bytes for workers on other machines), ``Unit`` one
+whole file or a piece of one, ``UnitResult`` its windows' offsets, times and
+scores. ``analyse`` runs in the worker: the unit's blocks through a pipeline
+that scores windows, fed as ``Runtime.run_source`` feeds it; the store,
+post-processing, sessions and sinks stay in the parent. A worker imports
+only the decoder, the resampler, the front-end, the pipeline and LiteRT
+(not the configuration's pydantic classes nor the store): with Dask's own
+50 MB a cluster worker stays within 100 MB. The executors
 hand units to worker processes (``ProcessExecutor``), to this process
 (``InlineExecutor``) or to a Dask cluster (``edge.service.cluster``).
 """
@@ -21,34 +25,88 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from edge import heap
 from edge.sources.file import FileSource, SourceError
 
 log = logging.getLogger(__name__)
 
 
 
-def open_source(path: str, sample_rate: int, job, span: Optional[tuple[int, Optional[int]]] = None) -> FileSource:
+def open_source(path: str, sample_rate: int, spec: "WorkerJob", span: Optional[tuple[int, Optional[int]]] = None
+                ) -> FileSource:
     """The file as ``edge.service.replay.replay_file`` opens it (not paced), or a span of it; in 2 s blocks
     (the same results as 4 s: frames do not depend on block boundaries; a worker peaks 4 MB lower)."""
-    return FileSource(path, sample_rate, channel=job.channel, start_utc=job.start_utc,
-                      timezone=job.cfg.location.timezone, block_s=2.0, span=span)
+    return FileSource(path, sample_rate, channel=spec.channel, start_utc=spec.start_utc, timezone=spec.timezone,
+                      block_s=2.0, span=span)
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What a worker needs of the replay's job, as plain values: a worker then imports neither the
+    configuration's classes (pydantic: 16 MB of a worker's memory) nor the store, only the model's path."""
+
+    bundle_path: str
+    public_key_path: str
+    max_bundle_bytes: int
+    num_threads: int = 1
+    overlap_s: Optional[float] = None
+    channel: Optional[int] = None
+    start_utc: Optional[datetime] = None
+    timezone: Optional[str] = None
+
+    @classmethod
+    def of(cls, job) -> "WorkerJob":
+        """From an ``edge.service.replay.ReplayJob``."""
+        m = job.cfg.model
+        return cls(str(m.bundle_path), str(m.public_key_path), int(m.max_bundle_mb * 1024 * 1024), m.num_threads,
+                   m.overlap_s, job.channel, job.start_utc, job.cfg.location.timezone)
 
 
 @dataclass(frozen=True)
 class Work:
-    """What a worker needs: the replay's job and, for workers on other machines, the bundle and key bytes."""
+    """What a worker needs: the replay's job (``spec``: its plain values; the job itself stays in this process,
+    it is not sent) and the model bundle, verified here (``with_bundle``), so workers on this machine or
+    others need neither the bundle's file nor its key, and never load ``cryptography``."""
 
-    job: Any  # edge.service.replay.ReplayJob
-    bundle_data: Optional[bytes] = field(default=None, repr=False)
-    public_key_data: Optional[bytes] = field(default=None, repr=False)
+    job: Any = field(compare=False)  # edge.service.replay.ReplayJob (None in a worker)
+    bundle: Any = field(default=None, repr=False, compare=False)  # edge.contract.bundle.Bundle, verified
+    spec: WorkerJob = field(init=False)  # from ``job``
 
-    def with_data(self) -> "Work":
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spec", WorkerJob.of(self.job))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "job": None}  # workers get ``spec``: no configuration classes to import
+
+    def with_bundle(self) -> "Work":
+        """This work with the job's bundle, loaded and verified (signature, hashes) in this process."""
+        if self.bundle is not None:
+            return self
         from dataclasses import replace
-        from pathlib import Path
 
-        m = self.job.cfg.model
-        return replace(self, bundle_data=Path(m.bundle_path).read_bytes(),
-                       public_key_data=Path(m.public_key_path).read_bytes())
+        from edge.contract.bundle import load_bundle
+        from edge.contract.signing import load_public_key
+
+        s = self.spec
+        return replace(self, bundle=load_bundle(s.bundle_path, load_public_key(s.public_key_path),
+                                                max_bytes=s.max_bundle_bytes))
+
+    def to_send(self) -> "Work":
+        """With the bundle when it verifies; else without (the replay refuses it with its reason as it loads
+        its own, and a worker would refuse it the same way)."""
+        try:
+            return self.with_bundle()
+        except Exception:  # noqa: BLE001 - reported by the replay's own load
+            return self
+
+    @property
+    def light(self) -> "Work":
+        """Without the bundle (what every unit is sent with once the worker has the model)."""
+        if self.bundle is None:
+            return self
+        from dataclasses import replace
+
+        return replace(self, bundle=None)
 
 
 @dataclass(frozen=True)
@@ -80,6 +138,7 @@ class UnitResult:
     invoke_s: float = 0.0
     wall_s: float = 0.0
     cpu_s: float = 0.0
+    start_cpu_s: float = 0.0  # the worker process's CPU time before its first unit (start, model), on that unit only
     worker: str = ""
     peak_rss_mb: float = 0.0
 
@@ -90,35 +149,29 @@ class UnitResult:
 
 # -- the work (worker) -------------------------------------------------------------------
 
-_LOCAL = threading.local()  # one runtime per worker thread (a Dask worker may run several)
+_LOCAL = threading.local()  # one pipeline per worker thread (a Dask worker may run several)
 
 
-def _runtime(work: Work):
-    """The worker's runtime (model and pipeline, no store, no services), built once per process (thread)."""
-    key = (repr(work.job), hash(work.bundle_data))
-    cached = getattr(_LOCAL, "runtime", None)
-    if cached is not None and cached[0] == key:
+def _pipeline(work: Work):
+    """The worker's pipeline and model (no store, no services: it scores windows), built once per process
+    (thread) and job, from the bundle sent along (verified by the replay) or else the job's bundle file
+    (verified here). The model's self-test runs here, on this machine's interpreter."""
+    cached = getattr(_LOCAL, "pipeline", None)
+    if cached is not None and cached[0] == work.spec:
         return cached[1]
-    from dataclasses import replace
+    heap.configure()  # as python -m edge keeps it (edge/heap.py): a Dask worker does not start through it
+    from edge.contract.interpreter import load_model
+    from edge.detection.pipeline import Pipeline
 
-    from edge.service.replay import open_replay
+    spec = work.spec
+    bundle = work.with_bundle().bundle
+    p = Pipeline(bundle, load_model(bundle, num_threads=spec.num_threads), overlap_s=spec.overlap_s)
+    p.windows_only = True  # events are made by the parent, from every piece's windows
+    _LOCAL.pipeline = (spec, p)
+    return p
 
-    job = replace(work.job, use_store=False, realtime=False)
-    if work.bundle_data is not None and work.public_key_data is not None:  # sent along: kept in a private directory of this worker
-        import hashlib
-        import tempfile
-        from pathlib import Path
 
-        d = Path(tempfile.gettempdir()) / f"dawnchorus-{os.getuid()}" / hashlib.sha256(work.bundle_data).hexdigest()[:16]
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (d / "model.bundle").write_bytes(work.bundle_data)
-        (d / "model.pub").write_bytes(work.public_key_data)
-        model = job.cfg.model.model_copy(update={"bundle": d / "model.bundle", "public_key": d / "model.pub"})
-        job = replace(job, cfg=job.cfg.model_copy(update={"model": model}))
-    rt = open_replay(job, services=False)
-    rt.pipeline.windows_only = True  # events are made by the parent, from every piece's windows
-    _LOCAL.runtime = (key, rt)
-    return rt
+_START_CPU = [0.0]  # a local worker's CPU time to start (imports, model), reported with its first unit
 
 
 def peak_rss_mb() -> float:
@@ -132,8 +185,7 @@ def analyse(unit: Unit, work: Work) -> UnitResult:
     source adds no tail window; only the last piece (or a piece whose decoding broke off) has one.
     """
     t_start, c_start = time.perf_counter(), time.process_time()
-    rt = _runtime(work)
-    p = rt.pipeline
+    p = _pipeline(work)
     res = UnitResult(unit, worker=f"{os.uname().nodename}:{os.getpid()}")
     rows: list[np.ndarray] = []
 
@@ -144,51 +196,69 @@ def analyse(unit: Unit, work: Work) -> UnitResult:
 
     s0, g0 = dict(p.stats), p.guard.no_signal_windows
     try:
-        source = open_source(unit.path, p.sample_rate, work.job, unit.span)
+        source = open_source(unit.path, p.sample_rate, work.spec, unit.span)
     except SourceError as exc:
         res.error = str(exc)
     else:
         if unit.start_utc is not None and source.time_source == "replay-time":
             source.start_utc = unit.start_utc
-        sr = p.sample_rate
-
-        def on_block(block):
-            res.end_utc = block.start_utc + timedelta(seconds=len(block.samples) / sr)  # as run_source has it
-            first = round(block.offset_s * sr)
-            own = block.samples if unit.own_end is None else block.samples[: max(0, unit.own_end - first)]
-            if len(own):
-                res.nonfinite_samples += len(own) - int(np.count_nonzero(np.isfinite(own)))
-
         p.on_window = on_window
         try:
-            run = rt.run_source(source, on_block=on_block)
+            _run(p, source, unit, res)
         finally:
             p.on_window = None
-        res.audio_end_s, res.error, res.decode_s = run.audio_s, run.error, run.decode_s
     res.scores = np.stack(rows) if rows else np.zeros((0, len(p.bundle.labels)), np.float32)
     res.no_signal_windows = p.guard.no_signal_windows - g0
     res.frontend_s = p.stats["frontend_s"] - s0["frontend_s"]
     res.invoke_s = p.stats["invoke_s"] - s0["invoke_s"]
     res.wall_s = time.perf_counter() - t_start
     res.cpu_s = time.process_time() - c_start
+    res.start_cpu_s, _START_CPU[0] = _START_CPU[0], 0.0
     res.peak_rss_mb = peak_rss_mb()
     return res
+
+
+def _run(p, source: FileSource, unit: Unit, res: UnitResult) -> None:
+    """Every block of ``source`` through the pipeline, as ``Runtime.run_source`` feeds it (the same end of
+    audio, time and error text), without the runtime's store, sinks and sessions, which stay in the parent."""
+    from edge.sources import timed
+
+    sr = p.sample_rate
+    p.begin(source.name, source.time_source)
+
+    def spent(seconds: float) -> None:
+        res.decode_s += seconds
+
+    try:
+        for block in timed(source.blocks(None), spent):
+            p.feed(block)
+            seconds = len(block.samples) / sr
+            res.audio_end_s = max(res.audio_end_s, block.offset_s + seconds)
+            res.end_utc = block.start_utc + timedelta(seconds=seconds)
+            first = round(block.offset_s * sr)
+            own = block.samples if unit.own_end is None else block.samples[: max(0, unit.own_end - first)]
+            if len(own):
+                res.nonfinite_samples += len(own) - int(np.count_nonzero(np.isfinite(own)))
+    except SourceError as exc:
+        res.error = f"{exc} ({res.audio_end_s:.1f} s analysed before the error)"
+        log.warning("%s", exc)
+    p.finish()
 
 
 # -- executors (parent) ------------------------------------------------------------------
 
 def worker_environment() -> None:
-    """What every worker inherits: one BLAS thread, and freed memory kept in the heap (see edge/__main__.py)."""
+    """What every worker inherits: one BLAS thread, and freed memory kept in the heap (edge/heap.py)."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(16 * 1024 * 1024))
-    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(64 * 1024 * 1024))
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(heap.MMAP_THRESHOLD))
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(heap.TRIM_THRESHOLD))
 
 
 #: what every worker imports (a missing one is skipped)
 PRELOAD = [
-    "edge.service.workers", "edge.service.parallel", "edge.service.replay",
-    "edge.detection.pipeline", "edge.contract.interpreter", "edge.contract.signing", "ai_edge_litert.interpreter", "soxr",
+    "edge.service.workers", "edge.detection.pipeline", "edge.contract.bundle", "edge.contract.interpreter",
+    "ai_edge_litert.interpreter", "soundfile", "soxr",
 ]
 
 
@@ -225,12 +295,13 @@ def _worker_start(work: Optional[Work], replay_pid: int) -> None:
     threading.Thread(target=_watch_replay, args=(replay_pid,), name="replay-watch", daemon=True).start()
     if work is not None:
         _warm(work)
+    _START_CPU[0] = time.process_time()
 
 
 def _warm(work: Work) -> None:
     """Load the model for ``work`` in this worker (thread) now; a failure shows again on the first unit."""
     try:
-        _runtime(work)
+        _pipeline(work)
     except Exception:  # noqa: BLE001
         pass
 
@@ -255,12 +326,12 @@ class ProcessExecutor:
         self.jobs = jobs
         self.description = f"{jobs} worker processes ({method})"
         self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_start,
-                                         initargs=(work, os.getpid()))
+                                         initargs=(work.to_send() if work is not None else None, os.getpid()))
         for _ in range(jobs):  # workers start on demand: ask for all of them now
             self._pool.submit(_nothing)
 
     def submit(self, unit: Unit, work: Work):
-        return self._pool.submit(analyse, unit, work)
+        return self._pool.submit(analyse, unit, work.light)  # the bundle went with the worker's start
 
     def close(self, cancel: bool = False) -> None:
         self._pool.shutdown(wait=True, cancel_futures=cancel)

@@ -11,7 +11,11 @@ answers "unsupported protocol version" (then stays there).
 Subscriptions (``subscribe(topic, handler, max_bytes)``) survive reconnects.
 Handlers run on one dispatcher thread, never on paho's network thread;
 oversized messages, undecodable topics and handler errors are dropped with a
-log line and never reach or stop the client.
+log line and never reach or stop the client. Large messages (over 1 MB)
+waiting for their handler hold at most one largest message's bytes (their
+subscription's limit): a burst of bundles read faster than handled is
+dropped with a log line, not piled up in memory. Small messages are never
+held back by it.
 
 The password is read from ``password_file`` or ``password_env`` and is never
 logged.
@@ -50,6 +54,14 @@ _paho_log.addFilter(_QuietRetries())
 class MQTTSetupError(ValueError):
     """The MQTT settings cannot be used (unreadable password file, missing TLS file, ...)."""
 
+
+#: the kernel's receive buffer for the broker connection (Linux doubles it). Small, so that a large message (a
+#: bundle) is read in small pieces while the broker waits on TCP's window: the next one of a burst is not in this
+#: process before the last one is handled (bench/_hostile.py: a burst of six 9 MB messages peaked 48 MB above the
+#: idle daemon with the kernel's default, 38 MB with this), and never costs a whole extra copy in one read
+RECEIVE_BUFFER_BYTES = 128 * 1024
+
+_LARGE = 1 << 20  # a large message (a bundle): bounded while it waits; its heap given back after
 
 #: ``handler(topic, payload)``; raise (e.g. ValueError) to reject a malformed payload
 Handler = Callable[[str, bytes], None]
@@ -113,6 +125,8 @@ class MQTTClient:
         self._subs: dict[str, tuple[Handler, int]] = {}
         self._subs_lock = threading.Lock()
         self._dispatch: queue.Queue = queue.Queue(maxsize=dispatch_queue)
+        self._waiting_bytes = 0  # bytes of large messages queued for handlers, not yet handled
+        self._waiting_lock = threading.Lock()
         self._dispatcher: Optional[threading.Thread] = None
         self._connected = threading.Event()
         self._client: Any = None  # paho.mqtt.client.Client once opened
@@ -272,6 +286,7 @@ class MQTTClient:
                 topics = list(self._subs)
             if topics:
                 client.subscribe([(t, 1) for t in topics])
+            _limit_receive_buffer(client)
             self._connected.set()
             log.info("MQTT: connected to %s:%d (MQTT %s)", self.cfg.host, self.cfg.port, self.protocol)
             self._on_connected()
@@ -324,13 +339,23 @@ class MQTTClient:
                 if len(payload) > limit:
                     log.warning("MQTT: dropped a %d-byte message on %s: larger than the %d-byte limit for %s",
                                 len(payload), topic, limit, sub)
-                    self._release_heap = len(payload) > 1 << 20  # once paho has let go of it (dispatch thread)
+                    self._release_heap = len(payload) > _LARGE  # once paho has let go of it (dispatch thread)
                     continue
-                try:
-                    self._dispatch.put_nowait((handler, topic, payload))
-                except queue.Full:
-                    log.warning("MQTT: dropped a message on %s: %d messages already waiting", topic,
-                                self._dispatch.maxsize)
+                large = len(payload) > _LARGE
+                with self._waiting_lock:
+                    waiting = self._waiting_bytes
+                    if large and waiting and waiting + len(payload) > limit:
+                        log.warning("MQTT: dropped a %d-byte message on %s: %d bytes already wait for their handler "
+                                    "(at most the %d-byte limit for %s)", len(payload), topic, waiting, limit, sub)
+                        self._release_heap = True
+                        continue
+                    try:
+                        self._dispatch.put_nowait((handler, topic, payload))
+                    except queue.Full:
+                        log.warning("MQTT: dropped a message on %s: %d messages already waiting", topic,
+                                    self._dispatch.maxsize)
+                        continue
+                    self._waiting_bytes += len(payload) if large else 0
         except Exception:  # noqa: BLE001
             log.exception("MQTT: error while receiving a message; dropped")
 
@@ -348,12 +373,27 @@ class MQTTClient:
             if item is None:
                 return
             handler, topic, payload = item
+            del item
+            if len(payload) > _LARGE:
+                with self._waiting_lock:
+                    self._waiting_bytes -= len(payload)
             try:
                 handler(topic, payload)
             except Exception as exc:  # noqa: BLE001 - a bad message must never stop the daemon
                 log.warning("MQTT: dropped a message on %s (%d bytes): %s: %s", topic,
                             len(payload), type(exc).__name__, exc)
                 log.debug("handler traceback", exc_info=True)
+            del handler, payload  # let go of it now, not when the next message comes (a bundle is megabytes)
+
+
+def _limit_receive_buffer(client: Any) -> None:
+    """Set ``RECEIVE_BUFFER_BYTES`` on the connection's socket (before the subscriptions bring any message)."""
+    try:
+        import socket
+
+        client.socket().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+    except (OSError, AttributeError) as exc:  # not a socket we can tune: the kernel's default then
+        log.debug("MQTT: cannot set the receive buffer: %s", exc)
 
 
 def _matches(sub: str, topic: str) -> bool:
