@@ -11,10 +11,11 @@ answers "unsupported protocol version" (then stays there).
 Subscriptions (``subscribe(topic, handler, max_bytes)``) survive reconnects.
 Handlers run on one dispatcher thread, never on paho's network thread;
 oversized messages, undecodable topics and handler errors are dropped with a
-log line and never reach or stop the client. Messages waiting for their
-handler hold at most one largest message's bytes (its subscription's limit):
-a burst of bundles read faster than handled is dropped with a log line, not
-piled up in memory.
+log line and never reach or stop the client. Large messages (over 1 MB)
+waiting for their handler hold at most one largest message's bytes (their
+subscription's limit): a burst of bundles read faster than handled is
+dropped with a log line, not piled up in memory. Small messages are never
+held back by it.
 
 The password is read from ``password_file`` or ``password_env`` and is never
 logged.
@@ -59,6 +60,8 @@ class MQTTSetupError(ValueError):
 #: process before the last one is handled (bench/_hostile.py: a burst of six 9 MB messages peaked 48 MB above the
 #: idle daemon with the kernel's default, 38 MB with this), and never costs a whole extra copy in one read
 RECEIVE_BUFFER_BYTES = 128 * 1024
+
+_LARGE = 1 << 20  # a large message (a bundle): bounded while it waits; its heap given back after
 
 #: ``handler(topic, payload)``; raise (e.g. ValueError) to reject a malformed payload
 Handler = Callable[[str, bytes], None]
@@ -122,7 +125,7 @@ class MQTTClient:
         self._subs: dict[str, tuple[Handler, int]] = {}
         self._subs_lock = threading.Lock()
         self._dispatch: queue.Queue = queue.Queue(maxsize=dispatch_queue)
-        self._waiting_bytes = 0  # payload bytes queued for handlers, not yet handled
+        self._waiting_bytes = 0  # bytes of large messages queued for handlers, not yet handled
         self._waiting_lock = threading.Lock()
         self._dispatcher: Optional[threading.Thread] = None
         self._connected = threading.Event()
@@ -336,14 +339,15 @@ class MQTTClient:
                 if len(payload) > limit:
                     log.warning("MQTT: dropped a %d-byte message on %s: larger than the %d-byte limit for %s",
                                 len(payload), topic, limit, sub)
-                    self._release_heap = len(payload) > 1 << 20  # once paho has let go of it (dispatch thread)
+                    self._release_heap = len(payload) > _LARGE  # once paho has let go of it (dispatch thread)
                     continue
+                large = len(payload) > _LARGE
                 with self._waiting_lock:
                     waiting = self._waiting_bytes
-                    if waiting and waiting + len(payload) > limit:
+                    if large and waiting and waiting + len(payload) > limit:
                         log.warning("MQTT: dropped a %d-byte message on %s: %d bytes already wait for their handler "
                                     "(at most the %d-byte limit for %s)", len(payload), topic, waiting, limit, sub)
-                        self._release_heap = len(payload) > 1 << 20
+                        self._release_heap = True
                         continue
                     try:
                         self._dispatch.put_nowait((handler, topic, payload))
@@ -351,7 +355,7 @@ class MQTTClient:
                         log.warning("MQTT: dropped a message on %s: %d messages already waiting", topic,
                                     self._dispatch.maxsize)
                         continue
-                    self._waiting_bytes += len(payload)
+                    self._waiting_bytes += len(payload) if large else 0
         except Exception:  # noqa: BLE001
             log.exception("MQTT: error while receiving a message; dropped")
 
@@ -370,8 +374,9 @@ class MQTTClient:
                 return
             handler, topic, payload = item
             del item
-            with self._waiting_lock:
-                self._waiting_bytes -= len(payload)
+            if len(payload) > _LARGE:
+                with self._waiting_lock:
+                    self._waiting_bytes -= len(payload)
             try:
                 handler(topic, payload)
             except Exception as exc:  # noqa: BLE001 - a bad message must never stop the daemon
