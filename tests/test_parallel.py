@@ -222,16 +222,22 @@ def test_a_worker_gets_the_verified_bundle_and_imports_no_configuration_store_or
     write(path, resample(tones_program(20.0), SR, 48000), 48000)
     work = Work(replay_job(tone_bundle_path)).to_send()
     assert work.bundle is not None
-    (tmp_path / "work.pickle").write_bytes(pickle.dumps((Unit(0, str(path)), work)))
     code = ("import pickle, sys\nfrom edge.service.workers import analyse\n"
             f"unit, work = pickle.loads(open({str(tmp_path / 'work.pickle')!r}, 'rb').read())\n"
             "assert work.job is None\nres = analyse(unit, work)\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'cryptography', 'sqlite3')"
             " or m.startswith(('edge.config', 'edge.outputs')))\n"
             "print(res.windows, res.error, heavy)\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
     here = analyse(Unit(0, str(path)), Work(replay_job(tone_bundle_path)))  # from the bundle's file, verified here
-    assert r.stdout.split() == [str(here.windows), "None", "[]"]
     assert here.windows == 1 + int((20 - 3) / 1.5) + 1
+    for sent in (work, work.light):  # without the bundle, a worker loads and verifies the job's bundle file itself
+        (tmp_path / "work.pickle").write_bytes(pickle.dumps((Unit(0, str(path)), sent)))
+        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        windows, error, heavy = r.stdout.split(maxsplit=2)
+        assert (int(windows), error) == (here.windows, "None")
+        if sent.bundle is not None:
+            assert heavy.strip() == "[]"
+        else:  # it verified the signature itself: cryptography, still no configuration or store
+            assert "cryptography" in heavy and "pydantic" not in heavy and "edge.outputs" not in heavy, heavy

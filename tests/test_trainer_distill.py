@@ -19,7 +19,8 @@ TINY_KD = {
     "train": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 8, "head_epochs": 3, "head_windows_per_recording": 4,
               "warmup_steps": 0, "early_stopping_patience": 0, "validate_every_epoch": False},
     "quantize": {"representative_windows": 16},
-    "distill": {"pool_size": 30, "workers": 1, "negatives": ["../negatives"], "negatives_held_out": 0.4},
+    "distill": {"pool_size": 30, "workers": 1, "negatives": ["../negatives"], "negatives_held_out": 0.4,
+                "aux": "logits", "aux_classes": 8},
     "thresholds": {"target_precision": 0.9, "min_threshold": 0.35},
     "bundle": {"name": "tinykd", "hop_s": 1.5},
 }
@@ -77,6 +78,30 @@ def test_soft_targets_come_from_the_teacher_and_synthetic_negatives_are_zero(kd_
     # positives: the teacher hears its species somewhere in its recordings
     assert kd.grid_y[kd.grid_pos].max() > 0.5
     assert kd.pool_frames.shape[1:] == (res.prepared.logmel.params.n_frames, 32)
+
+
+def test_auxiliary_teacher_head_trains_but_is_not_exported(kd_run):
+    """distill.aux 'logits': the 8 BirdNET species it rates highest on the training audio are a second,
+    training-only head; the teacher's own species are among them, and the int8 model has the classes only."""
+    res, _, _, cfg = kd_run
+    kd = res.prepared.kd
+    assert kd.grid_aux.shape == (len(kd.grid_y), 8) and kd.pool_aux.shape == (30, 8)
+    assert np.all((kd.grid_aux >= 0) & (kd.grid_aux <= 1))
+    assert kd.info["aux"] == "logits" and kd.info["aux_classes"] == 8
+    assert [o.shape[-1] for o in res.parts.train_model.outputs] == [2, 8]
+    assert res.parts.model.outputs[0].shape[-1] == 2
+    from trainer.kd import aux_targets
+
+    rng = np.random.default_rng(0)
+    lg = rng.normal(-8, 1, (40, 50)).astype(np.float16)
+    lg[:, 7] += 6  # one species the teacher hears everywhere
+    g, p_, info = aux_targets("logits", lg, np.zeros((40, 4)), lg[:10], np.zeros((10, 4)), np.arange(40), 3, 2.0)
+    assert g.shape == (40, 3) and p_.shape == (10, 3) and info["aux_classes"] == 3
+    loud = 1 / (1 + np.exp(-lg[:, 7].astype(np.float32) / 2.0))
+    assert any(np.allclose(g[:, j].astype(np.float32), loud, atol=2e-3) for j in range(3))  # it is one of the 3
+    e, _, info = aux_targets("embedding", lg, rng.normal(3, 2, (40, 4)), lg[:10], rng.normal(3, 2, (10, 4)),
+                             np.arange(40), 3, 2.0)
+    assert info["aux_dim"] == 4 and abs(float(e.astype(np.float32).mean())) < 0.3
 
 
 def test_teacher_cache_is_reused(kd_run):

@@ -31,9 +31,9 @@ class FrontendSection(_Section):
     """Front-end parameters (see edge/contract/frontend.py); stored in the bundle."""
     sample_rate: int = _FRONTEND.sample_rate
     n_fft: int = _FRONTEND.n_fft
-    # The shipped recipe's input is 64 mel bands x 149 frames (20 ms hop): a quarter of the edge's
-    # generic default (128 x 297) in invoke time, and with the BirdNET teacher no worse (docs/quality.md).
-    hop_length: int = 640
+    # The shipped recipe's input is 64 mel bands x 297 frames (10 ms hop): about half the edge's generic
+    # default (128 x 297) in invoke time, and with the BirdNET teacher better on every figure (docs/quality.md).
+    hop_length: int = 320
     n_mels: int = 64
     fmin: float = _FRONTEND.fmin
     fmax: float = _FRONTEND.fmax
@@ -97,7 +97,7 @@ class ModelSection(_Section):
 class TrainSection(_Section):
     seed: int = 0
     batch_size: int = Field(32, ge=2)
-    epochs: int = Field(15, ge=1)
+    epochs: int = Field(20, ge=1)
     steps_per_epoch: int = Field(100, ge=1)
     # Head-only epochs on cached backbone features before fine-tuning (0: none).
     head_epochs: int = Field(30, ge=0)
@@ -151,7 +151,7 @@ class DistillSection(_Section):
     # part of each negative set (grouped by recordist) never trained on: held out for open-set figures
     negatives_held_out: float = Field(0.25, ge=0, lt=1)
     # pool: number of augmented windows (teacher-scored once, cached) and their recipe seed
-    pool_size: int = Field(8000, ge=0)
+    pool_size: int = Field(24000, ge=0)
     pool_seed: int = 0
     # pool: share of training samples drawn from the pool and from negative grid windows (rest: class grid)
     pool_fraction: float = Field(0.5, ge=0, le=1)
@@ -167,6 +167,13 @@ class DistillSection(_Section):
     # training crops move at most this many frames off the teacher's window
     jitter_frames: int = Field(10, ge=0)
     num_threads: int = Field(1, ge=1, le=16)
+    # pool: a second head (dropped before export) also learns more of the teacher than the model's classes:
+    # logits: BirdNET's scores (sigmoid of logit / aux_temperature) for the aux_classes species it rates highest
+    #   on the training audio; embedding: its 1024-d embedding (standardised, MSE); none: the classes only
+    aux: Literal["none", "logits", "embedding"] = "logits"
+    aux_classes: int = Field(256, ge=1, le=6522)
+    aux_temperature: float = Field(2.0, gt=0)
+    aux_weight: float = Field(1.0, ge=0)
 
 
 class ThresholdsSection(_Section):

@@ -61,6 +61,8 @@ class KDData:
     negatives: object  # negatives.NegativeSet
     birdnet_index: np.ndarray
     info: dict
+    grid_aux: np.ndarray | None = None  # (n_grid, K) auxiliary teacher targets (distill.aux), float16
+    pool_aux: np.ndarray | None = None  # (n_pool, K)
 
 
 def _resolve_negatives(data_root: Path, names: list[str]) -> list[Path]:
@@ -115,6 +117,26 @@ def soft_targets(logits: np.ndarray, y: np.ndarray, bn_idx: np.ndarray, lr_p: np
     if len(unknown):
         t[:, unknown] = label_weight * y[:, unknown] + (1 - label_weight) * lr_p
     return t
+
+
+def aux_targets(kind: str, grid_logits: np.ndarray, grid_emb: np.ndarray, pool_logits: np.ndarray,
+                pool_emb: np.ndarray, train_rows: np.ndarray, k: int, temperature: float):
+    """Auxiliary teacher targets for grid and pool windows, and what they are.
+
+    logits: the k BirdNET species with the highest mean score over the training windows (`train_rows` of
+    the grid, and the pool), as sigmoid(logit / temperature): the teacher's view of every bird it hears,
+    not only the model's classes; embedding: the 1024-d embedding, standardised per dimension with the
+    training windows' mean and spread."""
+    if kind == "logits":
+        mean = np.concatenate([_sigmoid(grid_logits[train_rows]), _sigmoid(pool_logits)]).mean(0)
+        cols = np.sort(np.argsort(-mean)[:k])
+        f = lambda lg: _sigmoid(lg[:, cols].astype(np.float32) / temperature).astype(np.float16)  # noqa: E731
+        return f(grid_logits), f(pool_logits), {"aux": "logits", "aux_classes": int(len(cols)),
+                                                "aux_temperature": temperature}
+    ref = np.concatenate([grid_emb[train_rows], pool_emb]).astype(np.float32)
+    mu, sd = ref.mean(0), ref.std(0) + 1e-3
+    g = lambda e: ((e.astype(np.float32) - mu) / sd).astype(np.float16)  # noqa: E731
+    return g(grid_emb), g(pool_emb), {"aux": "embedding", "aux_dim": int(ref.shape[1])}
 
 
 def build(ds, train_recs: list[Recording], frame_cache: FrameCache, cfg, data_root: Path,
@@ -186,11 +208,17 @@ def build(ds, train_recs: list[Recording], frame_cache: FrameCache, cfg, data_ro
     synth = np.array([r["kind"] == "synthetic" for r in recipes])
     pool_y[synth] = 0.0
     pool_frames = pool_features(recipes, paths, frame_cache, cache, progress)
-    info = {"teacher": "BirdNET V2.4", "grid_windows": int(len(grid_rec)), "pool_windows": int(len(recipes)),
+    grid_aux = pool_aux = None
+    aux_info: dict = {}
+    if d.aux != "none":
+        grid_aux, pool_aux, aux_info = aux_targets(d.aux, grid.logits, grid.emb, ptab.logits, ptab.emb,
+                                                   np.arange(len(grid_rec)), d.aux_classes, d.aux_temperature)
+    info = {**aux_info, "teacher": "BirdNET V2.4", "grid_windows": int(len(grid_rec)), "pool_windows": int(len(recipes)),
             "negative_recordings_train": len(negs.train), "negative_recordings_held_out": len(negs.held_out),
             "unknown_to_teacher": [classes[j] for j in unknown], "seconds": round(time.time() - t0, 1)}
     log.info("distillation data: %s", json.dumps(info))
-    return KDData(frames, grid_rec, grid_start, grid_y, grid_pos, grid_class, grid.emb, y, pool_frames, pool_y, negs, bn_idx, info)
+    return KDData(frames, grid_rec, grid_start, grid_y, grid_pos, grid_class, grid.emb, y, pool_frames, pool_y, negs,
+                  bn_idx, info, grid_aux, pool_aux)
 
 
 def _dur(path) -> float:
@@ -258,6 +286,9 @@ class KDSampler:
         self.neg_rows = np.flatnonzero(~kd.grid_pos)
         self.padded = {rid: pad_frames(f, self.nf) for rid, f in kd.frames.items()}
 
+    def _aux(self, table: np.ndarray | None, row: int):
+        return None if table is None else table[row].astype(np.float32)
+
     def _grid(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         rid = self.kd.grid_rec[row]
         f = self.padded[rid]
@@ -272,16 +303,21 @@ class KDSampler:
         if u < self.pool_fraction and len(self.kd.pool_y):
             i = int(self.rng.integers(len(self.kd.pool_y)))
             w, y = self.kd.pool_frames[i].astype(np.float32), self.kd.pool_y[i]
-        elif u < self.pool_fraction + self.negative_fraction and len(self.neg_rows):
-            w, y = self._grid(int(self.neg_rows[self.rng.integers(len(self.neg_rows))]))
+            aux = self._aux(self.kd.pool_aux, i)
         else:
-            rows = self.by_class[self.rng.integers(len(self.by_class))]
-            w, y = self._grid(int(rows[self.rng.integers(len(rows))]))
+            if u < self.pool_fraction + self.negative_fraction and len(self.neg_rows):
+                row = int(self.neg_rows[self.rng.integers(len(self.neg_rows))])
+            else:
+                rows = self.by_class[self.rng.integers(len(self.by_class))]
+                row = int(rows[self.rng.integers(len(rows))])
+            w, y = self._grid(row)
+            aux = self._aux(self.kd.grid_aux, row)
         x = self.logmel.features(w)
         if augment and self.aug.enabled:
             x = spec_masks(x, self.aug, self.rng)
-        return x, y, None
+        return x, y, aux
 
     def batch(self, size: int, augment: bool = True):
-        xs, ys, _ = zip(*(self.sample(augment) for _ in range(size)))
-        return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32), None
+        xs, ys, auxs = zip(*(self.sample(augment) for _ in range(size)))
+        aux = None if auxs[0] is None else np.stack(auxs).astype(np.float32)
+        return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32), aux

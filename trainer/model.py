@@ -45,8 +45,10 @@ def _block_index(name: str) -> int:
 
 
 def build_model(cfg: ModelSection, input_shape: tuple[int, int, int], n_classes: int, seed: int = 0,
-                distill_dim: int = 0) -> Parts:
-    """distill_dim > 0: the head predicts a teacher embedding of that size and classifies from it."""
+                distill_dim: int = 0, aux_dim: int = 0, aux_activation: str = "sigmoid") -> Parts:
+    """distill_dim > 0: the head predicts a teacher embedding of that size and classifies from it.
+    aux_dim > 0: a second head, beside the classes, predicts aux_dim teacher targets from the same pooled
+    features (trained, never exported: `model` has the classes only)."""
     import keras
     from keras import layers
 
@@ -84,6 +86,14 @@ def build_model(cfg: ModelSection, input_shape: tuple[int, int, int], n_classes:
         y = layers.Dropout(cfg.dropout, name="dropout")(proj)
         y = layers.Dense(n_classes, activation="sigmoid", name="scores")(y)
         head = keras.Model(head_in, [y, proj], name="head")
+        outs = head(embedder(inp))
+        model = keras.Model(inp, outs[0], name="dawnchorus")
+        train_model = keras.Model(inp, outs, name="dawnchorus_distill")
+    elif aux_dim:
+        y = layers.Dropout(cfg.dropout, name="dropout")(head_in)
+        y = layers.Dense(n_classes, activation="sigmoid", name="scores")(y)
+        aux = layers.Dense(aux_dim, activation=aux_activation, name="teacher_aux")(head_in)
+        head = keras.Model(head_in, [y, aux], name="head")
         outs = head(embedder(inp))
         model = keras.Model(inp, outs[0], name="dawnchorus")
         train_model = keras.Model(inp, outs, name="dawnchorus_distill")

@@ -176,8 +176,11 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
         log.info("teacher targets in %.0f s", time.time() - t0)
     teacher = p.teacher if d.teacher != "none" and not use_pool else None
     embed_teacher = teacher is not None and d.target == "embedding"
+    kd_aux = use_pool and p.kd.pool_aux is not None
     parts = build_model(cfg.model, p.logmel.params.input_shape, len(p.ds.classes), seed=t.seed,
-                        distill_dim=teacher.emb.shape[1] if embed_teacher else 0)
+                        distill_dim=teacher.emb.shape[1] if embed_teacher else 0,
+                        aux_dim=p.kd.pool_aux.shape[1] if kd_aux else 0,
+                        aux_activation="sigmoid" if d.aux == "logits" else "linear")
     if use_pool:
         from .kd import KDSampler
 
@@ -185,11 +188,16 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
     else:
         sampler = WindowSampler(p.train, p.frames, p.logmel, cfg.augment, cfg.data.energy_percentile,
                                 t.balanced_sampling, t.seed, teacher=teacher, jitter_frames=d.jitter_frames)
-    losses_ = [_loss(cfg), "mse"] if embed_teacher else _loss(cfg)
-    weights_ = [1.0, d.weight] if embed_teacher else None
+    two = embed_teacher or kd_aux
+    if kd_aux:
+        losses_ = [_loss(cfg), keras.losses.BinaryCrossentropy() if d.aux == "logits" else "mse"]
+        weights_ = [1.0, d.aux_weight]
+    else:
+        losses_ = [_loss(cfg), "mse"] if embed_teacher else _loss(cfg)
+        weights_ = [1.0, d.weight] if embed_teacher else None
 
     def targets(y, tt):
-        return [y, tt] if embed_teacher else y
+        return [y, tt] if two else y
 
     def first(out):
         return out[0] if isinstance(out, (list, tuple)) else out
@@ -206,7 +214,7 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
         emb = parts.embedder.predict(np.stack(xs), batch_size=64, verbose=0)
         emb_val = parts.embedder.predict(p.x_val, batch_size=64, verbose=0)
         parts.head.compile(optimizer=keras.optimizers.Adam(t.head_learning_rate), loss=losses_, loss_weights=weights_)
-        parts.head.fit(emb, targets(np.stack(ys), np.stack(ts) if embed_teacher else None), batch_size=64,
+        parts.head.fit(emb, targets(np.stack(ys), np.stack(ts) if two else None), batch_size=64,
                        epochs=t.head_epochs, verbose=0, shuffle=True)
         s = first(parts.head.predict(emb_val, batch_size=256, verbose=0))
         row = {"stage": "head", "epoch": 0, "val_macro_roc_auc": _quick_auc(p.val_windows.y, s),

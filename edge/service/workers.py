@@ -82,14 +82,11 @@ class Work:
         """This work with the job's bundle, loaded and verified (signature, hashes) in this process."""
         if self.bundle is not None:
             return self
-        from dataclasses import replace
-
         from edge.contract.bundle import load_bundle
         from edge.contract.signing import load_public_key
 
         s = self.spec
-        return replace(self, bundle=load_bundle(s.bundle_path, load_public_key(s.public_key_path),
-                                                max_bytes=s.max_bundle_bytes))
+        return self._with(load_bundle(s.bundle_path, load_public_key(s.public_key_path), max_bytes=s.max_bundle_bytes))
 
     def to_send(self) -> "Work":
         """With the bundle when it verifies; else without (the replay refuses it with its reason as it loads
@@ -102,11 +99,13 @@ class Work:
     @property
     def light(self) -> "Work":
         """Without the bundle (what every unit is sent with once the worker has the model)."""
-        if self.bundle is None:
-            return self
-        from dataclasses import replace
+        return self if self.bundle is None else self._with(None)
 
-        return replace(self, bundle=None)
+    def _with(self, bundle: Any) -> "Work":
+        """A copy with ``bundle`` (not through ``__init__``: in a worker there is no job to take ``spec`` from)."""
+        new = object.__new__(Work)
+        new.__dict__.update(self.__dict__, bundle=bundle)
+        return new
 
 
 @dataclass(frozen=True)
