@@ -14,7 +14,9 @@ with a log line. Then two bursts of six of the largest messages, published
 back to back at QoS 1 and at QoS 0: the daemon holds one largest bundle at a
 time, so each is refused with its own report, by size or, when it arrives
 while another is checked, at once. At the end a good bundle must still be
-accepted and the daemon must stop cleanly (exit 0).
+accepted and the daemon must stop cleanly (exit 0). Before it, 24 messages
+just over the device's maximum packet size (more than mosquitto keeps in
+flight) must not stop a good bundle that follows (docs/hostile-inputs.md).
 
 The idle daemon's figure is its peak over two of its device-retry cycles
 (it re-opens PortAudio every 5 s, which moves its RSS by some 10 MB), the
@@ -164,6 +166,8 @@ def hostile_rows(workdir: Path, *, max_bundle_mb: float | None = None, log=print
                                    f"{len(refused) - busy} by size)"})
             log(f"  {rows[-1]['case']:48s} {burst * limit / 2**20:8.2f} MB  peak +{peak - idle:6.1f} MB  "
                 f"{'ok' if ok else 'FAIL'}  {rows[-1]['reason'][:70]}")
+        rows.append(_stall_row(proc.pid, idle, idle_rest, broker, topic_set, limit, make_bundle(keys.private, "1.5"),
+                               reports, topic_report, last_update, log))
         seen = len(reports.on(topic_report))
         send(good)
         accepted = wait_until(lambda: len(reports.on(topic_report)) > seen and
@@ -180,7 +184,7 @@ def hostile_rows(workdir: Path, *, max_bundle_mb: float | None = None, log=print
         broker.kill()
     traceback = b"Traceback" in errlog.read_bytes()
     kinds = []
-    others = ("empty message", "JSON message", "one zero byte", "oversized")
+    others = ("empty message", "JSON message", "one zero byte", "oversized", "24 oversized")
     for kind, pick in (("hostile bundles over MQTT", lambda r: not r["case"].startswith(others + ("burst",))),
                        ("hostile MQTT messages (not bundles)", lambda r: r["case"].startswith(others)),
                        ("bursts of the largest messages", lambda r: r["case"].startswith("burst"))):
@@ -193,6 +197,32 @@ def hostile_rows(workdir: Path, *, max_bundle_mb: float | None = None, log=print
     return {"idle_peak_rss_mb": round(idle, 1), "idle_rest_rss_mb": round(idle_rest, 1),
             "good_bundle_accepted_after": bool(accepted), "exit_code": code, "traceback": traceback, "kinds": kinds,
             "cases": rows}
+
+
+def _stall_row(pid: int, idle: float, idle_rest: float, broker, topic_set: str, limit: int, bundle: bytes,
+               reports, topic_report: str, last_update, log) -> dict:
+    """More messages just over the device's maximum packet size than mosquitto keeps in flight (20), QoS 1,
+    then a good bundle: it must still be accepted (mosquitto 2.0.11 kept each dropped QoS 1 message in flight
+    for good, which stopped every later update while the device subscribed at QoS 1)."""
+    import paho.mqtt.publish as publish
+
+    from fixtures_mqtt import wait_until
+
+    flood, size = 24, limit + 64 * 1024 + 1
+    _reset_peak(pid)
+    for _ in range(flood):  # one at a time: the broker holds one copy at a time
+        publish.single(topic_set, b"\xff" * size, qos=1, hostname=broker.host, port=broker.port)
+    seen = len(reports.on(topic_report))
+    publish.single(topic_set, bundle, qos=1, hostname=broker.host, port=broker.port)
+    ok = wait_until(lambda: len(reports.on(topic_report)) > seen and last_update().get("result") == "accepted", 60)
+    peak = _status(pid, "VmHWM")
+    row = {"case": f"{flood} oversized QoS 1 messages, then a good bundle", "bytes": flood * size,
+           "refused_as_documented": bool(ok), "peak_above_idle_mb": round(peak - idle, 1),
+           "peak_above_rest_mb": round(peak - idle_rest, 1),
+           "reason": "the good bundle accepted after them" if ok else "the good bundle never arrived (stalled)"}
+    log(f"  {row['case']:48s} {flood * size / 2**20:8.2f} MB  peak +{peak - idle:6.1f} MB  "
+        f"{'ok' if ok else 'FAIL'}  {row['reason']}")
+    return row
 
 
 SUITE = [  # (kind, test module, test-name prefix): the crafted inputs of tests/hostile_inputs.py

@@ -9,6 +9,12 @@ Protocol ``auto`` connects with MQTT 5 and falls back to 3.1.1 when the broker
 answers "unsupported protocol version" (then stays there).
 
 Subscriptions (``subscribe(topic, handler, max_bytes)``) survive reconnects.
+They are QoS 0 (``SUBSCRIPTION_QOS``): the broker keeps no in-flight state
+for what it sends us, so messages it drops for our maximum packet size cannot
+hold up later ones (mosquitto 2.0.11 keeps each such QoS 1 message in flight
+for good: 20 of them stopped every later model update). Nothing subscribed
+needs more: the session ends with each connection, so what a device must not
+miss (model bundles) is retained and comes again on every (re)subscribe.
 Handlers run on one dispatcher thread, never on paho's network thread;
 oversized messages, undecodable topics and handler errors are dropped with a
 log line and never reach or stop the client. Large messages (over 1 MB)
@@ -60,6 +66,9 @@ class MQTTSetupError(ValueError):
 #: process before the last one is handled (bench/_hostile.py: a burst of six 9 MB messages peaked 48 MB above the
 #: idle daemon with the kernel's default, 38 MB with this), and never costs a whole extra copy in one read
 RECEIVE_BUFFER_BYTES = 128 * 1024
+
+#: the QoS of our subscriptions (see the module's docstring; docs/hostile-inputs.md): 0, never 1
+SUBSCRIPTION_QOS = 0
 
 _LARGE = 1 << 20  # a large message (a bundle): bounded while it waits; its heap given back after
 
@@ -122,7 +131,7 @@ class MQTTClient:
         _check_tls_files(cfg)
         self.protocol = "3.1.1" if cfg.protocol == "3.1.1" else "5"
         self._protocol_settled = cfg.protocol != "auto"
-        self._subs: dict[str, tuple[Handler, int]] = {}
+        self._subs: dict[str, tuple[Handler, int]] = {}  # topic -> (handler, max_bytes)
         self._subs_lock = threading.Lock()
         self._dispatch: queue.Queue = queue.Queue(maxsize=dispatch_queue)
         self._waiting_bytes = 0  # bytes of large messages queued for handlers, not yet handled
@@ -238,13 +247,13 @@ class MQTTClient:
         return info.mid
 
     # ---- subscriptions ---------------------------------------------------
-    def subscribe(self, topic: str, handler: Handler, max_bytes: Optional[int] = None, qos: int = 1) -> None:
+    def subscribe(self, topic: str, handler: Handler, max_bytes: Optional[int] = None) -> None:
         """Call ``handler(topic, payload)`` for each message on ``topic`` (wildcards allowed).
 
         Messages larger than ``max_bytes`` (default ``mqtt.max_message_kb``)
         are dropped with a log line. Exceptions from the handler (a malformed
         payload) are logged and the message dropped. Handlers run one at a
-        time on the dispatcher thread.
+        time on the dispatcher thread. The subscription is QoS 0 (``SUBSCRIPTION_QOS``).
         """
         limit = max_bytes if max_bytes is not None else self.cfg.max_message_kb * 1024
         with self._subs_lock:
@@ -252,7 +261,7 @@ class MQTTClient:
         with self._client_lock:
             c = self._client
         if c is not None and self.connected:
-            c.subscribe(topic, qos=qos)
+            c.subscribe(topic, qos=SUBSCRIPTION_QOS)
 
     def unsubscribe(self, topic: str) -> None:
         with self._subs_lock:
@@ -285,7 +294,7 @@ class MQTTClient:
             with self._subs_lock:
                 topics = list(self._subs)
             if topics:
-                client.subscribe([(t, 1) for t in topics])
+                client.subscribe([(t, SUBSCRIPTION_QOS) for t in topics])
             _limit_receive_buffer(client)
             self._connected.set()
             log.info("MQTT: connected to %s:%d (MQTT %s)", self.cfg.host, self.cfg.port, self.protocol)
