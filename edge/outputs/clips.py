@@ -33,6 +33,7 @@ import numpy as np
 from edge.contract.record import Detection
 from edge.outputs.clip_paths import clip_path
 from edge.types import AudioBlock, DetectionSink
+from edge.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -154,20 +155,11 @@ class ClipWriter(DetectionSink):
             return
         path = clip_path(self.dir, d.start_utc, d.label, d.id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".wav.part")
-        try:
-            with open(tmp, "wb") as f, wave.open(f, "wb") as w:
-                w.setnchannels(1)
-                w.setsampwidth(2)
-                w.setframerate(self.rate)
-                w.writeframes(samples.astype("<i2").tobytes())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_file(path, tmp=path.with_suffix(".wav.part")) as f, wave.open(f, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(self.rate)
+            w.writeframes(samples.astype("<i2").tobytes())
         size = path.stat().st_size
         self._files.append((path.stat().st_mtime, str(path), size))
         self._total += size

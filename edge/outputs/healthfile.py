@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 from edge.contract.record import utc_now
 from edge.types import Service
+from edge.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,7 @@ def report(snapshot: Callable[[], dict], publisher: Any = None, state: Optional[
 
 def write(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(data, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, default=str))
 
 
 class HealthFile(Service):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
 import shutil
 import sqlite3
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Iterable
 
 from edge.contract.record import utc_now
+from edge.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +143,8 @@ class Reviews:
             return
         try:
             self.kept_dir.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_suffix(".part")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            with open(src, "rb") as fsrc, atomic_file(dst) as fdst:
+                shutil.copyfileobj(fsrc, fdst)
         except OSError as exc:
             log.error("cannot keep the clip of reviewed detection %s: %s", det["id"], exc)
 

@@ -24,12 +24,13 @@ import json
 import logging
 import os
 import re
-import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 from edge.contract.record import utc_now as record_utc_now
 
+from edge import files
 from edge.clock import boot_id, boot_time
 
 log = logging.getLogger(__name__)
@@ -46,31 +47,12 @@ def utc_now() -> str:
     return record_utc_now(ms=False)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old or the new content, whole."""
+    """Write ``data`` to ``path`` so that a crash leaves the old or the new content, whole and durable
+    (``edge.files``; the temporary name starts with TMP_PREFIX, so a start removes leftovers)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
+    files.atomic_write(path, data, durable=True, mode=0o600,
+                       tmp=path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{threading.get_ident()}"))
 
 
 def _safe(text: str) -> str:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 from importlib import metadata as importlib_metadata
@@ -42,6 +41,7 @@ from typing import Any, Mapping, Optional
 from edge.contract.record import Detection
 from edge.outputs.mqtt import payloads
 from edge.outputs.mqtt.topics import Topics
+from edge.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +202,7 @@ class Discovery:
             data = {"topics": sorted(self._announced)}
         try:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.state_path.with_suffix(".json.part")
-            tmp.write_text(json.dumps(data, indent=1) + "\n")
-            os.replace(tmp, self.state_path)
+            atomic_write(self.state_path, json.dumps(data, indent=1) + "\n")
         except OSError as exc:
             log.error("cannot record the announced Home Assistant entities in %s: %s", self.state_path, exc)
 

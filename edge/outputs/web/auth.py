@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from pathlib import Path
+
+from edge.files import atomic_write
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 SESSION_S = 7 * 24 * 3600
@@ -49,11 +50,7 @@ def write_password_file(path: str | Path, password: str) -> None:
         raise PasswordError(f"the password needs at least {MIN_PASSWORD} characters")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(hash_password(password) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, hash_password(password) + "\n", mode=0o600)
 
 
 def read_password_file(path: str | Path) -> str:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import wave
 from pathlib import Path
+from edge.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,7 @@ def render_png(wav_path: str | Path) -> bytes:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 def cached_png(wav_path: Path, cache_dir: Path, key: str, *, timeout_s: float = 30.0) -> bytes:

@@ -1,0 +1,36 @@
+"""edge/files.py: a write either replaces the file whole or leaves the old one, and leaves no temporary file."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from edge.files import atomic_file, atomic_write
+
+
+def test_write_replaces_whole_and_leaves_nothing_else(tmp_path):
+    p = tmp_path / "state.json"
+    p.write_text("old")
+    atomic_write(p, "new")
+    assert p.read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["state.json"]
+    atomic_write(p, b"\x00bytes", durable=True)
+    assert p.read_bytes() == b"\x00bytes" and sorted(os.listdir(tmp_path)) == ["state.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_its_part(tmp_path):
+    p = tmp_path / "clip.wav"
+    p.write_bytes(b"old clip")
+    with pytest.raises(RuntimeError):
+        with atomic_file(p, tmp=p.with_suffix(".wav.part")) as fh:
+            fh.write(b"half a clip")
+            raise RuntimeError("disk full")
+    assert p.read_bytes() == b"old clip"
+    assert sorted(os.listdir(tmp_path)) == ["clip.wav"]
+
+
+def test_mode_is_kept_for_secrets(tmp_path):
+    p = tmp_path / "password"
+    atomic_write(p, "hash\n", mode=0o600)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
