@@ -29,12 +29,9 @@ TINY_KD = {
 @pytest.fixture(scope="module")
 def kd_run(tmp_path_factory, train_data):
     pytest.importorskip("tensorflow")
-    from trainer.birdnet import birdnet_model_path
+    from fixtures_trainer import require_birdnet
 
-    try:
-        birdnet_model_path()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
+    require_birdnet()
     from trainer.config import parse_train_config
     from trainer.train import run
 
@@ -95,12 +92,11 @@ def test_auxiliary_teacher_head_trains_but_is_not_exported(kd_run):
     rng = np.random.default_rng(0)
     lg = rng.normal(-8, 1, (40, 50)).astype(np.float16)
     lg[:, 7] += 6  # one species the teacher hears everywhere
-    g, p_, info = aux_targets("logits", lg, np.zeros((40, 4)), lg[:10], np.zeros((10, 4)), np.arange(40), 3, 2.0)
+    g, p_, info = aux_targets("logits", lg, np.zeros((40, 4)), lg[:10], np.zeros((10, 4)), 3, 2.0)
     assert g.shape == (40, 3) and p_.shape == (10, 3) and info["aux_classes"] == 3
     loud = 1 / (1 + np.exp(-lg[:, 7].astype(np.float32) / 2.0))
     assert any(np.allclose(g[:, j].astype(np.float32), loud, atol=2e-3) for j in range(3))  # it is one of the 3
-    e, _, info = aux_targets("embedding", lg, rng.normal(3, 2, (40, 4)), lg[:10], rng.normal(3, 2, (10, 4)),
-                             np.arange(40), 3, 2.0)
+    e, _, info = aux_targets("embedding", lg, rng.normal(3, 2, (40, 4)), lg[:10], rng.normal(3, 2, (10, 4)), 3, 2.0)
     assert info["aux_dim"] == 4 and abs(float(e.astype(np.float32).mean())) < 0.3
 
 

@@ -119,21 +119,26 @@ def soft_targets(logits: np.ndarray, y: np.ndarray, bn_idx: np.ndarray, lr_p: np
     return t
 
 
-def aux_targets(kind: str, grid_logits: np.ndarray, grid_emb: np.ndarray, pool_logits: np.ndarray,
-                pool_emb: np.ndarray, train_rows: np.ndarray, k: int, temperature: float):
-    """Auxiliary teacher targets for grid and pool windows, and what they are.
+def _mean_sigmoid(tables: list[np.ndarray], chunk: int = 2048) -> np.ndarray:
+    """Mean teacher score per BirdNET class over the rows of `tables`, a chunk at a time (the full
+    (rows, 6522) float32 sigmoid of grid and pool would be about 0.9 GB)."""
+    total = sum(_sigmoid(t[i:i + chunk]).sum(0, dtype=np.float64) for t in tables for i in range(0, len(t), chunk))
+    return total / max(1, sum(len(t) for t in tables))
 
-    logits: the k BirdNET species with the highest mean score over the training windows (`train_rows` of
-    the grid, and the pool), as sigmoid(logit / temperature): the teacher's view of every bird it hears,
-    not only the model's classes; embedding: the 1024-d embedding, standardised per dimension with the
-    training windows' mean and spread."""
+
+def aux_targets(kind: str, grid_logits: np.ndarray, grid_emb: np.ndarray, pool_logits: np.ndarray,
+                pool_emb: np.ndarray, k: int, temperature: float):
+    """Auxiliary teacher targets for grid and pool windows (all of them training windows), and what they are.
+
+    logits: the k BirdNET species with the highest mean score over those windows, as
+    sigmoid(logit / temperature): the teacher's view of every bird it hears, not only the model's classes;
+    embedding: the 1024-d embedding, standardised per dimension with those windows' mean and spread."""
     if kind == "logits":
-        mean = np.concatenate([_sigmoid(grid_logits[train_rows]), _sigmoid(pool_logits)]).mean(0)
-        cols = np.sort(np.argsort(-mean)[:k])
+        cols = np.sort(np.argsort(-_mean_sigmoid([grid_logits, pool_logits]))[:k])
         f = lambda lg: _sigmoid(lg[:, cols].astype(np.float32) / temperature).astype(np.float16)  # noqa: E731
         return f(grid_logits), f(pool_logits), {"aux": "logits", "aux_classes": int(len(cols)),
                                                 "aux_temperature": temperature}
-    ref = np.concatenate([grid_emb[train_rows], pool_emb]).astype(np.float32)
+    ref = np.concatenate([grid_emb, pool_emb]).astype(np.float32)
     mu, sd = ref.mean(0), ref.std(0) + 1e-3
     g = lambda e: ((e.astype(np.float32) - mu) / sd).astype(np.float16)  # noqa: E731
     return g(grid_emb), g(pool_emb), {"aux": "embedding", "aux_dim": int(ref.shape[1])}
@@ -212,7 +217,7 @@ def build(ds, train_recs: list[Recording], frame_cache: FrameCache, cfg, data_ro
     aux_info: dict = {}
     if d.aux != "none":
         grid_aux, pool_aux, aux_info = aux_targets(d.aux, grid.logits, grid.emb, ptab.logits, ptab.emb,
-                                                   np.arange(len(grid_rec)), d.aux_classes, d.aux_temperature)
+                                                   d.aux_classes, d.aux_temperature)
     info = {**aux_info, "teacher": "BirdNET V2.4", "grid_windows": int(len(grid_rec)), "pool_windows": int(len(recipes)),
             "negative_recordings_train": len(negs.train), "negative_recordings_held_out": len(negs.held_out),
             "unknown_to_teacher": [classes[j] for j in unknown], "seconds": round(time.time() - t0, 1)}

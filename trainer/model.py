@@ -48,10 +48,13 @@ def build_model(cfg: ModelSection, input_shape: tuple[int, int, int], n_classes:
                 distill_dim: int = 0, aux_dim: int = 0, aux_activation: str = "sigmoid") -> Parts:
     """distill_dim > 0: the head predicts a teacher embedding of that size and classifies from it.
     aux_dim > 0: a second head, beside the classes, predicts aux_dim teacher targets from the same pooled
-    features (trained, never exported: `model` has the classes only)."""
+    features (trained, never exported: `model` has the classes only). At most one of the two."""
     import keras
     from keras import layers
 
+    if distill_dim and aux_dim:
+        raise ModelError("a teacher embedding to classify from (distill_dim) and an auxiliary head (aux_dim) "
+                         "cannot be combined")
     keras.utils.set_random_seed(seed)
     weights = cfg.weights
     path = None
@@ -81,27 +84,21 @@ def build_model(cfg: ModelSection, input_shape: tuple[int, int, int], n_classes:
     embedder = keras.Model(inp, pooled, name="embedder")
 
     head_in = keras.Input(shape=(pooled.shape[-1],), name="pooled")
+    features, second = head_in, None  # second: the trained-only output beside the scores
     if distill_dim:
-        proj = layers.Dense(distill_dim, name="teacher_embedding")(head_in)
-        y = layers.Dropout(cfg.dropout, name="dropout")(proj)
-        y = layers.Dense(n_classes, activation="sigmoid", name="scores")(y)
-        head = keras.Model(head_in, [y, proj], name="head")
-        outs = head(embedder(inp))
-        model = keras.Model(inp, outs[0], name="dawnchorus")
-        train_model = keras.Model(inp, outs, name="dawnchorus_distill")
-    elif aux_dim:
-        y = layers.Dropout(cfg.dropout, name="dropout")(head_in)
-        y = layers.Dense(n_classes, activation="sigmoid", name="scores")(y)
-        aux = layers.Dense(aux_dim, activation=aux_activation, name="teacher_aux")(head_in)
-        head = keras.Model(head_in, [y, aux], name="head")
-        outs = head(embedder(inp))
-        model = keras.Model(inp, outs[0], name="dawnchorus")
-        train_model = keras.Model(inp, outs, name="dawnchorus_distill")
-    else:
-        y = layers.Dropout(cfg.dropout, name="dropout")(head_in)
-        y = layers.Dense(n_classes, activation="sigmoid", name="scores")(y)
+        features = second = layers.Dense(distill_dim, name="teacher_embedding")(head_in)
+    y = layers.Dropout(cfg.dropout, name="dropout")(features)
+    y = layers.Dense(n_classes, activation="sigmoid", name="scores")(y)
+    if aux_dim:
+        second = layers.Dense(aux_dim, activation=aux_activation, name="teacher_aux")(head_in)
+    if second is None:
         head = keras.Model(head_in, y, name="head")
         model = train_model = keras.Model(inp, head(embedder(inp)), name="dawnchorus")
+    else:
+        head = keras.Model(head_in, [y, second], name="head")
+        outs = head(embedder(inp))
+        model = keras.Model(inp, outs[0], name="dawnchorus")
+        train_model = keras.Model(inp, outs, name="dawnchorus_distill")
     parts = Parts(model, embedder, head, backbone, train_model)
     set_trainable(parts, cfg.mode, cfg.finetune_blocks)
     return parts
