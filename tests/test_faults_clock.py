@@ -6,19 +6,16 @@ tests use an injected wall clock.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from edge.clock import OutboxClock, StreamClock
 from fixtures_updates import make_bundle  # noqa: F401 - the team_keys fixture's module
-from test_updates_store import REPO, _cfg, _install
-from edge.service.modelstore import ModelStore
+from test_updates_store import CRASHING_START, REPO, crash_loop_setup
 
 LIBFAKETIME = next((p for p in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
                                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
@@ -27,27 +24,12 @@ LIBFAKETIME = next((p for p in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.
 
 @pytest.mark.skipif(LIBFAKETIME is None, reason="libfaketime not installed (apt-get install faketime)")
 def test_crash_loop_counter_survives_forward_clock_steps(tmp_path, team_keys):
-    cfg_path = tmp_path / "config.yaml"
-    cfg = _cfg(tmp_path, team_keys, crash_loop_max=2, crash_loop_window_s=300)
-    cfg_path.write_text(json.dumps(json.loads(cfg.model_dump_json())))
-    models = cfg.state_dir / "models"
-    _install(ModelStore(models), team_keys, "1.0")
-    _install(ModelStore(models), team_keys, "2.0")
-    script = textwrap.dedent("""
-        import os, sys, time
-        from edge.config import load_config
-        from edge.service.modelstore import ModelStore
-        from edge.service.updates import models_dir_for, resolve_startup
-        cfg = load_config(sys.argv[1])
-        running = resolve_startup(cfg, ModelStore(models_dir_for(cfg)))
-        print(running.bundle.version, int(time.time()), flush=True)
-        os._exit(3)  # the daemon dies soon after start
-    """)
+    cfg_path = crash_loop_setup(tmp_path, team_keys, crash_loop_max=2, crash_loop_window_s=300)
     seen = []
     for day in range(3):  # NTP steps the clock a day forward between the crashes
         env = {**os.environ, "PYTHONPATH": str(REPO), "LD_PRELOAD": LIBFAKETIME, "FAKETIME": f"+{day}d",
                "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
-        out = subprocess.run([sys.executable, "-c", script, str(cfg_path)], env=env, capture_output=True,
+        out = subprocess.run([sys.executable, "-c", CRASHING_START, str(cfg_path)], env=env, capture_output=True,
                              text=True).stdout.split()
         seen.append(out)
     assert int(seen[2][1]) - int(seen[0][1]) > 2 * 86000  # the wall clock did step

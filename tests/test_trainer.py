@@ -14,7 +14,7 @@ from edge.contract.frontend import FrontendParams, LogMel
 from edge.contract.interpreter import load_model
 from edge.contract.signing import load_public_key
 from trainer.config import TrainConfigError, load_train_config, parse_train_config
-from trainer.data import (DatasetError, FrameCache, eval_windows, grouped_folds, grouped_split, load_audio,
+from trainer.data import (DatasetError, FrameCache, grouped_folds, grouped_split, load_audio,
                           read_dataset, window_features)
 
 LABELS = ["Corvus_corax", "Fringilla_coelebs", "Parus_major"]
@@ -281,12 +281,9 @@ def test_example_config_documents_the_defaults():
 def test_distilled_tiny_run_names_its_teacher(train_data, tmp_path):
     """Optional BirdNET teacher (soft window labels): the bundle says it was distilled."""
     pytest.importorskip("tensorflow")
-    from trainer.birdnet import birdnet_model_path
+    from fixtures_trainer import require_birdnet
 
-    try:
-        birdnet_model_path()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
+    require_birdnet()
     from fixtures_trainer import TINY_CONFIG
     from trainer.train import run
 

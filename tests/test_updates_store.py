@@ -152,27 +152,36 @@ def test_clean_stops_and_old_crashes_do_not_count(tmp_path, team_keys):
         assert resolve_startup(cfg, ModelStore(models, clock=clock)).bundle.version == "2.0"
 
 
-def test_crash_loop_with_real_process_crashes(tmp_path, team_keys):
-    """The counter survives real crashing processes (os._exit), not just new objects."""
+#: a daemon start that crashes at once: prints the version it started and the wall-clock time, then exits 3
+CRASHING_START = textwrap.dedent("""
+    import os, sys, time
+    from edge.config import load_config
+    from edge.service.modelstore import ModelStore
+    from edge.service.updates import models_dir_for, resolve_startup
+    cfg = load_config(sys.argv[1])
+    running = resolve_startup(cfg, ModelStore(models_dir_for(cfg)))
+    print(running.bundle.version, int(time.time()), flush=True)
+    os._exit(3)  # the daemon dies soon after start
+""")
+
+
+def crash_loop_setup(tmp_path, keys, **detection_updates) -> Path:
+    """A config file whose models dir holds 1.0 (previous) and 2.0 (active); returns the config's path."""
     cfg_path = tmp_path / "config.yaml"
-    cfg = _cfg(tmp_path, team_keys, crash_loop_max=2)
+    cfg = _cfg(tmp_path, keys, **detection_updates)
     cfg_path.write_text(json.dumps(json.loads(cfg.model_dump_json())))
     models = cfg.state_dir / "models"
-    _install(ModelStore(models), team_keys, "1.0")
-    _install(ModelStore(models), team_keys, "2.0")
-    script = textwrap.dedent("""
-        import os, sys
-        from edge.config import load_config
-        from edge.service.modelstore import ModelStore
-        from edge.service.updates import models_dir_for, resolve_startup
-        cfg = load_config(sys.argv[1])
-        running = resolve_startup(cfg, ModelStore(models_dir_for(cfg)))
-        print(running.bundle.version, flush=True)
-        os._exit(3)  # the daemon dies soon after start
-    """)
+    _install(ModelStore(models), keys, "1.0")
+    _install(ModelStore(models), keys, "2.0")
+    return cfg_path
+
+
+def test_crash_loop_with_real_process_crashes(tmp_path, team_keys):
+    """The counter survives real crashing processes (os._exit), not just new objects."""
+    cfg_path = crash_loop_setup(tmp_path, team_keys, crash_loop_max=2)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    seen = [subprocess.run([sys.executable, "-c", script, str(cfg_path)], env=env, capture_output=True,
-                           text=True).stdout.strip() for _ in range(3)]
+    seen = [subprocess.run([sys.executable, "-c", CRASHING_START, str(cfg_path)], env=env, capture_output=True,
+                           text=True).stdout.split()[0] for _ in range(3)]
     assert seen == ["2.0", "1.0", "1.0"]
 
 
