@@ -92,6 +92,9 @@ class ModelSection(_Section):
     finetune_blocks: int = Field(8, ge=0, le=16)
     dropout: float = Field(0.3, ge=0, lt=1)
     bn_momentum: float = Field(0.9, gt=0, lt=1)
+    # how the backbone's (freq, time) feature map becomes one vector: avg (global average) or avgmax
+    # (mean over frequency, then mean and max over time, concatenated)
+    pooling: Literal["avg", "avgmax"] = "avg"
 
 
 class TrainSection(_Section):
@@ -104,6 +107,9 @@ class TrainSection(_Section):
     learning_rate: float = Field(3e-4, gt=0)
     head_learning_rate: float = Field(2e-3, gt=0)
     warmup_steps: int = Field(30, ge=0)
+    # fine-tuning keeps an exponential moving average of the weights with this momentum and ends on it
+    # (0: off; the last step's weights are kept)
+    ema_momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     loss: Literal["bce", "focal"] = "bce"
