@@ -162,6 +162,9 @@ class DistillSection(_Section):
     # pool: share of training samples drawn from the pool and from negative grid windows (rest: class grid)
     pool_fraction: float = Field(0.5, ge=0, le=1)
     negative_fraction: float = Field(0.15, ge=0, le=1)
+    # pool: draw the pool's windows of the training recordings class by class (its negative share kept);
+    # otherwise uniformly (the pool's recordings were picked uniformly, so common species dominate)
+    pool_balanced: bool = False
     # teacher cache (None: $DAWNCHORUS_TEACHER_CACHE or ~/.cache/dawnchorus/teacher)
     cache_dir: Optional[Path] = None
     # processes running the teacher (one BirdNET each)

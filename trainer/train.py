@@ -184,7 +184,8 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
     if use_pool:
         from .kd import KDSampler
 
-        sampler = KDSampler(p.kd, p.logmel, cfg.augment, t.seed, d.pool_fraction, d.negative_fraction)
+        sampler = KDSampler(p.kd, p.logmel, cfg.augment, t.seed, d.pool_fraction, d.negative_fraction,
+                            pool_balanced=d.pool_balanced)
     else:
         sampler = WindowSampler(p.train, p.frames, p.logmel, cfg.augment, cfg.data.energy_percentile,
                                 t.balanced_sampling, t.seed, teacher=teacher, jitter_frames=d.jitter_frames)
