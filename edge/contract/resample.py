@@ -111,7 +111,7 @@ class FileResampler:
             keep = self.input_start(self._block)
             self._buf = self._buf[keep - self._base :]
             self._base = keep
-        return np.concatenate(outs) if outs else np.zeros(0, np.float32)
+        return (outs[0] if len(outs) == 1 else np.concatenate(outs)) if outs else np.zeros(0, np.float32)
 
     def flush(self) -> np.ndarray:
         """The output after the last whole block (the input has ended)."""

@@ -257,7 +257,7 @@ def worker_environment() -> None:
 #: what every worker imports (a missing one is skipped)
 PRELOAD = [
     "edge.service.workers", "edge.detection.pipeline", "edge.contract.bundle", "edge.contract.interpreter",
-    "ai_edge_litert.interpreter", "soundfile", "soxr",
+    "ai_edge_litert.interpreter", "soundfile", "soxr", "edge.sources.flac",
 ]
 
 
