@@ -208,7 +208,9 @@ class FileSource(AudioSource):
         """Integer samples as libsndfile's float32 would give them (exactly: a power-of-two scale)."""
         if self._scale is None:
             return np.ascontiguousarray(data)
-        return np.multiply(data, self._scale, dtype=np.float32)  # one pass: converted, then scaled
+        out = data.astype(np.float32)
+        out *= self._scale
+        return out
 
     def _mono(self, data: np.ndarray) -> np.ndarray:
         if data.shape[1] == 1:
