@@ -39,6 +39,30 @@ def test_dask_stores_exactly_what_one_job_stores(tmp_path, archive, tone_bundle_
     assert "analysed by 2 worker process(es)" in r.stderr  # both workers, not the replay's own process
 
 
+def test_workers_keep_the_model_and_are_not_sent_it_again(tmp_path, archive, tone_bundle_path, cluster):  # noqa: F811
+    """A second replay on the same workers sends them the job without the bundle (they hold its model: a worker
+    given the bundle anew would hold two copies at its peak) and stores the same rows."""
+    from edge.contract.bundle import load_bundle
+    from edge.contract.signing import load_public_key
+
+    key = tone_bundle_path.parent / "signing.pub"
+    common = ["-v", "replay", archive, "--bundle", tone_bundle_path, "--public-key", key, "--format", "csv",
+              "--dask", cluster]
+    first = replay(*common, "--db", tmp_path / "a.db", "--out", tmp_path / "a.csv")
+    assert first.returncode == 1, first.stderr
+    sha = load_bundle(tone_bundle_path, load_public_key(key)).sha256
+    with distributed.Client(cluster) as client:
+        held = client.run(lambda: sorted(b.sha256 for b in __import__("edge.service.workers").service.workers
+                                         ._BUNDLES.values()))
+    assert len(held) == 2 and all(v == [sha] for v in held.values()), held
+    second = replay(*common, "--db", tmp_path / "b.db", "--out", tmp_path / "b.csv")
+    assert second.returncode == 1, second.stderr
+    assert "holds model" in second.stderr and "not sent again" in second.stderr
+    for name in ("detections", "effort"):
+        rows = table(tmp_path / "a.db", name)
+        assert rows and table(tmp_path / "b.db", name) == rows, name
+
+
 def test_no_cluster_at_the_address_is_a_one_line_error(tmp_path, tone_bundle_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

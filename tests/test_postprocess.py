@@ -124,3 +124,28 @@ def test_config_validation_names_bad_values():
         parse_config({"detection": {"thresholds": {"Aa_one": 1.5}}})
     with pytest.raises(ConfigError, match="detection.min_windows"):
         parse_config({"detection": {"min_windows": 0}})
+
+
+def test_bundle_event_rule_confirms_events_in_two_windows():
+    """min_windows 2 from the bundle's operating point: a lone window is no event, two in a row are, the event
+    starts at its first window and is emitted once it has ended (on the next window); an unconfirmed last window of a file is dropped."""
+    m2 = ModelInfo(LABELS, ["One", "Two", "Three"], {"Aa_one": 0.5, "Bb_two": 0.7, "Cc_three": 0.3}, "1.0", "a" * 64,
+                   3.0, min_windows=2)
+    s = col([0.9, 0.1, 0.6, 0.55, 0.2, 0.7, 0.1, 0.1, 0.8, 0.9, 0.95, 0.1, 0.6])
+    pp = PostProcessor(m2, SourceInfo("dev1", "hw:1", "clock"), DetectionConfig(),
+                       clock=lambda: datetime(2030, 1, 1, tzinfo=timezone.utc))
+    emitted = []  # (window index at which the event came out, event)
+    for i, row in enumerate(s):
+        emitted += [(i, d) for d in pp.add(i, i * HOP, T0 + timedelta(seconds=i * HOP), row)]
+    at_close = pp.close()
+    assert at_close == []  # the lone 0.6 in the last window stays unconfirmed
+    assert [(i, d.offset_s, d.n_windows, d.start_utc) for i, d in emitted] == [
+        (5, 3.0, 2, "2024-05-01T05:30:03.000Z"), (12, 12.0, 3, "2024-05-01T05:30:12.000Z")]
+    # the same windows through a bundle of the old rule (1), and the config overriding the bundle either way
+    assert [d.offset_s for d in run(s)] == [0.0, 3.0, 7.5, 12.0, 18.0]
+    assert [d.offset_s for d in run(s, DetectionConfig(min_windows=1), m=m2)] == [0.0, 3.0, 7.5, 12.0, 18.0]
+    assert [d.offset_s for d in run(s, DetectionConfig(min_windows=3))] == [12.0]
+    # an event still open when the segment closes (a stop, the end of a file) is emitted if confirmed
+    pp = PostProcessor(m2, SourceInfo("dev1", "/rec/a.wav", "file-name"))
+    assert pp.add(0, 0.0, T0, s[9]) == [] and pp.add(1, HOP, T0 + timedelta(seconds=HOP), s[10]) == []
+    assert [(d.offset_s, d.n_windows) for d in pp.close()] == [(0.0, 2)]

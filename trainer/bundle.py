@@ -23,7 +23,8 @@ def selftest_vector(model: Int8Model, features: np.ndarray) -> tuple[np.ndarray,
 def write_bundle(path: str | Path, *, model_bytes: bytes, classes: list[str], names: dict[str, tuple[str, str]],
                  frontend: FrontendParams, hop_s: float, thresholds: dict[str, float], selftest_features: np.ndarray,
                  private_key, name: str = "dawnchorus", version: str | None = None, training: dict | None = None,
-                 metrics: dict | None = None, extra: dict | None = None, output_kind: str = "probability") -> Path:
+                 metrics: dict | None = None, extra: dict | None = None, output_kind: str = "probability",
+                 min_windows: int = 1) -> Path:
     model = Int8Model(model_bytes, num_threads=1, output_kind=output_kind)
     x, out = selftest_vector(model, selftest_features)
     labels = [Label(label=c, scientific_name=names.get(c, (c.replace("_", " "), ""))[0],
@@ -33,7 +34,7 @@ def write_bundle(path: str | Path, *, model_bytes: bytes, classes: list[str], na
                         hop_s=hop_s, thresholds=thresholds, selftest_input=x, selftest_output=out,
                         private_key=private_key, input_shape=list(model.input_shape),
                         output_shape=list(model.output_shape), training=training, metrics=metrics, extra=extra,
-                        output_kind=output_kind)
+                        output_kind=output_kind, min_windows=min_windows)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(p.suffix + ".tmp")

@@ -11,7 +11,7 @@ class DetectionConfig(Section):
     thresholds: dict[str, float] = {}
     include: list[str] = []
     exclude: list[str] = []
-    min_windows: int = Field(1, ge=1)
+    min_windows: int | None = Field(None, ge=1)  # None: the bundle's operating point (1 if it has none)
     merge_gap_windows: int = Field(0, ge=0)
 
     @field_validator("thresholds")

@@ -3,7 +3,8 @@
 A bundle is one ZIP file (stored, not compressed) holding
 
 - ``manifest.json``: everything about the model (labels, front-end
-  parameters, window and hop, thresholds, version, creation time, training
+  parameters, window and hop, the operating point - per-label thresholds and
+  ``min_windows``, optional, 1 when absent -, version, creation time, training
   summary and metrics, sha256 and size of every other member, tensor shapes,
   and the self-test expectation);
 - ``model.tflite``: the full-integer int8 model;
@@ -44,6 +45,7 @@ MANIFEST, MODEL, SELFTEST, SIGNATURE = "manifest.json", "model.tflite", "selftes
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_MANIFEST_BYTES = 1024 * 1024  # read before the signature is checked: bounded
 MAX_SIGNATURE_BYTES = 4096
+MAX_MIN_WINDOWS = 10  # windows in a row that confirm an event (operating point); 10 windows = 16.5 s at hop 1.5 s
 
 
 def message_limit(max_bytes: int) -> int:
@@ -97,6 +99,11 @@ class Bundle:
         return dict(self.manifest["thresholds"])
 
     @property
+    def min_windows(self) -> int:
+        """Consecutive windows at or above a species' threshold that confirm an event (operating point)."""
+        return int(self.manifest.get("min_windows", 1))
+
+    @property
     def hop_s(self) -> float:
         return float(self.manifest["hop_s"])
 
@@ -106,7 +113,8 @@ class Bundle:
         return (
             f"{m['name']} {m['version']} ({len(m['labels'])} labels, sha256 {self.sha256[:12]}, "
             f"signed by {self.key_id}, created {m['created_utc']}, "
-            f"macro ROC-AUC {metrics.get('macro_roc_auc', 'n/a')})"
+            f"macro ROC-AUC {metrics.get('macro_roc_auc', 'n/a')}"
+            + (f", events need {self.min_windows} windows in a row)" if self.min_windows > 1 else ")")
         )
 
 
@@ -139,6 +147,7 @@ def build_bundle(
     selftest_tolerance: int = 2,
     extra: dict | None = None,
     output_kind: str = DEFAULT_OUTPUT_KIND,
+    min_windows: int = 1,
 ) -> bytes:
     """Assemble and sign a bundle; returns its bytes. Pure: no TensorFlow."""
     frontend.validate()
@@ -154,6 +163,7 @@ def build_bundle(
         "window_s": frontend.window_s,
         "hop_s": float(hop_s),
         "thresholds": {k: float(v) for k, v in thresholds.items()},
+        "min_windows": int(min_windows),
         "tensors": {"input_shape": list(input_shape), "input_dtype": "int8",
                     "output_shape": list(output_shape), "output_dtype": "int8",
                     "output_kind": output_kind},
@@ -196,6 +206,15 @@ def _check_shapes(m: dict, frontend: FrontendParams) -> None:
     hop = float(m["hop_s"])
     if not 0 < hop <= frontend.window_s:
         raise BundleError(f"hop_s {hop} must be in (0, window_s={frontend.window_s}]")
+    check_min_windows(m.get("min_windows", 1))
+
+
+def check_min_windows(v: Any) -> None:
+    """The operating point's event rule: an integer from 1 to MAX_MIN_WINDOWS, else BundleError."""
+    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_MIN_WINDOWS:
+        shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+        raise BundleError(f"operating point min_windows {shown} is not an integer from 1 to {MAX_MIN_WINDOWS} "
+                          "(consecutive windows that confirm an event)")
 
 
 def _read_signed(arc: BoundedZip, where: str) -> tuple[bytes, bytes, str]:

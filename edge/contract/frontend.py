@@ -32,7 +32,7 @@ import numpy as np
 FRONTEND_KIND = "logmel"
 FRONTEND_VERSION = 1
 NORMALIZATIONS = ("none", "band_median", "band_median_std")
-CHUNK_FRAMES = 64  # frames per FFT batch in LogMel.frames (its scratch stays in cache: as fast as 128 on this machine, half the scratch memory)
+CHUNK_FRAMES = 32  # frames per FFT batch in LogMel.frames: its scratch (0.8 MB) stays in cache; as fast as 64 or 128 here, a worker peaks lower
 _RFFT_OUT = np.lib.NumpyVersion(np.__version__) >= "2.0.0"  # numpy.fft takes out= from numpy 2
 
 
@@ -164,13 +164,20 @@ def _window(n_fft: int, win_length: int) -> np.ndarray:
     return out
 
 
-def _band_median(x: np.ndarray) -> np.ndarray:
-    """np.median(x, axis=1, keepdims=True) for finite x, by one partition (2.5x faster: no NaN pass)."""
+def _band_median(x: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """np.median(x, axis=1, keepdims=True) for finite x (3.5x faster: no NaN pass), by sorting a copy in
+    ``scratch`` (x's shape and dtype) if given: numpy's SIMD sort of the rows in place beats a partition
+    into a new array (50 against 70 us for 64 x 297 here), and gives the same order statistics."""
     n = x.shape[1]
     k = n // 2
+    if scratch is None:
+        part = np.partition(x, k if n % 2 else (k - 1, k), axis=1)
+    else:
+        part = scratch
+        np.copyto(part, x)
+        part.sort(axis=1)
     if n % 2:
-        return np.partition(x, k, axis=1)[:, k : k + 1]
-    part = np.partition(x, (k - 1, k), axis=1)
+        return part[:, k : k + 1].copy()
     return (part[:, k - 1 : k] + part[:, k : k + 1]) * np.float32(0.5)
 
 
@@ -199,16 +206,15 @@ class LogMel:
         p = self.params
         return 0 if n_samples < p.n_fft else 1 + (n_samples - p.n_fft) // p.hop_length
 
-    def _buffers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _buffers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         s = self._scratch
         if not hasattr(s, "framed"):
             nb = self._hi - self._lo
             s.framed = np.empty((CHUNK_FRAMES, self.params.n_fft), np.float64)
             s.spec = np.empty((CHUNK_FRAMES, self.params.n_fft // 2 + 1), np.complex128)
-            s.power = np.empty((CHUNK_FRAMES, nb), np.float64)
-            s.imag2 = np.empty((CHUNK_FRAMES, nb), np.float64)
+            s.squares = np.empty((CHUNK_FRAMES, 2 * nb), np.float64)
             s.power32 = np.empty((CHUNK_FRAMES, nb), np.float32)
-        return s.framed, s.spec, s.power, s.imag2, s.power32
+        return s.framed, s.spec, s.squares, s.power32
 
     def frames(self, samples: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """dB mel frames, shape (n_frames, n_mels), float32, no top_db clipping.
@@ -228,22 +234,25 @@ class LogMel:
         framed_all = np.lib.stride_tricks.as_strided(
             x, shape=(n, p.n_fft), strides=(x.strides[0] * p.hop_length, x.strides[0]), writeable=False
         )
-        framed, spec, power, imag2, power32 = self._buffers()
+        framed, spec, squares, power32 = self._buffers()
+        parts = spec.view(np.float64)[:, 2 * self._lo : 2 * self._hi]  # (re, im) of the bins the filters use
+        amin, ten = np.float32(p.amin), np.float32(10.0)
         for i in range(0, n, CHUNK_FRAMES):
             m = min(CHUNK_FRAMES, n - i)
             # The FFT in float64: in float32 (scipy.fft, 1.5x faster) mel bins 70 dB below their frame's
             # peak are off by up to 1.3e-3 dB against librosa, outside the contract (tests/test_frontend.py).
-            np.multiply(framed_all[i : i + m], self._win64, out=framed[:m])
-            sp = _rfft(framed[:m], spec[:m])[:, self._lo : self._hi]
-            pw = power[:m]
-            np.multiply(sp.real, sp.real, out=pw)
-            pw += np.multiply(sp.imag, sp.imag, out=imag2[:m])
-            np.copyto(power32[:m], pw, casting="same_kind")
+            np.copyto(framed[:m], framed_all[i : i + m])  # float32 -> float64, exact
+            framed[:m] *= self._win64
+            _rfft(framed[:m], spec[:m])
+            # |X|^2 = re^2 + im^2, summed in float64 and rounded once to float32 (contiguous squares, then
+            # the pairs added: 1.7x faster than the real and imaginary parts' strided views, same bits)
+            sq = np.square(parts[:m], out=squares[:m])
+            pw = np.add(sq[:, 0::2], sq[:, 1::2], out=power32[:m], casting="same_kind")
             mel = out[i : i + m]
-            np.matmul(power32[:m], self._fb_used, out=mel)
-            np.maximum(mel, np.float32(p.amin), out=mel)
+            np.matmul(pw, self._fb_used, out=mel)
+            np.maximum(mel, amin, out=mel)
             np.log10(mel, out=mel)
-            mel *= np.float32(10.0)
+            mel *= ten
         return out
 
     def features(self, window_frames: np.ndarray) -> np.ndarray:
@@ -255,7 +264,10 @@ class LogMel:
         if p.top_db is not None:
             np.maximum(x, x.max() - p.top_db, out=x)
         if p.normalization in ("band_median", "band_median_std"):
-            x -= _band_median(x)
+            s = self._scratch
+            if getattr(s, "sorted", None) is None or s.sorted.shape != x.shape:
+                s.sorted = np.empty_like(x)
+            x -= _band_median(x, s.sorted)
         if p.normalization == "band_median_std":
             x /= max(float(x.std()), p.std_floor_db)
         return x[:, :, None]

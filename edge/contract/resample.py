@@ -70,8 +70,9 @@ class FileResampler:
         self.margin_in = step_in * max(1, ceil(MARGIN_S * self.rate_in / step_in))
         self.margin_out = self.margin_in // step_in * step_out
         self._block = int(start_block)
-        self._base = self.input_start(self._block)  # absolute input index of self._buf[0]
-        self._buf = np.zeros(0, np.float32)
+        self._base = self.input_start(self._block)  # absolute input index of self._store[0]
+        self._store = np.zeros(0, np.float32)  # the input not yet resampled is self._store[:self._n]
+        self._n = 0
 
     @property
     def identity(self) -> bool:
@@ -94,31 +95,44 @@ class FileResampler:
 
         lo = self._block * self.block_in - self.margin_in
         skip = self.margin_out if lo > 0 else 0
-        seg = self._buf[max(lo, 0) - self._base : end - self._base]
+        seg = self._store[max(lo, 0) - self._base : end - self._base]
         out = soxr.resample(seg, self.rate_in, self.rate_out, quality=QUALITY)
         return out[skip:] if last else out[skip : skip + self.block_out]
+
+    def _append(self, x: np.ndarray) -> None:
+        """x after the input held, in one buffer kept from call to call (no new array per call: a worker's
+        peak memory and the copies)."""
+        need = self._n + len(x)
+        if need > len(self._store):
+            grown = np.empty(max(need, self.block_in + 2 * self.margin_in + len(x)), np.float32)
+            grown[: self._n] = self._store[: self._n]
+            self._store = grown
+        self._store[self._n : need] = x
+        self._n = need
 
     def process(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.identity:
             return x
-        self._buf = np.concatenate([self._buf, x]) if len(self._buf) else x
+        self._append(x)
         outs = []
-        end = self._base + len(self._buf)
-        while end >= (self._block + 1) * self.block_in + self.margin_in:
+        while self._base + self._n >= (self._block + 1) * self.block_in + self.margin_in:
             outs.append(self._run((self._block + 1) * self.block_in + self.margin_in, last=False))
             self._block += 1
-            keep = self.input_start(self._block)
-            self._buf = self._buf[keep - self._base :]
-            self._base = keep
-        return np.concatenate(outs) if outs else np.zeros(0, np.float32)
+        keep = self.input_start(self._block) - self._base
+        if keep > 0:  # what the next block needs moves to the front (a few tenths of a second)
+            rest = self._n - keep
+            self._store[:rest] = self._store[keep : self._n].copy()
+            self._base += keep
+            self._n = rest
+        return (outs[0] if len(outs) == 1 else np.concatenate(outs)) if outs else np.zeros(0, np.float32)
 
     def flush(self) -> np.ndarray:
         """The output after the last whole block (the input has ended)."""
-        if self.identity or self._base + len(self._buf) <= self._block * self.block_in:
+        if self.identity or self._base + self._n <= self._block * self.block_in:
             return np.zeros(0, np.float32)
-        out = self._run(self._base + len(self._buf), last=True)
-        self._buf = np.zeros(0, np.float32)
+        out = self._run(self._base + self._n, last=True)
+        self._store, self._n = np.zeros(0, np.float32), 0
         return out
 
 

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from edge.contract.frontend import CHUNK_FRAMES, LogMel
+from edge.contract.frontend import LogMel
 from edge.detection.guard import SignalGuard
 from edge.detection.postprocess import ModelInfo, PostProcessor, SourceInfo, unknown_labels
 from edge.contract.record import Detection
@@ -38,6 +38,7 @@ from edge.types import AudioBlock
 log = logging.getLogger(__name__)
 
 MIN_SEGMENT_S = 1.0
+FEED_FRAMES = 512  # frames computed per LogMel.frames call (a 4 s block at a 10 ms hop: one call)
 NO_SIGNAL_SCORE = -1.0  # a window the signal guard refuses: below every threshold (thresholds are in 0..1)
 
 
@@ -164,7 +165,7 @@ class Pipeline:
         self._reset_segment()
 
     def _reset_segment(self) -> None:
-        cap = self.n_frames + self.hop_frames + CHUNK_FRAMES + 1
+        cap = self.n_frames + self.hop_frames + FEED_FRAMES + 1
         self._frames = np.empty((cap, self.params.n_mels), dtype=np.float32)
         self._nbuf = 0  # frames held in self._frames
         self._frame0 = 0  # segment frame index of self._frames[0]
@@ -195,8 +196,8 @@ class Pipeline:
         buf = np.concatenate([self._residual, x]) if len(self._residual) else x
         total = self.logmel.n_frames_for(len(buf))
         done = 0
-        while done < total:  # frames straight into the frame buffer, CHUNK_FRAMES at a time, windows as they fill
-            m = min(CHUNK_FRAMES, total - done)
+        while done < total:  # frames straight into the frame buffer, FEED_FRAMES at a time, windows as they fill
+            m = min(FEED_FRAMES, total - done)
             seg = buf[done * hop : (done + m - 1) * hop + self.params.n_fft]
             self.logmel.frames(seg, out=self._reserve(m))
             self._nbuf += m

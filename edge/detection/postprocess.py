@@ -10,7 +10,12 @@ Hits of one species in consecutive windows - allowing up to
 ``merge_gap_windows`` quiet windows between them - form one event, from the
 start of its first hit window to the end of its last, with the maximum and
 mean score over its hit windows. An event is reported when it has at least
-``min_windows`` hit windows.
+``min_windows`` hit windows (with no merge gap: that many consecutive
+windows): the config's value, else the bundle's operating point, else 1. The
+event is emitted when it ends (its species falls quiet, or the segment
+closes), the same way in live capture and replay; an event that ends
+unconfirmed - one lone window, also the last window of a file or of a run
+that is stopped - is dropped by design.
 
 Event ids are stable: a UUID5 of (device, source, label, start, model
 sha256), where the start is the offset in the source for files and the UTC
@@ -55,6 +60,12 @@ def resolve_thresholds(labels: list[str], bundle_thresholds: dict[str, float], d
     return out
 
 
+def resolve_min_windows(bundle_min_windows: int, detection=None) -> int:
+    """Windows that confirm an event: the config's ``min_windows`` when set, else the bundle's."""
+    v = getattr(detection, "min_windows", None)
+    return int(bundle_min_windows if v is None else v)
+
+
 def active_mask(labels: list[str], detection=None) -> np.ndarray:
     include = set(getattr(detection, "include", []) or [])
     exclude = set(getattr(detection, "exclude", []) or [])
@@ -77,12 +88,13 @@ class ModelInfo:
     version: str
     sha256: str
     window_s: float
+    min_windows: int = 1  # the bundle's event rule (operating point)
 
     @classmethod
     def from_bundle(cls, bundle) -> "ModelInfo":
         labs = bundle.labels
         return cls([lab.label for lab in labs], [lab.common_name for lab in labs], bundle.thresholds,
-                   bundle.version, bundle.sha256, bundle.frontend.window_s)
+                   bundle.version, bundle.sha256, bundle.frontend.window_s, bundle.min_windows)
 
 
 @dataclass
@@ -122,7 +134,7 @@ class PostProcessor:
 
     def __post_init__(self) -> None:
         d = self.detection
-        self.min_windows = int(getattr(d, "min_windows", 1))
+        self.min_windows = resolve_min_windows(self.model.min_windows, d)
         self.merge_gap = int(getattr(d, "merge_gap_windows", 0))
         self.thresholds = resolve_thresholds(self.model.labels, self.model.thresholds, d)
         self.active = active_mask(self.model.labels, d)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from edge.service.workers import Unit, Work, _warm, analyse
+from edge.service.workers import Unit, Work, _warm, analyse, held_bundle
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,20 @@ class DaskExecutor:
                                                         pure=False))
 
     def _send(self, work: Work) -> Any:
-        """The work with its verified bundle once to every worker, not with every unit; returns the scattered copy."""
+        """The work with its verified bundle once to every worker, not with every unit; returns the scattered
+        copy. Workers that all hold that bundle already (an earlier replay) get the work without it."""
         if self._work is None or self._work[0] is not work:
-            self._work = (work, self.client.scatter(work.to_send(), broadcast=True, hash=False))
+            full = work.to_send()
+            sha = full.bundle.sha256 if full.bundle is not None else None
+            try:
+                held = self.client.run(held_bundle, work.spec) if sha else {}
+            except Exception:  # noqa: BLE001 - a worker that cannot answer gets the bundle
+                held = {}
+            if held and all(v == sha for v in held.values()):
+                log.info("every worker holds model %s already: not sent again", full.bundle.version)
+                self._work = (work, full.light)
+            else:
+                self._work = (work, self.client.scatter(full, broadcast=True, hash=False))
         return self._work[1]
 
     def submit(self, unit: Unit, work: Work):

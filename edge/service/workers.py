@@ -149,24 +149,37 @@ class UnitResult:
 # -- the work (worker) -------------------------------------------------------------------
 
 _LOCAL = threading.local()  # one pipeline per worker thread (a Dask worker may run several)
+_BUNDLES: dict = {}  # WorkerJob -> the verified bundle this process's pipelines were built from
+
+
+def held_bundle(spec: WorkerJob) -> Optional[str]:
+    """The sha256 of the model this worker process holds for ``spec`` (None: none yet). A cluster's client asks
+    its workers before a replay, and sends the bundle only if one of them lacks it (a worker that received it
+    again for every replay would hold two copies for a while: 3 to 6 MB more at its peak)."""
+    bundle = _BUNDLES.get(spec)
+    return None if bundle is None else bundle.sha256
 
 
 def _pipeline(work: Work):
     """The worker's pipeline and model (no store, no services: it scores windows), built once per process
-    (thread) and job, from the bundle sent along (verified by the replay) or else the job's bundle file
-    (verified here). The model's self-test runs here, on this machine's interpreter."""
+    (thread) and job, from the bundle sent along (verified by the replay), else the one this process already
+    holds for the job, else the job's bundle file (verified here). The model's self-test runs here, on this
+    machine's interpreter."""
     cached = getattr(_LOCAL, "pipeline", None)
-    if cached is not None and cached[0] == work.spec:
+    if cached is not None and cached[0] == work.spec and (
+            work.bundle is None or cached[1].bundle.sha256 == work.bundle.sha256):
         return cached[1]
     heap.configure()  # as python -m edge keeps it (edge/heap.py): a Dask worker does not start through it
     from edge.contract.interpreter import load_model
     from edge.detection.pipeline import Pipeline
 
     spec = work.spec
-    bundle = work.with_bundle().bundle
+    bundle = work.bundle or _BUNDLES.get(spec) or work.with_bundle().bundle
+    _LOCAL.pipeline = None  # the old model goes before the new one loads
     p = Pipeline(bundle, load_model(bundle, num_threads=spec.num_threads), overlap_s=spec.overlap_s)
     p.windows_only = True  # events are made by the parent, from every piece's windows
     _LOCAL.pipeline = (spec, p)
+    _BUNDLES[spec] = bundle
     return p
 
 
@@ -214,6 +227,7 @@ def analyse(unit: Unit, work: Work) -> UnitResult:
     res.cpu_s = time.process_time() - c_start
     res.start_cpu_s, _START_CPU[0] = _START_CPU[0], 0.0
     res.peak_rss_mb = peak_rss_mb()
+    heap.release_heap()  # the unit's freed blocks back to the system: a worker's memory does not creep up unit by unit
     return res
 
 
@@ -257,7 +271,7 @@ def worker_environment() -> None:
 #: what every worker imports (a missing one is skipped)
 PRELOAD = [
     "edge.service.workers", "edge.detection.pipeline", "edge.contract.bundle", "edge.contract.interpreter",
-    "ai_edge_litert.interpreter", "soundfile", "soxr",
+    "ai_edge_litert.interpreter", "soundfile", "soxr", "edge.sources.flac",
 ]
 
 

@@ -1,0 +1,90 @@
+"""FLAC decoded by dr_flac (the compiled module of the ``miniaudio`` package), when it is installed.
+
+libsndfile's FLAC decoder (the one in the ``soundfile`` wheel) is the
+largest cost of a replay after the model: 0.6 ms per second of 48 kHz
+audio, against 0.34 ms for dr_flac on the same files, which give the same
+samples bit for bit (both are lossless decoders of the same stream; dr_flac
+seeks to the exact sample too, ``tests/test_sources_file.py``). ``FileSource``
+still opens every file with libsndfile (the header, the checks, every other
+format) and reads FLAC through this module when it can: 16- and 24-bit
+FLAC, with miniaudio importable (wheels for x86-64 only: elsewhere, on a
+Raspberry Pi, libsndfile decodes as before). Only the compiled module is
+imported (``_miniaudio``: 0.3 MB resident), not miniaudio's Python API.
+
+Samples come as integers, as libsndfile's integer reads give them (16-bit
+as int16, 24-bit left-justified in int32), into one buffer reused from
+block to block. One difference: where a frame fails its checksum dr_flac
+skips it and goes on, where libsndfile stops; ``FileSource`` refuses such a
+file at its end, when fewer samples came than the header declares.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+try:
+    from _miniaudio import ffi as _ffi, lib as _lib  # miniaudio's cffi module: dr_flac and friends
+except ImportError:  # not installed (no wheel for this machine): libsndfile decodes FLAC
+    _ffi = _lib = None
+
+_FN = {}
+if _lib is not None:  # dr_flac's functions are ma_dr_flac_* in miniaudio >= 0.11.22, drflac_* before
+    for _name in ("open_file", "close", "seek_to_pcm_frame", "read_pcm_frames_s16", "read_pcm_frames_s32"):
+        _FN[_name] = getattr(_lib, f"ma_dr_flac_{_name}", None) or getattr(_lib, f"drflac_{_name}", None)
+    if not all(_FN.values()):
+        _FN = {}
+
+#: libsndfile subtypes read here, and how: (numpy dtype, dr_flac reader)
+SUBTYPES = {"PCM_16": ("int16", "read_pcm_frames_s16"), "PCM_24": ("int32", "read_pcm_frames_s32")}
+
+
+def available() -> bool:
+    return bool(_FN)
+
+
+class FlacReader:
+    """One open FLAC file: ``seek(frame)``, ``read(n)`` -> (frames, channels) integers."""
+
+    def __init__(self, handle, channels: int, subtype: str):
+        self._h = handle
+        self.channels = int(channels)
+        dtype, reader = SUBTYPES[subtype]
+        self.dtype = np.dtype(dtype)
+        self._read = _FN[reader]
+        self._ctype = "ma_dr_flac_int16 *" if self.dtype == np.int16 else "ma_dr_flac_int32 *"
+        self._buf = np.empty(0, self.dtype)
+        self._ptr = None
+
+    def seek(self, frame: int) -> None:
+        if not _FN["seek_to_pcm_frame"](self._h, int(frame)):
+            raise OSError(f"cannot seek to sample {frame}")
+
+    def read(self, frames: int) -> np.ndarray:
+        """Up to ``frames`` frames, shape (n, channels): a view of a buffer the next read overwrites."""
+        need = int(frames) * self.channels
+        if len(self._buf) < need:
+            self._buf = np.empty(need, self.dtype)
+            try:
+                self._ptr = _ffi.cast(self._ctype, _ffi.from_buffer(self._buf))
+            except TypeError:  # miniaudio before 0.11.22 names the types drflac_int16/32
+                self._ptr = _ffi.cast(self._ctype.replace("ma_dr_flac_", "drflac_"), _ffi.from_buffer(self._buf))
+        n = int(self._read(self._h, int(frames), self._ptr))
+        return self._buf[: n * self.channels].reshape(n, self.channels)
+
+    def close(self) -> None:
+        if self._h is not None:
+            _FN["close"](self._h)
+            self._h = None
+
+
+def open_flac(path: str | Path, subtype: str, channels: int) -> FlacReader | None:
+    """A dr_flac reader for ``path`` (already opened by libsndfile as FLAC of ``subtype``), or None:
+    dr_flac not installed, a subtype it is not used for, or a file it cannot open."""
+    if not _FN or subtype not in SUBTYPES:
+        return None
+    handle = _FN["open_file"](os.fsencode(path), _ffi.NULL)
+    if not handle:
+        return None
+    return FlacReader(handle, channels, subtype)

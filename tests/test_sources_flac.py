@@ -1,0 +1,56 @@
+"""FLAC through dr_flac (edge.sources.flac): the samples libsndfile gives, pieces included; damage refused."""
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from edge.sources import FileSource, SourceError
+from edge.sources import flac
+
+SR = 32000
+pytestmark = pytest.mark.skipif(not flac.available(), reason="miniaudio (dr_flac) not installed")
+
+
+def _noise(seconds: float, rate: int, channels: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (0.2 * rng.standard_normal((int(seconds * rate), channels))).astype(np.float32)
+
+
+def _samples(path, *, dr_flac: bool, **kw) -> tuple[np.ndarray, list[float]]:
+    src = FileSource(path, SR, **kw)
+    assert src._flac is not None  # dr_flac opened it
+    if not dr_flac and src._flac is not None:
+        src._flac.close()
+        src._flac = None  # libsndfile reads it, as on a machine without miniaudio
+    blocks = list(src.blocks(threading.Event()))
+    return np.concatenate([b.samples for b in blocks]), [b.offset_s for b in blocks]
+
+
+@pytest.mark.parametrize("subtype,rate,channels", [("PCM_16", 48000, 1), ("PCM_16", 32000, 2), ("PCM_24", 44100, 2)])
+def test_dr_flac_gives_libsndfiles_samples_whole_and_in_pieces(tmp_path, subtype, rate, channels):
+    path = tmp_path / "a.flac"
+    sf.write(path, _noise(23.0, rate, channels), rate, format="FLAC", subtype=subtype)
+    ref, ref_offsets = _samples(path, dr_flac=False)
+    got, offsets = _samples(path, dr_flac=True)
+    assert got.dtype == np.float32 and len(got) == len(ref) > 0
+    np.testing.assert_array_equal(got, ref)
+    assert offsets == ref_offsets
+    for span in [(7 * SR + 123, 15 * SR), (12 * SR, None)]:  # a piece seeks into the file (resampler blocks too)
+        piece, _ = _samples(path, dr_flac=True, span=span)
+        np.testing.assert_array_equal(piece, ref[span[0] : span[1]])
+
+
+def test_a_flac_frame_that_fails_its_checksum_is_refused(tmp_path):
+    buf = io.BytesIO()
+    sf.write(buf, _noise(10.0, 48000, 1), 48000, format="FLAC")
+    data = bytearray(buf.getvalue())
+    data[len(data) // 2] ^= 0x55
+    path = tmp_path / "damaged.flac"
+    path.write_bytes(bytes(data))
+    src = FileSource(path, SR)
+    with pytest.raises(SourceError, match=r"damaged\.flac: damaged \(FLAC/PCM_16: \d+ samples fewer"):
+        list(src.blocks(threading.Event()))
