@@ -332,7 +332,7 @@ def _open_set(res: Result, cfg: TrainConfig) -> None:
     th = cfg.thresholds
     res.open_set = {
         k: operating_point(p.val_windows.y, s_val, neg, sc[k], sc[f"silence_{k}"], p.ds.classes, th.target_precision,
-                           th.min_threshold, th.max_threshold)
+                           th.min_threshold, th.max_threshold, th.min_windows, p.val_windows.rec_index)
         for k, s_val in (("int8", res.int8_scores), ("float", res.float_scores))}
     res.neg_windows, res.neg_scores = neg, sc
     res.int8_metrics["thresholds"] = res.open_set["int8"]["thresholds"]
@@ -375,7 +375,7 @@ def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, pr
     if res.open_set:
         o = res.open_set["int8"]
         metrics["operating_point"] = {k: o[k] for k in (
-            "target_precision", "min_threshold", "false_events_per_hour_negatives", "negative_hours",
+            "target_precision", "min_threshold", "min_windows", "false_events_per_hour_negatives", "negative_hours",
             "silence_windows_detected", "species_below_target")}
     if p.kd is not None:
         training["distillation"] = p.kd.info
@@ -389,7 +389,8 @@ def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, pr
         bundle_path, model_bytes=res.model_bytes, classes=p.ds.classes, names=p.ds.names,
         frontend=p.logmel.params, hop_s=cfg.bundle.hop_s, thresholds=m_q["thresholds"],
         selftest_features=p.x_val[0], private_key=private_key, name=cfg.bundle.name,
-        version=cfg.bundle.version, training=training, metrics=metrics, output_kind=cfg.quantize.output_kind)
+        version=cfg.bundle.version, training=training, metrics=metrics, output_kind=cfg.quantize.output_kind,
+        min_windows=res.open_set["int8"]["min_windows"] if res.open_set else 1)
     try:  # the float model, for later analysis or re-quantization
         import warnings
 
