@@ -10,6 +10,9 @@ resampled to 48 kHz; trainer/teacher.py caches its outputs by content):
   labels), scored on the hold-out windows.
 
 Each model's operating point is tuned the same way (trainer/holdout.py).
+BirdNET's usual operating point confirms every window (``min_windows`` 1);
+for transparency zero-shot is also tuned and counted under the event rule the
+student ships (``thresholds.min_windows``): ``operating_point_rule``.
 """
 from __future__ import annotations
 
@@ -90,6 +93,10 @@ def birdnet_anchors(res, cfg, threads: int = 1, progress: bool = False) -> dict:
     m = compute_metrics(vw.y, s_val, vw.rec_index, vw.rec_ids, primary, p.ds.classes)
     m["operating_point"] = operating_point(vw.y, s_val, neg, s_neg, s_sil, p.ds.classes, th.target_precision,
                                            th.min_threshold, th.max_threshold)
+    if th.min_windows > 1:
+        m["operating_point_rule"] = operating_point(vw.y, s_val, neg, s_neg, s_sil, p.ds.classes,
+                                                    th.target_precision, th.min_threshold, th.max_threshold,
+                                                    th.min_windows, vw.rec_index)
     m.update(invoke_ms=ms, model_mb=mb, scores=s_val)
     out["birdnet_zero_shot"] = m
     # embeddings + LR
@@ -162,15 +169,17 @@ def bundle_on_holdout(bundle_path, public_key, val_ds, negatives, classes, hop_s
     s_neg = model.predict_batch(neg.x) if len(neg.x) else np.zeros((0, len(classes)))
     s_sil = model.predict_batch(silence_windows(lm))
     t = np.array([b.thresholds.get(c, 0.5) for c in classes])
-    fe_h, ev = events_per_hour(s_neg, neg.rec_index, t, neg.hours, neg.labels)
+    fe_h, ev = events_per_hour(s_neg, neg.rec_index, t, neg.hours, neg.labels, b.min_windows)
     m["operating_point"] = {"false_events_per_hour_negatives": fe_h, "negative_hours": neg.hours,
                             "silence_windows_detected": int((s_sil >= t[None]).any(axis=1).sum()),
                             "false_events_by_class": {c: int(e) for c, e in zip(classes, ev)},
-                            "thresholds": dict(b.thresholds), "note": "the bundle's own thresholds"}
+                            "thresholds": dict(b.thresholds), "min_windows": b.min_windows,
+                            "note": "the bundle's own operating point"}
     if cfg is not None:
         th = cfg.thresholds
         m["retuned_operating_point"] = operating_point(vw.y, s_val, neg, s_neg, s_sil, list(classes),
-                                                       th.target_precision, th.min_threshold, th.max_threshold)
+                                                       th.target_precision, th.min_threshold, th.max_threshold,
+                                                       th.min_windows, vw.rec_index)
     q = model.quantize(x[0][None])
     m["invoke_ms"] = time_invoke(model.invoke_int8, q, n=200)
     m["model_mb"] = len(b.model_bytes) / 1e6

@@ -188,9 +188,10 @@ def test_event_rule_round_trips_and_old_bundles_load(good):
     data, pub, priv = good
     two = parse_bundle(_resign(data, priv, lambda m: m.update(min_windows=2)), pub)
     assert two.min_windows == 2 and ModelInfo.from_bundle(two).min_windows == 2
+    assert two.describe().endswith(", events need 2 windows in a row)")
     assert PostProcessor(ModelInfo.from_bundle(two), SourceInfo("d", "s", "clock")).min_windows == 2
     old = parse_bundle(_resign(data, priv, lambda m: m.pop("min_windows", None)), pub)
-    assert "min_windows" not in old.manifest and old.min_windows == 1
+    assert "min_windows" not in old.manifest and old.min_windows == 1 and "in a row" not in old.describe()
 
 
 @pytest.mark.parametrize("value", [0, -1, 11, 2.0, True, "2", None, [2]])

@@ -299,3 +299,19 @@ def test_distilled_tiny_run_names_its_teacher(train_data, tmp_path):
     b = load_bundle(res.bundle_path, load_public_key(pub))
     assert "BirdNET V2.4" in b.manifest["training"]["teacher"]
     load_model(b)
+
+
+def test_avgmax_pooling_keeps_the_loudest_column():
+    """model.pooling avgmax: the pooled vector is the time-mean and the time-max of the frequency-mean."""
+    import keras
+
+    from trainer.config import ModelSection
+    from trainer.model import build_model
+
+    parts = build_model(ModelSection(pooling="avgmax", weights="none", mode="scratch"), (32, 96, 1), 3)
+    x = np.random.default_rng(0).standard_normal((2, 32, 96, 1)).astype(np.float32)
+    fmap = keras.Model(parts.embedder.input, parts.embedder.get_layer("pool_freq").input)(x).numpy()
+    fm = fmap.mean(axis=1)  # (batch, time, channels)
+    got = parts.embedder(x).numpy()
+    assert got.shape == (2, 2 * fmap.shape[-1])
+    np.testing.assert_allclose(got, np.concatenate([fm.mean(axis=1), fm.max(axis=1)], axis=1), rtol=1e-4, atol=1e-5)

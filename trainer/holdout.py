@@ -3,9 +3,12 @@
 ``negative_windows`` cuts the held-out negative recordings (never trained on)
 into windows at the bundle's hop; ``silence_windows`` are digital silence, a
 constant and a faint dither. ``operating_point`` tunes per-species thresholds
-for precision on the labelled hold-out plus the negatives (trainer/openset.py),
-raises any threshold a silence window reaches, and reports false events per
-hour on the negatives and on silence.
+for precision on the labelled hold-out plus the negatives (trainer/openset.py)
+under the event rule ``min_windows`` (windows count only inside a run of that
+many consecutive windows at or above the threshold, as the edge confirms
+events), raises any threshold a silence window reaches (silence is a constant
+stream: one window reaching it is a run of any length), and reports false
+events per hour on the negatives and on silence under the same rule.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import pad_frames, window_starts
-from .openset import events_per_hour, tune_thresholds
+from .openset import confirmed_scores, events_per_hour, tune_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +75,29 @@ def silence_windows(logmel, n: int = 3) -> np.ndarray:
 
 def operating_point(y_val: np.ndarray, s_val: np.ndarray, neg: NegWindows, s_neg: np.ndarray, s_sil: np.ndarray,
                     classes: list[str], target_precision: float, min_threshold: float,
-                    max_threshold: float) -> dict:
-    thr, report = tune_thresholds(y_val, s_val, s_neg, classes, target_precision, min_threshold, max_threshold)
+                    max_threshold: float, min_windows: int = 1, val_rec_index: np.ndarray | None = None) -> dict:
+    """Thresholds tuned under the event rule ``min_windows`` and the figures at them; ``thresholds`` and
+    ``min_windows`` are the bundle's operating point. A rule above 1 needs ``val_rec_index`` (the hold-out
+    windows' recordings, windows of a recording in time order)."""
+    c_val = s_val
+    if min_windows > 1:
+        if val_rec_index is None:
+            raise ValueError("operating_point: min_windows > 1 needs val_rec_index (which recording each window "
+                             "is of)")
+        c_val = confirmed_scores(s_val, val_rec_index, min_windows)
+    c_neg = confirmed_scores(s_neg, neg.rec_index, min_windows) if min_windows > 1 and len(s_neg) else s_neg
+    thr, report = tune_thresholds(y_val, c_val, c_neg, classes, target_precision, min_threshold, max_threshold)
     for j, c in enumerate(classes):  # silence never reaches a threshold
         if len(s_sil) and s_sil[:, j].max() >= thr[c]:
             thr[c] = float(min(0.99, s_sil[:, j].max() + 0.01))
             report[j]["threshold"] = thr[c]
             report[j]["raised_above_silence"] = True
     t = np.array([thr[c] for c in classes])
-    fe_h, ev = events_per_hour(s_neg, neg.rec_index, t, neg.hours, neg.labels) if len(s_neg) else (0.0, None)
+    fe_h, ev = events_per_hour(s_neg, neg.rec_index, t, neg.hours, neg.labels, min_windows) if len(s_neg) \
+        else (0.0, None)
     sil = int((s_sil >= t[None]).any(axis=1).sum()) if len(s_sil) else 0
-    return {"thresholds": thr, "per_class": report, "target_precision": target_precision,
-            "min_threshold": min_threshold, "max_threshold": max_threshold,
+    return {"thresholds": thr, "min_windows": int(min_windows), "per_class": report,
+            "target_precision": target_precision, "min_threshold": min_threshold, "max_threshold": max_threshold,
             "false_events_per_hour_negatives": fe_h, "negative_hours": neg.hours,
             "false_events_by_class": {c: int(e) for c, e in zip(classes, ev)} if ev is not None else {},
             "silence_windows_detected": sil,

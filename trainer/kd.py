@@ -63,6 +63,7 @@ class KDData:
     info: dict
     grid_aux: np.ndarray | None = None  # (n_grid, K) auxiliary teacher targets (distill.aux), float16
     pool_aux: np.ndarray | None = None  # (n_pool, K)
+    pool_class: np.ndarray | None = None  # per pool window: its main recording's primary class (-1: negative)
 
 
 def _resolve_negatives(data_root: Path, names: list[str]) -> list[Path]:
@@ -210,6 +211,7 @@ def build(ds, train_recs: list[Recording], frame_cache: FrameCache, cfg, data_ro
             if sel:
                 plr[sel] = _apply_lr(lr_models, f, ptab.emb[sel], len(unknown))
     pool_y = soft_targets(ptab.logits, py, bn_idx, plr, d.label_floor, d.hear_threshold, d.label_weight)
+    pool_class = np.array([idx.get(by_key[r["rec"]].label, -1) if r["kind"] == "mix" else -1 for r in recipes])
     synth = np.array([r["kind"] == "synthetic" for r in recipes])
     pool_y[synth] = 0.0
     pool_frames = pool_features(recipes, paths, frame_cache, cache, progress)
@@ -223,7 +225,7 @@ def build(ds, train_recs: list[Recording], frame_cache: FrameCache, cfg, data_ro
             "unknown_to_teacher": [classes[j] for j in unknown], "seconds": round(time.time() - t0, 1)}
     log.info("distillation data: %s", json.dumps(info))
     return KDData(frames, grid_rec, grid_start, grid_y, grid_pos, grid_class, grid.emb, y, pool_frames, pool_y, negs,
-                  bn_idx, info, grid_aux, pool_aux)
+                  bn_idx, info, grid_aux, pool_aux, pool_class)
 
 
 def _dur(path) -> float:
@@ -282,7 +284,7 @@ class KDSampler:
     """Training batches (features, soft targets, None) from grid and pool windows."""
 
     def __init__(self, kd: KDData, logmel, aug, seed: int, pool_fraction: float, negative_fraction: float,
-                 jitter: int = 5):
+                 jitter: int = 5, pool_balanced: bool = False):
         self.kd, self.logmel, self.aug = kd, logmel, aug
         self.rng = np.random.default_rng(seed)
         self.nf = logmel.params.n_frames
@@ -290,6 +292,20 @@ class KDSampler:
         self.by_class = [np.flatnonzero(kd.grid_class == c) for c in sorted(set(kd.grid_class[kd.grid_pos].tolist()))]
         self.neg_rows = np.flatnonzero(~kd.grid_pos)
         self.padded = {rid: pad_frames(f, self.nf) for rid, f in kd.frames.items()}
+        # pool_balanced: the pool's negative share is kept; its positive windows are drawn class by class
+        self.pool_groups: list[np.ndarray] = []
+        if pool_balanced and kd.pool_class is not None and len(kd.pool_y):
+            pc = kd.pool_class
+            self.pool_neg = np.flatnonzero(pc < 0)
+            self.pool_groups = [np.flatnonzero(pc == c) for c in np.unique(pc[pc >= 0])]
+
+    def _pool_row(self) -> int:
+        if not self.pool_groups:
+            return int(self.rng.integers(len(self.kd.pool_y)))
+        if self.rng.random() < len(self.pool_neg) / len(self.kd.pool_y):
+            return int(self.pool_neg[self.rng.integers(len(self.pool_neg))])
+        g = self.pool_groups[self.rng.integers(len(self.pool_groups))]
+        return int(g[self.rng.integers(len(g))])
 
     def _aux(self, table: np.ndarray | None, row: int):
         return None if table is None else table[row].astype(np.float32)
@@ -306,7 +322,7 @@ class KDSampler:
     def sample(self, augment: bool = True):
         u = self.rng.random()
         if u < self.pool_fraction and len(self.kd.pool_y):
-            i = int(self.rng.integers(len(self.kd.pool_y)))
+            i = self._pool_row()
             w, y = self.kd.pool_frames[i].astype(np.float32), self.kd.pool_y[i]
             aux = self._aux(self.kd.pool_aux, i)
         else:

@@ -80,7 +80,7 @@ def build_model(cfg: ModelSection, input_shape: tuple[int, int, int], n_classes:
     inp = keras.Input(shape=input_shape, name="logmel")
     x = layers.Concatenate(axis=-1, name="tile3")([inp, inp, inp])
     x = backbone(x)
-    pooled = layers.GlobalAveragePooling2D(name="pool")(x)
+    pooled = _pool(layers, x, cfg.pooling)
     embedder = keras.Model(inp, pooled, name="embedder")
 
     head_in = keras.Input(shape=(pooled.shape[-1],), name="pooled")
@@ -102,6 +102,17 @@ def build_model(cfg: ModelSection, input_shape: tuple[int, int, int], n_classes:
     parts = Parts(model, embedder, head, backbone, train_model)
     set_trainable(parts, cfg.mode, cfg.finetune_blocks)
     return parts
+
+
+def _pool(layers, x, kind: str):
+    """Backbone feature map (freq, time, ch) -> one vector. avg: the global average; avgmax: the mean over
+    frequency, then the mean and the max over time side by side (a short call in a long window keeps its
+    column's weight, as in PANNs)."""
+    if kind == "avg":
+        return layers.GlobalAveragePooling2D(name="pool")(x)
+    f = layers.AveragePooling2D(pool_size=(int(x.shape[1]), 1), name="pool_freq")(x)  # (1, time, ch)
+    return layers.Concatenate(name="pool")([layers.GlobalAveragePooling2D(name="pool_mean")(f),
+                                            layers.GlobalMaxPooling2D(name="pool_max")(f)])
 
 
 def set_trainable(parts: Parts, mode: str, finetune_blocks: int) -> None:

@@ -9,9 +9,18 @@ gets the threshold of its best precision if that precision is at least
 ``fallback_precision`` (0.5), else ``max_threshold``: a species the model cannot
 tell from other sounds stays (nearly) silent.
 
+Event rule (``min_windows``, the bundle's operating point): an event needs at
+least that many consecutive windows at or above the species' threshold, as the
+edge confirms them (edge/detection/postprocess.py). Under the rule a window
+counts - for precision and recall - only when it lies in such a run: its
+*confirmed score* (``confirmed_scores``) is the highest threshold at which it
+still does, the minimum over the best run of ``min_windows`` windows through
+it. Tuning and counting on confirmed scores is tuning and counting under the
+rule; with ``min_windows`` 1 they are the scores themselves.
+
 False events: on audio none of whose labels is the species, consecutive
-windows at or above the species' threshold make one event (as the edge merges
-overlapping windows); events per hour = events / hours of that audio.
+(confirmed) windows at or above the species' threshold make one event (as the
+edge merges overlapping windows); events per hour = events / hours of that audio.
 """
 from __future__ import annotations
 
@@ -51,10 +60,31 @@ def tune_thresholds(y: np.ndarray, s: np.ndarray, s_neg: np.ndarray, classes: li
     return thr, report
 
 
+def confirmed_scores(scores: np.ndarray, rec_index: np.ndarray, min_windows: int = 1) -> np.ndarray:
+    """Per window and class, the highest threshold at which the window lies in a run of at least
+    ``min_windows`` consecutive windows (within its recording, in order) at or above it; -inf where no run
+    is that long (a recording shorter than the rule)."""
+    s = np.asarray(scores, np.float32)
+    if min_windows <= 1:
+        return s.copy()
+    out = np.full_like(s, -np.inf)
+    for r in np.unique(rec_index):
+        rows = np.flatnonzero(rec_index == r)
+        x = s[rows]
+        best = np.full_like(x, -np.inf)
+        for a in range(len(x) - min_windows + 1):  # each run of min_windows windows: its minimum
+            lo = x[a:a + min_windows].min(axis=0)
+            best[a:a + min_windows] = np.maximum(best[a:a + min_windows], lo[None])
+        out[rows] = best
+    return out
+
+
 def count_events(scores: np.ndarray, rec_index: np.ndarray, thresholds: np.ndarray,
-                 exclude: np.ndarray | None = None) -> np.ndarray:
-    """Per class: runs of consecutive windows (within a recording, in order) at or above the threshold.
-    exclude (n_rec, C) bool: classes a recording is labelled with (their windows are not false events)."""
+                 exclude: np.ndarray | None = None, min_windows: int = 1) -> np.ndarray:
+    """Per class: runs of at least ``min_windows`` consecutive windows (within a recording, in order) at or
+    above the threshold. exclude (n_rec, C) bool: classes a recording is labelled with (their windows are
+    not false events)."""
+    scores = confirmed_scores(scores, rec_index, min_windows)
     out = np.zeros(scores.shape[1], np.int64)
     for r in np.unique(rec_index):
         rows = np.flatnonzero(rec_index == r)
@@ -67,6 +97,7 @@ def count_events(scores: np.ndarray, rec_index: np.ndarray, thresholds: np.ndarr
     return out
 
 
-def events_per_hour(scores, rec_index, thresholds, hours: float, exclude=None) -> tuple[float, np.ndarray]:
-    ev = count_events(scores, rec_index, thresholds, exclude)
+def events_per_hour(scores, rec_index, thresholds, hours: float, exclude=None,
+                    min_windows: int = 1) -> tuple[float, np.ndarray]:
+    ev = count_events(scores, rec_index, thresholds, exclude, min_windows)
     return float(ev.sum() / max(hours, 1e-9)), ev

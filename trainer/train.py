@@ -184,7 +184,8 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
     if use_pool:
         from .kd import KDSampler
 
-        sampler = KDSampler(p.kd, p.logmel, cfg.augment, t.seed, d.pool_fraction, d.negative_fraction)
+        sampler = KDSampler(p.kd, p.logmel, cfg.augment, t.seed, d.pool_fraction, d.negative_fraction,
+                            pool_balanced=d.pool_balanced)
     else:
         sampler = WindowSampler(p.train, p.frames, p.logmel, cfg.augment, cfg.data.energy_percentile,
                                 t.balanced_sampling, t.seed, teacher=teacher, jitter_frames=d.jitter_frames)
@@ -232,8 +233,9 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
         initial_learning_rate=t.learning_rate * 0.1 if t.warmup_steps else t.learning_rate,
         decay_steps=max(1, total - t.warmup_steps), alpha=0.01,
         warmup_target=t.learning_rate if t.warmup_steps else None, warmup_steps=t.warmup_steps)
-    parts.train_model.compile(optimizer=keras.optimizers.AdamW(sched, weight_decay=t.weight_decay), loss=losses_,
-                              loss_weights=weights_)
+    opt = keras.optimizers.AdamW(sched, weight_decay=t.weight_decay, use_ema=t.ema_momentum > 0,
+                                 ema_momentum=t.ema_momentum or 0.99)
+    parts.train_model.compile(optimizer=opt, loss=losses_, loss_weights=weights_)
     best, best_auc, bad = None, -1.0, 0
     pre = _Prefetch(sampler, t.batch_size)
     try:
@@ -271,6 +273,9 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
                         break
     finally:
         pre.close()
+    if t.ema_momentum and best is None:
+        opt.finalize_variable_values(parts.train_model.trainable_variables)
+        log.info("ended on the moving average of the weights (momentum %g)", t.ema_momentum)
     if best is not None:
         parts.model.set_weights(best)
         log.info("restored the best epoch (val macro ROC-AUC %.3f)", best_auc)

@@ -113,7 +113,8 @@ class Bundle:
         return (
             f"{m['name']} {m['version']} ({len(m['labels'])} labels, sha256 {self.sha256[:12]}, "
             f"signed by {self.key_id}, created {m['created_utc']}, "
-            f"macro ROC-AUC {metrics.get('macro_roc_auc', 'n/a')})"
+            f"macro ROC-AUC {metrics.get('macro_roc_auc', 'n/a')}"
+            + (f", events need {self.min_windows} windows in a row)" if self.min_windows > 1 else ")")
         )
 
 
