@@ -43,6 +43,9 @@ AUDIO_EXTENSIONS = frozenset(
     {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".w64", ".rf64", ".caf"}
 )
 
+#: seconds a replay decodes at a time (the results do not depend on it): 3 % less CPU than 4 s, 9 % less than
+#: 2 s (fewer, longer front-end calls and per-block steps), for about 5 MB more at the peak
+REPLAY_BLOCK_S = 8.0
 MAX_CHANNELS = 64  # a header declaring more is refused (a block of it would not fit in memory)
 MIN_FILE_RATE, MAX_FILE_RATE = 1000, 768_000
 
