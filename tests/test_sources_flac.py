@@ -54,3 +54,15 @@ def test_a_flac_frame_that_fails_its_checksum_is_refused(tmp_path):
     src = FileSource(path, SR)
     with pytest.raises(SourceError, match=r"damaged\.flac: damaged \(FLAC/PCM_16: \d+ samples fewer"):
         list(src.blocks(threading.Event()))
+
+
+def test_a_source_dropped_unread_closes_its_decoder(tmp_path):
+    path = tmp_path / "a.flac"
+    sf.write(path, _noise(2.0, 48000, 1), 48000, format="FLAC")
+    fds = lambda: len(__import__("os").listdir("/proc/self/fd"))  # noqa: E731
+    before = fds()
+    for _ in range(20):
+        src = FileSource(path, SR)
+        assert src._flac is not None
+        del src
+    assert fds() <= before + 1

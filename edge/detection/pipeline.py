@@ -38,7 +38,7 @@ from edge.types import AudioBlock
 log = logging.getLogger(__name__)
 
 MIN_SEGMENT_S = 1.0
-FEED_FRAMES = 512  # frames computed per LogMel.frames call (a 4 s block at a 10 ms hop: one call)
+FEED_FRAMES = 1024  # frames computed per LogMel.frames call (an 8 s block at a 10 ms hop: one call)
 NO_SIGNAL_SCORE = -1.0  # a window the signal guard refuses: below every threshold (thresholds are in 0..1)
 
 

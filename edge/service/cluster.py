@@ -14,12 +14,23 @@ which is all it needs (``pip install 'dawnchorus[cluster]'``).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Optional
 
 from edge.service.workers import Unit, Work, _warm, analyse, held_bundle
 
 log = logging.getLogger(__name__)
+
+
+DASK_BLOCK_S = 2.0  # a Dask worker decodes 2 s at a time (WorkerJob.block_s): 5 MB lower at its peak than 8 s
+
+
+def _for_dask(work: Work) -> Work:
+    """``work`` as a Dask worker gets it: shorter blocks (Dask's own 62 to 66 MB leave less room)."""
+    lean = object.__new__(Work)
+    lean.__dict__.update(work.__dict__, spec=dataclasses.replace(work.spec, block_s=DASK_BLOCK_S))
+    return lean
 
 
 class ClusterError(RuntimeError):
@@ -58,10 +69,10 @@ class DaskExecutor:
         """The work with its verified bundle once to every worker, not with every unit; returns the scattered
         copy. Workers that all hold that bundle already (an earlier replay) get the work without it."""
         if self._work is None or self._work[0] is not work:
-            full = work.to_send()
+            full = _for_dask(work.to_send())
             sha = full.bundle.sha256 if full.bundle is not None else None
             try:
-                held = self.client.run(held_bundle, work.spec) if sha else {}
+                held = self.client.run(held_bundle, full.spec) if sha else {}
             except Exception:  # noqa: BLE001 - a worker that cannot answer gets the bundle
                 held = {}
             if held and all(v == sha for v in held.values()):

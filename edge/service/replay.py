@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 
 from edge.config import Config
 from edge.service.runtime import REPLAY_SERVICES, Runtime, SourceRun
-from edge.sources.file import FileSource, SourceError
+from edge.sources.file import REPLAY_BLOCK_S, FileSource, SourceError
 from edge.types import AudioBlock, DetectionSink
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def replay_file(rt: Runtime, path: str | Path, job: ReplayJob, *, progress: bool
     """One file through ``rt``; a refused file comes back with ``error`` set and nothing analysed."""
     try:
         source = FileSource(path, rt.pipeline.sample_rate, channel=job.channel, start_utc=job.start_utc,
-                            timezone=job.cfg.location.timezone, block_s=0.5 if job.realtime else 4.0)
+                            timezone=job.cfg.location.timezone, block_s=0.5 if job.realtime else REPLAY_BLOCK_S)
     except SourceError as exc:
         log.warning("%s", exc)
         return SourceRun(str(path), error=str(exc))

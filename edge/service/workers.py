@@ -26,7 +26,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from edge import heap
-from edge.sources.file import FileSource, SourceError
+from edge.sources.file import REPLAY_BLOCK_S, FileSource, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,10 @@ log = logging.getLogger(__name__)
 
 def open_source(path: str, sample_rate: int, spec: "WorkerJob", span: Optional[tuple[int, Optional[int]]] = None
                 ) -> FileSource:
-    """The file as ``edge.service.replay.replay_file`` opens it (not paced), or a span of it; in 2 s blocks
-    (the same results as 4 s: frames do not depend on block boundaries; a worker peaks 4 MB lower)."""
+    """The file as ``edge.service.replay.replay_file`` opens it (not paced), or a span of it, in blocks of
+    ``spec.block_s`` (the results do not depend on it: frames do not depend on block boundaries)."""
     return FileSource(path, sample_rate, channel=spec.channel, start_utc=spec.start_utc, timezone=spec.timezone,
-                      block_s=2.0, span=span)
+                      block_s=spec.block_s, span=span)
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class WorkerJob:
     channel: Optional[int] = None
     start_utc: Optional[datetime] = None
     timezone: Optional[str] = None
+    #: seconds of audio decoded at a time (edge.sources.file.REPLAY_BLOCK_S); a Dask worker, which carries
+    #: Dask's own 62 to 66 MB, is given 2 s (edge.service.cluster): 5 MB lower at its peak
+    block_s: float = REPLAY_BLOCK_S
 
     @classmethod
     def of(cls, job) -> "WorkerJob":

@@ -78,6 +78,12 @@ class FlacReader:
             _FN["close"](self._h)
             self._h = None
 
+    def __del__(self) -> None:  # a source dropped unread (as libsndfile's SoundFile closes itself)
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit the module may be gone
+            pass
+
 
 def open_flac(path: str | Path, subtype: str, channels: int) -> FlacReader | None:
     """A dr_flac reader for ``path`` (already opened by libsndfile as FLAC of ``subtype``), or None:
