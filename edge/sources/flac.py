@@ -22,19 +22,27 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from typing import Any, Callable
+
 import numpy as np
 
+_ffi: Any = None
+_lib: Any = None
 try:
-    from _miniaudio import ffi as _ffi, lib as _lib  # miniaudio's cffi module: dr_flac and friends
-except ImportError:  # not installed (no wheel for this machine): libsndfile decodes FLAC
-    _ffi = _lib = None
+    import _miniaudio  # miniaudio's cffi module: dr_flac and friends
 
-_FN = {}
+    _ffi, _lib = _miniaudio.ffi, _miniaudio.lib
+except ImportError:  # not installed (no wheel for this machine): libsndfile decodes FLAC
+    pass
+
+_FN: dict[str, Callable[..., Any]] = {}
 if _lib is not None:  # dr_flac's functions are ma_dr_flac_* in miniaudio >= 0.11.22, drflac_* before
     for _name in ("open_file", "close", "seek_to_pcm_frame", "read_pcm_frames_s16", "read_pcm_frames_s32"):
-        _FN[_name] = getattr(_lib, f"ma_dr_flac_{_name}", None) or getattr(_lib, f"drflac_{_name}", None)
-    if not all(_FN.values()):
-        _FN = {}
+        _fn = getattr(_lib, f"ma_dr_flac_{_name}", None) or getattr(_lib, f"drflac_{_name}", None)
+        if _fn is None:
+            _FN = {}
+            break
+        _FN[_name] = _fn
 
 #: libsndfile subtypes read here, and how: (numpy dtype, dr_flac reader)
 SUBTYPES = {"PCM_16": ("int16", "read_pcm_frames_s16"), "PCM_24": ("int32", "read_pcm_frames_s32")}
