@@ -89,7 +89,8 @@ class Work:
         from edge.contract.signing import load_public_key
 
         s = self.spec
-        return self._with(load_bundle(s.bundle_path, load_public_key(s.public_key_path), max_bytes=s.max_bundle_bytes))
+        return self.replaced(bundle=load_bundle(s.bundle_path, load_public_key(s.public_key_path),
+                                             max_bytes=s.max_bundle_bytes))
 
     def to_send(self) -> "Work":
         """With the bundle when it verifies; else without (the replay refuses it with its reason as it loads
@@ -102,12 +103,13 @@ class Work:
     @property
     def light(self) -> "Work":
         """Without the bundle (what every unit is sent with once the worker has the model)."""
-        return self if self.bundle is None else self._with(None)
+        return self if self.bundle is None else self.replaced(bundle=None)
 
-    def _with(self, bundle: Any) -> "Work":
-        """A copy with ``bundle`` (not through ``__init__``: in a worker there is no job to take ``spec`` from)."""
+    def replaced(self, **changes: Any) -> "Work":
+        """A copy with ``changes`` (``bundle``, ``spec``; not through ``__init__``: in a worker there is no job to
+        take ``spec`` from)."""
         new = object.__new__(Work)
-        new.__dict__.update(self.__dict__, bundle=bundle)
+        new.__dict__.update(self.__dict__, **changes)
         return new
 
 
