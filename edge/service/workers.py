@@ -184,6 +184,7 @@ def _pipeline(work: Work):
     p = Pipeline(bundle, load_model(bundle, num_threads=spec.num_threads), overlap_s=spec.overlap_s)
     p.windows_only = True  # events are made by the parent, from every piece's windows
     _LOCAL.pipeline = (spec, p)
+    _BUNDLES.clear()  # the latest job's only: a long-lived worker serving many replays does not pile up bundles
     _BUNDLES[spec] = bundle
     return p
 
