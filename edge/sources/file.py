@@ -276,12 +276,13 @@ class FileSource(AudioSource):
                     break
         finally:
             self.close()
-        if eof and (stop is None or not stop.is_set()) and in_pos < self.frames * 0.99:
+        ended = eof and (stop is None or not stop.is_set())  # the whole file was read, not stopped early
+        if ended and in_pos < self.frames * 0.99:
             raise SourceError(
                 f"{where}: truncated ({self.format}: {in_pos / self.file_rate:.1f} s decoded of "
                 f"{self.duration_s:.1f} s the header declares)"
             )
-        if eof and (stop is None or not stop.is_set()) and self._flac is not None and in_pos < self.frames:
+        if ended and self._flac is not None and in_pos < self.frames:
             raise SourceError(f"{where}: damaged ({self.format}: {self.frames - in_pos} samples fewer than the "
                               "header declares: frames that failed their checksum were skipped)")
 
