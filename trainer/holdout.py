@@ -79,13 +79,13 @@ def operating_point(y_val: np.ndarray, s_val: np.ndarray, neg: NegWindows, s_neg
     """Thresholds tuned under the event rule ``min_windows`` and the figures at them; ``thresholds`` and
     ``min_windows`` are the bundle's operating point. A rule above 1 needs ``val_rec_index`` (the hold-out
     windows' recordings, windows of a recording in time order)."""
-    c_val = s_val
+    c_val, c_neg = s_val, s_neg  # window scores as they are, or confirmed under the rule (trainer/openset.py)
     if min_windows > 1:
         if val_rec_index is None:
             raise ValueError("operating_point: min_windows > 1 needs val_rec_index (which recording each window "
                              "is of)")
         c_val = confirmed_scores(s_val, val_rec_index, min_windows)
-    c_neg = confirmed_scores(s_neg, neg.rec_index, min_windows) if min_windows > 1 and len(s_neg) else s_neg
+        c_neg = confirmed_scores(s_neg, neg.rec_index, min_windows)
     thr, report = tune_thresholds(y_val, c_val, c_neg, classes, target_precision, min_threshold, max_threshold)
     for j, c in enumerate(classes):  # silence never reaches a threshold
         if len(s_sil) and s_sil[:, j].max() >= thr[c]:

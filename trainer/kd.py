@@ -280,6 +280,11 @@ def pool_features(recipes: list[dict], paths: dict[str, str], frame_cache: Frame
     return np.concatenate(out)
 
 
+def _groups(cls: np.ndarray, keep: np.ndarray) -> list[np.ndarray]:
+    """Row indices of each class among the rows ``keep`` selects, classes in order."""
+    return [np.flatnonzero(cls == c) for c in sorted(set(cls[keep].tolist()))]
+
+
 class KDSampler:
     """Training batches (features, soft targets, None) from grid and pool windows."""
 
@@ -289,23 +294,28 @@ class KDSampler:
         self.rng = np.random.default_rng(seed)
         self.nf = logmel.params.n_frames
         self.pool_fraction, self.negative_fraction, self.jitter = pool_fraction, negative_fraction, jitter
-        self.by_class = [np.flatnonzero(kd.grid_class == c) for c in sorted(set(kd.grid_class[kd.grid_pos].tolist()))]
+        self.by_class = _groups(kd.grid_class, kd.grid_pos)
         self.neg_rows = np.flatnonzero(~kd.grid_pos)
         self.padded = {rid: pad_frames(f, self.nf) for rid, f in kd.frames.items()}
         # pool_balanced: the pool's negative share is kept; its positive windows are drawn class by class
         self.pool_groups: list[np.ndarray] = []
         if pool_balanced and kd.pool_class is not None and len(kd.pool_y):
-            pc = kd.pool_class
-            self.pool_neg = np.flatnonzero(pc < 0)
-            self.pool_groups = [np.flatnonzero(pc == c) for c in np.unique(pc[pc >= 0])]
+            self.pool_neg = np.flatnonzero(kd.pool_class < 0)
+            self.pool_groups = _groups(kd.pool_class, kd.pool_class >= 0)
+
+    def _pick(self, rows: np.ndarray) -> int:
+        return int(rows[self.rng.integers(len(rows))])
+
+    def _pick_balanced(self, groups: list[np.ndarray]) -> int:
+        """A class first, then one of its rows: every class drawn alike."""
+        return self._pick(groups[self.rng.integers(len(groups))])
 
     def _pool_row(self) -> int:
         if not self.pool_groups:
             return int(self.rng.integers(len(self.kd.pool_y)))
         if self.rng.random() < len(self.pool_neg) / len(self.kd.pool_y):
-            return int(self.pool_neg[self.rng.integers(len(self.pool_neg))])
-        g = self.pool_groups[self.rng.integers(len(self.pool_groups))]
-        return int(g[self.rng.integers(len(g))])
+            return self._pick(self.pool_neg)
+        return self._pick_balanced(self.pool_groups)
 
     def _aux(self, table: np.ndarray | None, row: int):
         return None if table is None else table[row].astype(np.float32)
@@ -327,10 +337,9 @@ class KDSampler:
             aux = self._aux(self.kd.pool_aux, i)
         else:
             if u < self.pool_fraction + self.negative_fraction and len(self.neg_rows):
-                row = int(self.neg_rows[self.rng.integers(len(self.neg_rows))])
+                row = self._pick(self.neg_rows)
             else:
-                rows = self.by_class[self.rng.integers(len(self.by_class))]
-                row = int(rows[self.rng.integers(len(rows))])
+                row = self._pick_balanced(self.by_class)
             w, y = self._grid(row)
             aux = self._aux(self.kd.grid_aux, row)
         x = self.logmel.features(w)

@@ -234,7 +234,7 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
         decay_steps=max(1, total - t.warmup_steps), alpha=0.01,
         warmup_target=t.learning_rate if t.warmup_steps else None, warmup_steps=t.warmup_steps)
     opt = keras.optimizers.AdamW(sched, weight_decay=t.weight_decay, use_ema=t.ema_momentum > 0,
-                                 ema_momentum=t.ema_momentum or 0.99)
+                                 ema_momentum=t.ema_momentum)
     parts.train_model.compile(optimizer=opt, loss=losses_, loss_weights=weights_)
     best, best_auc, bad = None, -1.0, 0
     pre = _Prefetch(sampler, t.batch_size)
