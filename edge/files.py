@@ -12,7 +12,9 @@ Imports from edge: none.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import threading
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -27,9 +29,14 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+_SERIAL = itertools.count()
+
+
 def part_path(path: Path) -> Path:
-    """The temporary name beside ``path``: hidden, unique to this process, ending in ``.part``."""
-    return path.with_name(f".{path.name}.{os.getpid()}{PART}")
+    """The temporary name beside ``path``: hidden, ending in ``.part``, unique to this call (process,
+    thread and a counter), so two writers of one path (parallel training runs sharing a cache) each
+    rename a whole file of their own."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{next(_SERIAL)}{PART}")
 
 
 @contextlib.contextmanager

@@ -34,3 +34,16 @@ def test_mode_is_kept_for_secrets(tmp_path):
     p = tmp_path / "password"
     atomic_write(p, "hash\n", mode=0o600)
     assert stat.S_IMODE(p.stat().st_mode) == 0o600
+
+
+def test_two_overlapping_writers_of_one_path_each_rename_a_whole_file(tmp_path):
+    """Parallel training runs share one feature cache: a second writer starting while the first is
+    still writing must not take over (or truncate) the first one's temporary file."""
+    p = tmp_path / "features.npy"
+    with atomic_file(p) as first:
+        first.write(b"first half ")
+        atomic_write(p, b"second writer, whole")
+        assert p.read_bytes() == b"second writer, whole"
+        first.write(b"and the rest")
+    assert p.read_bytes() == b"first half and the rest"
+    assert [q.name for q in tmp_path.iterdir()] == ["features.npy"]

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.files import atomic_write
+
 MODEL_NAME = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 LABELS_NAME = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
 
@@ -67,9 +69,7 @@ def embedding_model_path() -> Path:
     b = flatbuffers.Builder(len(data) + 1024)
     b.Finish(model.Pack(b), file_identifier=b"TFL3")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_bytes(bytes(b.Output()))
-    tmp.replace(out)
+    atomic_write(out, bytes(b.Output()))
     return out
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.contract.frontend import FrontendParams, LogMel
+from edge.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +261,8 @@ class FrameCache:
         if len(f) == 0:
             raise DatasetError(f"{path}: shorter than one FFT frame")
         if cached:
-            tmp = cached.with_suffix(".tmp.npy")
-            np.save(tmp, f)
-            tmp.replace(cached)
+            with atomic_file(cached) as fh:  # a name unique to this process: parallel runs share the cache
+                np.save(fh, f)
         return f
 
     def load(self, ds: Dataset, progress: bool = False) -> dict[str, np.ndarray]:

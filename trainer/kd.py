@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.files import atomic_file
+
 from . import pool as poolmod
 from . import teacher as T
 from .augment import spec_masks
@@ -274,8 +276,8 @@ def pool_features(recipes: list[dict], paths: dict[str, str], frame_cache: Frame
             rows.append(pad_frames(frame_cache.logmel.frames(x), fe.n_frames)[:fe.n_frames].astype(np.float16))
         arr = np.stack(rows)
         f.parent.mkdir(parents=True, exist_ok=True)
-        np.save(f.with_name(f.name + ".tmp.npy"), arr)
-        f.with_name(f.name + ".tmp.npy").replace(f)
+        with atomic_file(f) as fh:
+            np.save(fh, arr)
         out.append(arr)
     return np.concatenate(out)
 

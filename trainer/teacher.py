@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.files import atomic_file
+
 from . import pool as poolmod
 
 log = logging.getLogger(__name__)
@@ -101,9 +103,8 @@ def _score(windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def _save(path: Path, **arrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_file(path) as fh:
+        np.savez(fh, **arrays)
 
 
 def _grid_task(args) -> str:
