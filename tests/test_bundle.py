@@ -200,3 +200,40 @@ def test_invalid_event_rule_is_refused(good, value):
     with pytest.raises(BundleError, match=r"^operating point min_windows .* is not an integer from 1 to 10 "
                                           r"\(consecutive windows that confirm an event\)$"):
         parse_bundle(_resign(data, priv, lambda m: m.update(min_windows=value)), pub)
+
+
+def _as_segment(windows):
+    """A manifest change declaring segment inference with tensors of the matching shapes."""
+    from edge.contract.frontend import FrontendParams
+    from edge.contract.segment import SegmentSpec
+
+    def change(m):
+        m["inference"] = {"kind": "segment", "windows": windows}
+        s = SegmentSpec.from_manifest(m, FrontendParams.from_dict(m["frontend"]))
+        m["tensors"]["input_shape"] = [1, *s.input_shape]
+        m["tensors"]["output_shape"] = [1, windows, len(m["labels"])]
+    return change
+
+
+def test_segment_inference_block_round_trips_and_window_bundles_have_none(good):
+    from edge.contract.segment import SegmentSpec
+
+    data, pub, priv = good
+    fe = parse_bundle(data, pub).frontend
+    assert parse_bundle(data, pub).segment is None
+    want = SegmentSpec(windows=4, hop_frames=50, window_frames=fe.n_frames, n_mels=fe.n_mels)  # hop 0.5 s
+    selftest = _npy(np.zeros((1, *want.input_shape), np.int8))
+    assert parse_bundle(_resign(data, priv, _as_segment(4), members={SELFTEST: selftest}), pub).segment == want
+
+
+@pytest.mark.parametrize("change,reason", [
+    (lambda m: m.update(inference={"kind": "pyramid"}), r"inference.kind 'pyramid' is not supported"),
+    (lambda m: m.update(inference={"kind": "segment", "windows": 4}), r"model input shape .* does not match the "
+                                                                       r"front-end's .* \(4 windows per segment\)"),
+    (lambda m: (_as_segment(4)(m), m["tensors"].update(output_shape=[1, 3])),
+     r"output shape \[1, 3\] does not match \[1, 4, 3\] \(4 windows of 3 labels\)"),
+])
+def test_segment_inference_this_edge_cannot_honour_is_refused(good, change, reason):
+    data, pub, priv = good
+    with pytest.raises(BundleError, match=reason):
+        parse_bundle(_resign(data, priv, change), pub)

@@ -37,6 +37,7 @@ from edge.contract.archive import ArchiveError, BoundedZip
 from edge.contract.frontend import FrontendError, FrontendParams
 from edge.contract.manifest import FORMAT, FORMAT_VERSION, ManifestError, check_manifest
 from edge.contract.record import DEFAULT_OUTPUT_KIND, OUTPUT_KINDS, utc_now
+from edge.contract.segment import SegmentError, SegmentSpec
 from edge.contract.signing import key_id, verify
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,11 @@ class Bundle:
     def hop_s(self) -> float:
         return float(self.manifest["hop_s"])
 
+    @property
+    def segment(self) -> SegmentSpec | None:
+        """Segment inference (several windows per invoke, edge.contract.segment); None: one window per invoke."""
+        return SegmentSpec.from_manifest(self.manifest, self.frontend)
+
     def describe(self) -> str:
         m = self.manifest
         metrics = m.get("metrics", {})
@@ -148,6 +154,7 @@ def build_bundle(
     extra: dict | None = None,
     output_kind: str = DEFAULT_OUTPUT_KIND,
     min_windows: int = 1,
+    segment: SegmentSpec | None = None,
 ) -> bytes:
     """Assemble and sign a bundle; returns its bytes. Pure: no TensorFlow."""
     frontend.validate()
@@ -175,6 +182,8 @@ def build_bundle(
             SELFTEST: {"sha256": sha256_hex(selftest_bytes), "size": len(selftest_bytes)},
         },
     }
+    if segment is not None:
+        manifest["inference"] = segment.to_manifest()
     if extra:
         manifest.update(extra)
     manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
@@ -194,11 +203,19 @@ def build_bundle(
 
 def _check_shapes(m: dict, frontend: FrontendParams) -> None:
     t = m["tensors"]
-    want_in = [1, *frontend.input_shape]
+    try:
+        seg = SegmentSpec.from_manifest(m, frontend)
+    except SegmentError as exc:
+        raise BundleError(str(exc)) from exc
+    want_in = [1, *(seg.input_shape if seg else frontend.input_shape)]
     if list(t.get("input_shape", [])) != want_in:
-        raise BundleError(f"model input shape {t.get('input_shape')} does not match the front-end's {want_in}")
-    if list(t.get("output_shape", [])) != [1, len(m["labels"])]:
-        raise BundleError(f"model output shape {t.get('output_shape')} does not match {len(m['labels'])} labels")
+        raise BundleError(f"model input shape {t.get('input_shape')} does not match the front-end's {want_in}"
+                          + (f" ({seg.windows} windows per segment)" if seg else ""))
+    n = len(m["labels"])
+    want_out = [1, seg.windows, n] if seg else [1, n]
+    if list(t.get("output_shape", [])) != want_out:
+        raise BundleError(f"model output shape {t.get('output_shape')} does not match "
+                          + (f"{want_out} ({seg.windows} windows of {n} labels)" if seg else f"{n} labels"))
     if t.get("input_dtype") != "int8" or t.get("output_dtype") != "int8":
         raise BundleError("only full-integer int8 models (int8 input and output) are supported")
     if t.get("output_kind", DEFAULT_OUTPUT_KIND) not in OUTPUT_KINDS:

@@ -90,7 +90,8 @@ class Int8Model:
         return self._interp.get_tensor(self._out_index)[0].copy()
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """Scores for one window of float features (input shape without batch)."""
+        """Scores for one input of float features (input shape without batch): (classes,) for a window model,
+        (windows, classes) for a segment model (edge.contract.segment)."""
         return self.dequantize(self.invoke_int8(self.quantize(features)))
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
@@ -98,7 +99,7 @@ class Int8Model:
 
     def selftest(self, x: np.ndarray, expected: list[int], tolerance: int) -> tuple[bool, int]:
         """Run the bundle's self-test vector; (passed, largest deviation in int8 steps)."""
-        got = self.invoke_int8(x).astype(np.int32)
+        got = self.invoke_int8(x).astype(np.int32).reshape(-1)  # a segment model's (windows, classes) flattened
         want = np.asarray(expected, dtype=np.int32)
         if got.shape != want.shape:
             return False, 255
