@@ -273,6 +273,7 @@ CONFIG_CASES = [
     Case("include names an unknown species", "detection: {include: [Dodo_ineptus]}\n", "Dodo_ineptus"),
     Case("thresholds name an unknown species", "detection: {thresholds: {Dodo_ineptus: 0.5}}\n", "Dodo_ineptus"),
     Case("exclude names an unknown species", "detection: {exclude: [Dodo_ineptus]}\n", "Dodo_ineptus"),
+    Case("event rule longer than any bundle's", "detection: {min_windows: 11}\n", "detection.min_windows"),
 ]
 #: the problems only the model can reveal (check-config must load the bundle for these)
 NEEDS_BUNDLE = {"overlap longer than the window", "overlap equal to the window", "include names an unknown species",

@@ -36,3 +36,10 @@ def test_push_settings_ignore_other_sections_but_check_their_own(tmp_path):
     p.write_text("mqtt: {port: 0}\n")
     with pytest.raises(ConfigError, match=r"mqtt\.port"):
         load_mqtt_settings(p)
+
+
+def test_the_event_rule_bound_is_the_bundles():
+    from edge.config.detection import MAX_MIN_WINDOWS
+    from edge.contract.bundle import MAX_MIN_WINDOWS as BUNDLE_MAX
+
+    assert MAX_MIN_WINDOWS == BUNDLE_MAX

@@ -47,3 +47,23 @@ def test_two_overlapping_writers_of_one_path_each_rename_a_whole_file(tmp_path):
         first.write(b"and the rest")
     assert p.read_bytes() == b"first half and the rest"
     assert [q.name for q in tmp_path.iterdir()] == ["features.npy"]
+
+
+def test_trainer_caches_survive_two_writers_of_one_entry(tmp_path):
+    """Two training runs started together on a cold cache write the same entries (trainer.data.save_atomic)."""
+    import numpy as np
+
+    from trainer.data import save_atomic
+
+    p = tmp_path / "key.npy"
+
+    def first(fh):
+        fh.write(b"\x93NUMPY")  # half written when the other run saves the same entry
+        save_atomic(p, lambda fh2: np.save(fh2, np.arange(3)))
+        assert list(np.load(p)) == [0, 1, 2]
+        fh.seek(0)
+        np.save(fh, np.arange(5))
+
+    save_atomic(p, first)
+    assert list(np.load(p)) == [0, 1, 2, 3, 4]
+    assert [q.name for q in tmp_path.iterdir()] == ["key.npy"]

@@ -27,8 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.files import atomic_write
-
 MODEL_NAME = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 LABELS_NAME = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
 
@@ -69,7 +67,10 @@ def embedding_model_path() -> Path:
     b = flatbuffers.Builder(len(data) + 1024)
     b.Finish(model.Pack(b), file_identifier=b"TFL3")
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, bytes(b.Output()))
+    from .data import save_atomic
+
+    blob = bytes(b.Output())
+    save_atomic(out, lambda fh: fh.write(blob))
     return out
 
 

@@ -17,11 +17,14 @@ slices of those frames, exactly as the edge frames a stream.
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import hashlib
 import json
 import logging
 import math
+import os
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +32,22 @@ from pathlib import Path
 import numpy as np
 
 from edge.contract.frontend import FrontendParams, LogMel
-from edge.files import atomic_file
 
 log = logging.getLogger(__name__)
+
+
+def save_atomic(path: Path, save) -> None:
+    """``save(file object)`` into a temporary file of its own beside ``path``, renamed over it when whole: two
+    training runs sharing a cache (or a crash) never leave half a file or take each other's temporary name."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            save(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
@@ -261,8 +277,7 @@ class FrameCache:
         if len(f) == 0:
             raise DatasetError(f"{path}: shorter than one FFT frame")
         if cached:
-            with atomic_file(cached) as fh:  # a name unique to this process: parallel runs share the cache
-                np.save(fh, f)
+            save_atomic(cached, lambda fh: np.save(fh, f))
         return f
 
     def load(self, ds: Dataset, progress: bool = False) -> dict[str, np.ndarray]:

@@ -33,12 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.files import atomic_file
-
 from . import pool as poolmod
 from . import teacher as T
 from .augment import spec_masks
-from .data import FrameCache, Recording, pad_frames
+from .data import FrameCache, Recording, pad_frames, save_atomic
 from .negatives import read_negatives, targets as neg_targets
 
 log = logging.getLogger(__name__)
@@ -276,8 +274,7 @@ def pool_features(recipes: list[dict], paths: dict[str, str], frame_cache: Frame
             rows.append(pad_frames(frame_cache.logmel.frames(x), fe.n_frames)[:fe.n_frames].astype(np.float16))
         arr = np.stack(rows)
         f.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(f) as fh:
-            np.save(fh, arr)
+        save_atomic(f, lambda fh, arr=arr: np.save(fh, arr))
         out.append(arr)
     return np.concatenate(out)
 

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.files import atomic_file
-
 from . import pool as poolmod
+from .data import save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +102,7 @@ def _score(windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def _save(path: Path, **arrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as fh:
-        np.savez(fh, **arrays)
+    save_atomic(path, lambda fh: np.savez(fh, **arrays))
 
 
 def _grid_task(args) -> str:
