@@ -43,7 +43,6 @@ class SegmentRun:
 @pytest.fixture(scope="session")
 def segment_run(tiny_run, tmp_path_factory) -> SegmentRun:
     pytest.importorskip("tensorflow")
-    pytest.importorskip("trainer.segment")  # the trainer's side of segment inference (being merged)
     import keras
 
     from edge.contract.bundle import load_bundle
