@@ -21,7 +21,7 @@ from edge.contract.segment import score_windows
 from edge.contract.signing import load_public_key
 from edge.detection.guard import FLAT_PEAK_TO_PEAK
 from edge.detection.pipeline import NO_SIGNAL_SCORE, Pipeline, PipelineError
-from edge.types import AudioBlock
+from edge.types import AudioBlock, DetectionSink
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "edge" / "demo" / "XC344036_20161110_130000.ogg"  # 59.4 s at 32 kHz, credited in edge/demo/CREDITS.md
@@ -253,9 +253,23 @@ def test_live_the_watchdog_and_the_clips_allow_for_a_segment_models_delay(seg, t
     p = Pipeline(bundle, model, detection=cfg.detection)
     now = [1000.0]
     health = Health(clock=lambda: now[0])
-    pad, history = 0.5, 4.0
+    pad, history = 0.5, 3.0
     clips = ClipWriter(tmp_path / "clips", SR, padding_s=pad, history_s=history, delay_s=lambda: p.delay_s)
-    rt = Runtime(cfg, p, None, health=health, sinks=[clips])
+
+    class Reach(DetectionSink):
+        """How far back from the newest audio each clip starts when its detection comes."""
+
+        def __init__(self):
+            self.end_s, self.back_s = 0.0, []
+
+        def add_audio(self, block):
+            self.end_s = block.offset_s + len(block.samples) / SR
+
+        def handle(self, detections):
+            self.back_s += [self.end_s - (d.offset_s - pad) for d in detections]
+
+    reach = Reach()
+    rt = Runtime(cfg, p, None, health=health, sinks=[reach, clips])
     grace = 4 * max(cfg.audio.block_s, p.hop_s, 0.5)  # the daemon's (edge.service.daemon)
     window_model_rule: list[bool] = []
 
@@ -269,6 +283,7 @@ def test_live_the_watchdog_and_the_clips_allow_for_a_segment_models_delay(seg, t
     assert p.delay_s == (SEGMENT_WINDOWS - 1) * bundle.hop_s == health.window_delay_s
     assert not all(window_model_rule)  # a window model's grace alone would have withheld the pings
     assert clips.capacity == int((history + p.delay_s + 2 * pad) * SR)
+    assert max(reach.back_s) > history + 2 * pad  # without the delay's room these clips would lose their start
     x = np.clip(sf.read(str(DEMO), dtype="float32")[0] * 32767.0, -32768, 32767).astype(np.int16)
     assert run.detections and clips.written == len(run.detections)
     for d in run.detections:
