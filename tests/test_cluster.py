@@ -6,7 +6,7 @@ import os
 import socket
 
 import pytest
-from test_parallel import ROOT, archive, replay, table  # noqa: F401 - archive is a fixture
+from test_parallel import ROOT, archive, real_archive, replay, table  # noqa: F401 - archive, real_archive: fixtures
 
 distributed = pytest.importorskip("distributed")
 
@@ -37,6 +37,21 @@ def test_dask_stores_exactly_what_one_job_stores(tmp_path, archive, tone_bundle_
         rows = table(tmp_path / "one.db", name)
         assert rows and table(tmp_path / "dask.db", name) == rows, name
     assert "analysed by 2 worker process(es)" in r.stderr  # both workers, not the replay's own process
+
+
+def test_dask_with_a_segment_bundle_stores_what_one_job_stores(tmp_path, real_archive, segment_run,  # noqa: F811
+                                                                cluster):
+    """The cluster's units are those of --jobs: a long file cut between a segment model's chunks."""
+    common = ["--bundle", segment_run.bundle_path, "--public-key", segment_run.public_key_path, "--format", "csv",
+              "--out", os.devnull]
+    one = replay("replay", real_archive, *common, "--db", tmp_path / "one.db", "--jobs", 1)
+    assert one.returncode == 0, one.stderr
+    r = replay("-v", "replay", real_archive, *common, "--db", tmp_path / "dask.db", "--dask", cluster)
+    assert r.returncode == 0, r.stderr
+    assert "4 unit(s) of work (2 file(s), 1 split into pieces)" in r.stderr
+    for name in ("detections", "effort"):
+        rows = table(tmp_path / "one.db", name)
+        assert rows and table(tmp_path / "dask.db", name) == rows, name
 
 
 def test_workers_keep_the_model_and_are_not_sent_it_again(tmp_path, archive, tone_bundle_path, cluster):  # noqa: F811
