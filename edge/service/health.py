@@ -10,10 +10,10 @@ apart, never torn ones.
 ``progressing()`` is the watchdog's question: have audio and inference both
 moved within the grace period? A segment model (``edge.detection.segments``)
 scores its windows in chunks, up to ``window_delay_s`` later than a window
-model: inference counts as moving that much longer. A device that is gone while the source is
-alive in its retry loop is a known, recorded state (the loop keeps
-``note_waiting`` fresh), not a hang: the watchdog keeps the daemon alive so
-it can resume when the device returns.
+model: inference counts as moving that much longer. A device that is gone
+while the source is alive in its retry loop is a known, recorded state (the
+loop keeps ``note_waiting`` fresh), not a hang: the watchdog keeps the
+daemon alive so it can resume when the device returns.
 """
 from __future__ import annotations
 
