@@ -8,4 +8,5 @@ pytest_plugins: list[str] = [
     "fixtures_alsa",
     "fixtures_trainer",
     "fixtures_replay",
+    "fixtures_segment",
 ]

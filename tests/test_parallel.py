@@ -64,12 +64,24 @@ def test_split_points_cover_every_window_once(n_samples, pieces):
             assert end == (k1 - 1) * hop + span
 
 
-def replay_job(bundle_path):
+@pytest.mark.parametrize("n_samples,pieces,group", [(SR * 200, 3, 16), (SR * 61 + 17, 2, 4), (SR * 7, 4, 4),
+                                                     (SR * 3600, 7, 16), (SR * 40, 3, 16)])
+def test_split_points_of_a_segment_model_cut_between_its_chunks(n_samples, pieces, group):
+    hop, span = 48000, 95_744
+    windows = 1 + (n_samples - span) // hop
+    pts = split_points(n_samples, hop, span, pieces, group)
+    firsts = [k for k, _, _ in pts]
+    assert firsts[0] == 0 and all(k % group == 0 for k in firsts) and firsts == sorted(set(firsts))
+    assert len(pts) == 1 or all(k1 - k0 >= group for k0, k1 in zip(firsts, firsts[1:] + [windows]))
+    assert len(pts) == max(1, min(pieces, -(-windows // group) // 2))
+
+
+def replay_job(bundle_path, public_key=None):
     from edge.config import Config
     from edge.service.replay import ReplayJob
 
     cfg = Config.model_validate({"model": {"bundle": str(bundle_path),
-                                           "public_key": str(bundle_path.parent / "signing.pub")}})
+                                           "public_key": str(public_key or bundle_path.parent / "signing.pub")}})
     return ReplayJob(cfg, use_store=False)
 
 
@@ -161,6 +173,54 @@ def test_jobs_2_stores_exactly_what_jobs_1_stores(tmp_path, archive, tone_bundle
     one, two = summary_lines(runs[1][2]), summary_lines(runs[2][2])
     assert one == two and any("refused 1 file(s)" in ln for ln in one)
     assert any("window(s) without signal not scored" in ln and "non-finite sample(s)" in ln for ln in one), one
+
+
+DEMO = ROOT / "edge" / "demo" / "XC344036_20161110_130000.ogg"  # 59.4 s of real birds at 32 kHz (edge/demo/CREDITS.md)
+
+
+@pytest.fixture(scope="module")
+def real_archive(tmp_path_factory):
+    """Real recordings: the demo four times over at 48 kHz (long enough to be split), and once as it is."""
+    d = tmp_path_factory.mktemp("real")
+    x, rate = sf.read(str(DEMO), dtype="float32")
+    write(d / "20161110_130000.flac", resample(np.tile(x, 4), rate, 48000), 48000)
+    write(d / "20161110_140000.wav", x, rate)
+    return d
+
+
+def test_pieces_of_a_segment_model_score_exactly_the_chunks_of_the_whole_file(real_archive, segment_run):
+    from edge.contract.bundle import load_bundle
+    from edge.contract.signing import load_public_key
+
+    bundle = load_bundle(segment_run.bundle_path, load_public_key(segment_run.public_key_path))
+    w = bundle.segment.windows
+    path = real_archive / "20161110_130000.flac"
+    work = Work(replay_job(segment_run.bundle_path, segment_run.public_key_path))
+    units = plan([(0, FileSource(path, SR))], bundle, None, jobs=2, piece_s=60)
+    assert len(units) == 3 and [u.first_window % w for u in units] == [0, 0, 0]
+    parts = list(results_in_order(InlineExecutor(), units, work))
+    whole = analyse(Unit(0, str(path)), work)
+    assert [r.windows % w for r in parts[:-1]] == [0, 0] and whole.windows % w  # a partial chunk at the end
+    assert [o for r in parts for o in r.offsets] == whole.offsets
+    np.testing.assert_array_equal(np.concatenate([r.scores for r in parts]), whole.scores)
+
+
+def test_jobs_2_stores_exactly_what_jobs_1_stores_with_a_segment_bundle(tmp_path, real_archive, segment_run):
+    runs = {}
+    for jobs in (1, 2):
+        db = tmp_path / f"j{jobs}.db"
+        r = replay("-v", "replay", real_archive, "--bundle", segment_run.bundle_path,
+                   "--public-key", segment_run.public_key_path, "--db", db, "--format", "csv", "--out", os.devnull,
+                   "--jobs", jobs)
+        assert r.returncode == 0, r.stderr
+        runs[jobs] = (db, r.stderr)
+    assert "4 unit(s) of work (2 file(s), 1 split into pieces) on 2 worker processes" in runs[2][1]
+    for name in ("detections", "effort"):
+        one, two = table(runs[1][0], name), table(runs[2][0], name)
+        assert one == two and one, name
+    long = [d for d in table(runs[1][0], "detections") if d["source"].endswith("130000.flac")]
+    assert long and long[-1]["end_offset_s"] == pytest.approx(4 * 59.4, abs=1)  # to the end of the last piece
+    assert summary_lines(runs[1][1]) == summary_lines(runs[2][1])
 
 
 def test_clips_need_the_audio_so_replay_stays_in_one_process(tmp_path, archive, tone_bundle_path):

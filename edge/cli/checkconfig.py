@@ -40,8 +40,11 @@ def main(args) -> int:
         return 2
     a = cfg.audio
     print(f"{args.file}: valid")
+    seg = bundle.segment
     print(f"  checked against {bundle.name} {bundle.version}: {len(bundle.labels)} species, "
-          f"{bundle.frontend.window_s:g} s windows")
+          f"{bundle.frontend.window_s:g} s windows" + (f", {seg.windows} per invoke every {bundle.hop_s:g} s "
+                                                       f"(detections up to {(seg.windows - 1) * bundle.hop_s:g} s "
+                                                       "later)" if seg is not None else ""))
     print(f"  device_id {cfg.device_id}; state in {cfg.state_dir}; store {cfg.store.path}")
     print(f"  model {cfg.model.bundle_path} (key {cfg.model.public_key_path}), {cfg.model.num_threads} thread(s)")
     dev = "the system default input" if a.device is None else repr(a.device)
@@ -84,10 +87,12 @@ def bundle_problems(cfg: Config) -> tuple[list[str], Any]:
     problems = []
     try:
         window_hop_frames(bundle, m.overlap_s)
-    except PipelineError:
-        problems.append(f"model.overlap_s: {m.overlap_s} does not fit the model's {bundle.frontend.window_s:g} s "
-                        f"window (allowed: 0 <= overlap_s < {bundle.frontend.window_s:g}, or null for the "
-                        f"bundle's hop)")
+    except PipelineError as exc:
+        window_s = bundle.frontend.window_s
+        fits = m.overlap_s is not None and 0 <= m.overlap_s < window_s
+        problems.append(f"model.overlap_s: {exc}" if fits else  # a segment model's hop is its own
+                        f"model.overlap_s: {m.overlap_s} does not fit the model's {window_s:g} s window (allowed: "
+                        f"0 <= overlap_s < {window_s:g}, or null for the bundle's hop)")
     labels = [lab.label for lab in bundle.labels]
     d = cfg.detection
     for key in ("include", "exclude", "thresholds"):

@@ -60,7 +60,8 @@ def summary(stats: ReplayStats, *, bundle: Any, pipeline: Any, db_path: Optional
         f"replayed {stats.files_ok} of {n_files} file(s): {_fmt_duration(stats.audio_s)} of audio in "
         f"{stats.wall_s:.2f} s, {stats.x_realtime:.0f}x realtime",
         f"model: {bundle.name} {bundle.version} (sha256 {bundle.sha256[:12]}), {threads} thread(s), "
-        f"{pipeline.params.window_s:g} s windows every {pipeline.hop_s:g} s",
+        f"{pipeline.params.window_s:g} s windows every {pipeline.hop_s:g} s"
+        + (f", {bundle.segment.windows} per invoke" if bundle.segment is not None else ""),
     ]
     if db_path is not None:
         lines.append(f"store: {db_path} ({stats.new} new detection(s), {stats.detections - stats.new} already stored)")
@@ -232,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         from edge.outputs.clips import ClipWriter
 
         try:
-            clips = ClipWriter.from_config(cfg, rt.pipeline.sample_rate)
+            clips = ClipWriter.from_config(cfg, rt.pipeline.sample_rate, delay_s=lambda: rt.pipeline.delay_s)
         except OSError as exc:
             rt.stop()
             print(f"error: cannot write clips to {cfg.clips.dir}: {exc.strerror or exc}", file=sys.stderr)

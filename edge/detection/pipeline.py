@@ -19,6 +19,11 @@ skipped); open events of the old model are closed first. With the same
 front-end the frames already computed are kept and the next window follows
 the last one by the new model's hop; with another front-end the segment
 restarts at that block.
+
+A segment bundle (``bundle.segment``) scores ``W`` windows per invoke: the
+windows are made the same way, collected and scored ``W`` at a time
+(``edge.detection.segments``); the windows collected are scored by the
+model that made them at the end of a segment and before any swap.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import numpy as np
 from edge.contract.frontend import LogMel
 from edge.detection.guard import SignalGuard
 from edge.detection.postprocess import ModelInfo, PostProcessor, SourceInfo, unknown_labels
+from edge.detection.segments import SegmentBatch
 from edge.contract.record import Detection
 from edge.types import AudioBlock
 
@@ -53,8 +59,13 @@ def window_hop_frames(bundle, overlap_s: float | None) -> int:
     if overlap_s is not None and not 0 <= overlap_s < fe.window_s:
         raise PipelineError(f"overlap (model.overlap_s, --overlap) {overlap_s} s does not fit the model's "
                             f"{fe.window_s} s window: allowed 0 <= overlap < {fe.window_s}")
-    frames = int(round(hop_s * fe.sample_rate / fe.hop_length))
-    return max(1, frames)
+    frames = max(1, int(round(hop_s * fe.sample_rate / fe.hop_length)))
+    spec = bundle.segment
+    if spec is not None and frames != spec.hop_frames:
+        raise PipelineError(f"overlap (model.overlap_s, --overlap) {overlap_s} s: model {bundle.name} "
+                            f"{bundle.version} scores {spec.windows} windows per invoke at its own hop of "
+                            f"{bundle.hop_s:g} s (overlap {fe.window_s - bundle.hop_s:g} s); leave the overlap unset")
+    return frames
 
 
 class _NoEvents(PostProcessor):
@@ -113,6 +124,8 @@ class Pipeline:
         self.n_frames = self.params.n_frames
         self.hop_s = self.hop_frames * self.params.hop_length / self.sample_rate
         self.model_info = ModelInfo.from_bundle(bundle)
+        spec = bundle.segment
+        self._batch = SegmentBatch(spec) if spec is not None else None
 
     def set_model(self, bundle, model) -> None:
         """Swap the model between two windows (thread-safe). Same sample rate required."""
@@ -134,6 +147,7 @@ class Pipeline:
         out: list[Detection] = []
         if not same_frontend and self._seg_samples:
             out += self._end_segment()  # the old model covers the old segment's tail
+        out += self._flush()  # the old model scores the windows it collected
         out += self._post.close()
         old = self.bundle.version
         self._install(*pending)
@@ -162,6 +176,8 @@ class Pipeline:
             self._apply_pending()
         self._source = SourceInfo(self.device_id, source_name, time_source)
         self._post = self._new_post()
+        if self._batch is not None:
+            self._batch.slots.clear()
         self._reset_segment()
 
     def _reset_segment(self) -> None:
@@ -247,17 +263,39 @@ class Pipeline:
     def _score(self, window_frames: np.ndarray | None, start_sample: int, features: np.ndarray | None = None) -> list[Detection]:
         t0 = time.perf_counter()
         n = self.params.window_samples if features is None else min(self._seg_samples, self.params.window_samples)
-        if not self.guard.has_signal(start_sample, n):  # the model never sees it
-            scores = np.full(len(self.model_info.labels), NO_SIGNAL_SCORE, np.float32)
-            t1 = t2 = time.perf_counter()
-        else:
-            if features is None:
-                assert window_frames is not None  # a window of frames, or the padded segment's features
-                features = self.logmel.features(window_frames)
-            t1 = time.perf_counter()
+        signal = self.guard.has_signal(start_sample, n)  # refused: the model never sees it
+        if signal and features is None:
+            assert window_frames is not None  # a window of frames, or the padded segment's features
+            features = self.logmel.features(window_frames)
+        t1 = time.perf_counter()
+        if self._batch is not None:  # a segment model: scored with its chunk's windows (a refused one keeps its slot)
+            self.stats["frontend_s"] += t1 - t0
+            self._batch.add(features if signal else None, *self._when(start_sample))
+            return self._flush() if self._batch.full else []
+        if signal:
             scores = self.model.predict(features)
-            t2 = time.perf_counter()
-        offset, utc = self._when(start_sample)
+        else:
+            scores = np.full(len(self.model_info.labels), NO_SIGNAL_SCORE, np.float32)
+        return self._emit(*self._when(start_sample), scores, t0, t1, time.perf_counter())
+
+    def _flush(self) -> list[Detection]:
+        """The windows a segment model collected: scored with one invoke, post-processed in order."""
+        if self._batch is None or not self._batch.slots:
+            return []
+        out: list[Detection] = []
+        n = len(self.model_info.labels)
+        for offset, utc, scores in self._batch.score(self.model.predict, n, NO_SIGNAL_SCORE, self.stats):
+            t = time.perf_counter()
+            out += self._emit(offset, utc, scores, t, t, t)
+        return out
+
+    @property
+    def delay_s(self) -> float:
+        """How much later than a per-window model a window may be scored (segment models; 0 otherwise)."""
+        return self._batch.delay_s(self.hop_s) if self._batch is not None else 0.0
+
+    def _emit(self, offset: float, utc: datetime, scores: np.ndarray, t0: float, t1: float, t2: float) -> list[Detection]:
+        """One window's scores to ``on_window`` and post-processing (t0..t2: its front-end and model times)."""
         if self.on_window is not None:
             self.on_window(offset, utc, scores)
         dets = self._post.add(self._index, offset, utc, scores)
@@ -299,6 +337,7 @@ class Pipeline:
             out += self._score(None, 0, features=feats)
         elif self._seg_samples:
             log.debug("segment of %.2f s too short for a window", self._seg_samples / self.sample_rate)
+        out += self._flush()  # a chunk is never scored across a gap
         # events end with their segment: windows either side of a gap are not consecutive
         out += self._post.close()
         self._reset_segment()

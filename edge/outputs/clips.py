@@ -4,7 +4,10 @@
 preallocated) indexed by stream offset. Each detection event handed to it
 (``handle``) becomes one 16-bit mono WAV covering the event plus
 ``padding_s`` either side, written once the audio after the event has
-arrived (``add_audio``), or at ``flush()`` with what there is.
+arrived (``add_audio``), or at ``flush()`` with what there is. A segment
+model's detections come up to its ``delay_s`` later than a window model's
+(``edge.detection.segments``): the history grows by that much (``delay_s``,
+asked before each block, so a swapped-in model counts too).
 
 Files are ``<dir>/<YYYY-MM-DD>/<YYYYmmddTHHMMSSZ>_<label>_<id8>.wav``. After
 each write, the oldest clips go first until the total is within
@@ -26,7 +29,7 @@ import time
 import wave
 from collections import deque
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -40,8 +43,11 @@ log = logging.getLogger(__name__)
 
 class ClipWriter(DetectionSink):
     def __init__(self, directory: str | Path, sample_rate: int, *, padding_s: float = 1.0,
-                 max_disk_mb: float = 1024, history_s: float = 60.0, min_free_mb: float = 0.0):
+                 max_disk_mb: float = 1024, history_s: float = 60.0, min_free_mb: float = 0.0,
+                 delay_s: Optional[Callable[[], float]] = None):
         self.dir = Path(directory)
+        self.history_s = float(history_s)
+        self.delay_s = delay_s  # () -> how much later than a window model detections may come (the pipeline's)
         self.rate = int(sample_rate)
         self.padding_s = float(padding_s)
         self.budget = int(max_disk_mb * 1e6)
@@ -62,14 +68,15 @@ class ClipWriter(DetectionSink):
         self._scan()
 
     @classmethod
-    def from_config(cls, cfg, sample_rate: int) -> Optional["ClipWriter"]:
+    def from_config(cls, cfg, sample_rate: int,
+                    delay_s: Optional[Callable[[], float]] = None) -> Optional["ClipWriter"]:
         """The clip writer a configuration asks for: ``clips.enabled``, or the dashboard on
-        (``web.enabled``: it plays and draws the clips); None when neither."""
+        (``web.enabled``: it plays and draws the clips); None when neither. ``delay_s``: the pipeline's."""
         if not (cfg.clips.enabled or cfg.web.enabled):
             return None
         c = cfg.clips
         return cls(c.dir, sample_rate, padding_s=c.padding_s, max_disk_mb=c.max_disk_mb,
-                   min_free_mb=cfg.store.reserve_mb)
+                   min_free_mb=cfg.store.reserve_mb, delay_s=delay_s)
 
     def end_source(self) -> None:
         """The source ended: write the clips still waiting; the next source counts its samples from 0."""
@@ -98,7 +105,20 @@ class ClipWriter(DetectionSink):
         self._enforce_budget()
 
     # -- audio -------------------------------------------------------------------
+    def _fit(self, delay_s: float) -> None:
+        """Room for ``delay_s`` more history (kept in place: sample i stays at i % capacity's new value)."""
+        need = int((self.history_s + delay_s + 2 * self.padding_s) * self.rate)
+        if need <= self.capacity:
+            return
+        held = self._slice(self._end - self.capacity, self._end)
+        self.capacity = need
+        self._hist = np.zeros(need, dtype=np.int16)
+        idx = np.arange(self._end - len(held), self._end) % need
+        self._hist[idx] = held
+
     def add_audio(self, block: AudioBlock) -> None:
+        if self.delay_s is not None:
+            self._fit(self.delay_s())
         x = np.asarray(block.samples)
         start = int(round(block.offset_s * self.rate))
         if len(x) >= self.capacity:

@@ -128,7 +128,7 @@ class Daemon:
         if cfg.clips.enabled or cfg.web.enabled:  # the dashboard plays and draws the clips
             from edge.outputs.clips import ClipWriter
 
-            clips = ClipWriter.from_config(cfg, pipeline.sample_rate)
+            clips = ClipWriter.from_config(cfg, pipeline.sample_rate, delay_s=lambda: pipeline.delay_s)
             if clips is not None:
                 sinks.append(clips)
         rt = self.runtime = Runtime(cfg, pipeline, store, health=self.health, stop=self.stop_event, sinks=sinks,

@@ -8,7 +8,9 @@ attribute stores (atomic under the GIL); readers may see numbers a block
 apart, never torn ones.
 
 ``progressing()`` is the watchdog's question: have audio and inference both
-moved within the grace period? A device that is gone while the source is
+moved within the grace period? A segment model (``edge.detection.segments``)
+scores its windows in chunks, up to ``window_delay_s`` later than a window
+model: inference counts as moving that much longer. A device that is gone while the source is
 alive in its retry loop is a known, recorded state (the loop keeps
 ``note_waiting`` fresh), not a hang: the watchdog keeps the daemon alive so
 it can resume when the device returns.
@@ -53,6 +55,7 @@ class Health:
         self.last_detection: dict | None = None
         self.last_audio = 0.0
         self.last_window = 0.0
+        self.window_delay_s = 0.0  # the pipeline's: windows may be scored this much later (segment models)
         self.last_waiting = 0.0
         self.audio_level_dbfs: float | None = None  # RMS of the newest block; -120: digital silence
         self.last_audio_wall: datetime | None = None
@@ -135,7 +138,7 @@ class Health:
             return now - self.last_waiting < grace_s
         if self.state == "starting":
             return now - self.started_monotonic < max(grace_s, 120.0)
-        return now - self.last_audio < grace_s and now - self.last_window < grace_s
+        return now - self.last_audio < grace_s and now - self.last_window < grace_s + self.window_delay_s
 
     def snapshot(self) -> dict:
         return {

@@ -63,17 +63,20 @@ def window_geometry(bundle, overlap_s: Optional[float]) -> tuple[int, int, int]:
     return hop_frames * fe.hop_length, (fe.n_frames - 1) * fe.hop_length + fe.n_fft, hop_frames
 
 
-def split_points(n_samples: int, hop: int, span: int, pieces: int) -> list[tuple[int, int, Optional[int]]]:
+def split_points(n_samples: int, hop: int, span: int, pieces: int,
+                 group: int = 1) -> list[tuple[int, int, Optional[int]]]:
     """(first window, first sample, end sample or None) of ``pieces`` pieces of a file of ``n_samples``.
 
     Window k starts at k * hop and needs ``span`` samples; the file's regular windows are split
-    evenly; every piece but the last ends with its last window's samples.
+    evenly, in whole groups of ``group`` windows (a segment model's windows per invoke: a piece's
+    chunks are then those of one job); every piece but the last ends with its last window's samples.
     """
     windows = 0 if n_samples < span else 1 + (n_samples - span) // hop
-    pieces = max(1, min(pieces, windows // 2))
+    groups = -(-windows // group)
+    pieces = max(1, min(pieces, groups // 2))
     if pieces == 1:
         return [(0, 0, None)]
-    bounds = [round(i * windows / pieces) for i in range(pieces + 1)]
+    bounds = [min(windows, group * round(i * groups / pieces)) for i in range(pieces + 1)]
     out = []
     for i in range(pieces):
         k0, k1 = bounds[i], bounds[i + 1]
@@ -85,9 +88,10 @@ def plan(sources: Sequence[tuple[int, FileSource]], bundle, overlap_s: Optional[
          piece_s: Optional[float] = None) -> list[Unit]:
     """Units for the opened files, in order. Files much longer than the average share of a job are
     split (when their format seeks exactly) into pieces of about ``piece_s`` seconds (default: the
-    total over 4 x jobs, within MIN_PIECE_S..MAX_PIECE_S)."""
+    total over 4 x jobs, within MIN_PIECE_S..MAX_PIECE_S), of whole chunks of a segment model's windows."""
     sr = bundle.frontend.sample_rate
     hop, span, _ = window_geometry(bundle, overlap_s)
+    group = bundle.segment.windows if bundle.segment is not None else 1
     total_s = sum(src.output_samples for _, src in sources) / sr
     if piece_s is None:  # 4 units per job at least: the load evens out when a core is slower than another
         piece_s = min(MAX_PIECE_S, max(MIN_PIECE_S, total_s / (4 * jobs)))
@@ -99,7 +103,7 @@ def plan(sources: Sequence[tuple[int, FileSource]], bundle, overlap_s: Optional[
         # a start time taken from the clock is the parent's, so every piece has the same
         t0 = src.start_utc if src.time_source == "replay-time" else None
         pieces = int(n / sr // piece_s) if jobs > 1 and seeks and n / sr >= 1.5 * piece_s else 1
-        pts = split_points(n, hop, span, pieces)
+        pts = split_points(n, hop, span, pieces, group)
         for j, (k0, first, end) in enumerate(pts):
             last = j == len(pts) - 1
             units.append(Unit(i, str(src.path.resolve()), (first, end) if len(pts) > 1 else None, k0, last, t0,

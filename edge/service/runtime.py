@@ -261,6 +261,7 @@ class Runtime:
         if n:
             self.health.note_windows(n, (p.stats["invoke_s"] - i0) / n)
         if block is not None:
+            self.health.window_delay_s = p.delay_s  # a segment model scores windows in chunks
             self.health.note_audio(len(block.samples), p.sample_rate)
             self.health.note_level(block.samples)
             self.health.note_signal(p.guard)
