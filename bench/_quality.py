@@ -145,6 +145,8 @@ def bundle_on_holdout(bundle_path, public_key, val_ds, negatives, classes, hop_s
     from edge.contract.signing import load_public_key
     from trainer.data import FrameCache, eval_windows, features_batch
     from trainer.evaluate import compute_metrics
+    from trainer.evaluate_bundle import bundle_scores
+    from trainer.segment import grouped_scores, single_window_scores
     from trainer.holdout import negative_windows, operating_point, silence_windows
     from trainer.openset import events_per_hour
     from trainer.train import default_cache_dir
@@ -156,18 +158,27 @@ def bundle_on_holdout(bundle_path, public_key, val_ds, negatives, classes, hop_s
     lm = LogMel(fe)
     fc = FrameCache(fe, default_cache_dir())
     frames = {r.id: fc.frames(r.path) for r in val_ds.recordings}
+    seg = b.segment
+    if seg is not None:
+        hop_s = b.hop_s  # a segment model scores windows at its own hop
     vw = eval_windows(val_ds, frames, fe, hop_s)
     x = features_batch(lm, frames, vw)
     model = load_model(b, num_threads=threads)
-    s_val = model.predict_batch(x)
+    s_val = model.predict_batch(x) if seg is None else bundle_scores(b, model, frames, vw)
     idx = {c: i for i, c in enumerate(classes)}
     by_id = {r.id: r for r in val_ds.recordings}
     primary = [idx[by_id[r].label] for r in vw.rec_ids]
     m = compute_metrics(vw.y, s_val, vw.rec_index, vw.rec_ids, primary, list(classes),
                         thresholds=dict(b.thresholds))
     neg = negative_windows(negatives, fc, lm, list(classes), hop_s)
-    s_neg = model.predict_batch(neg.x) if len(neg.x) else np.zeros((0, len(classes)))
-    s_sil = model.predict_batch(silence_windows(lm))
+    if seg is None:
+        s_neg = model.predict_batch(neg.x) if len(neg.x) else np.zeros((0, len(classes)))
+        s_sil = model.predict_batch(silence_windows(lm))
+    else:  # each negative recording's windows in order, W per invoke; silence windows one per invoke
+        recs = {r.id: r for r in negatives}
+        s_neg = grouped_scores(seg, model.predict, lm, lambda rid: fc.frames(recs[rid].path), neg.rec_ids,
+                               neg.rec_index, np.asarray(neg.offsets) // fe.hop_length, len(classes))
+        s_sil = single_window_scores(seg, model.predict, silence_windows(lm))
     t = np.array([b.thresholds.get(c, 0.5) for c in classes])
     fe_h, ev = events_per_hour(s_neg, neg.rec_index, t, neg.hours, neg.labels, b.min_windows)
     m["operating_point"] = {"false_events_per_hour_negatives": fe_h, "negative_hours": neg.hours,
@@ -180,8 +191,11 @@ def bundle_on_holdout(bundle_path, public_key, val_ds, negatives, classes, hop_s
         m["retuned_operating_point"] = operating_point(vw.y, s_val, neg, s_neg, s_sil, list(classes),
                                                        th.target_precision, th.min_threshold, th.max_threshold,
                                                        th.min_windows, vw.rec_index)
-    q = model.quantize(x[0][None])
-    m["invoke_ms"] = time_invoke(model.invoke_int8, q, n=200)
+    q = model.quantize((x[0] if seg is None else seg.assemble(x[: seg.windows]))[None])
+    per_invoke = time_invoke(model.invoke_int8, q, n=200 if seg is None else 20)
+    m["invoke_ms"] = per_invoke / (1 if seg is None else seg.windows)  # per window
+    m["inference"] = {"kind": "window"} if seg is None else {"kind": "segment", "windows": seg.windows,
+                                                             "invoke_ms_per_segment": per_invoke}
     m["model_mb"] = len(b.model_bytes) / 1e6
     m["version"] = b.version
     m["input_shape"] = list(fe.input_shape)

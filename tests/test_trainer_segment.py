@@ -138,3 +138,92 @@ def test_avgmax_model_is_refused_naming_the_option():
     parts = build_model(ModelSection(alpha=0.35, weights="none", pooling="avgmax"), (32, 97, 1), 3)
     with pytest.raises(SegmentConversionError, match="model.pooling: avg"):
         segment_model(parts.model, SegmentSpec(windows=2, hop_frames=50, window_frames=97, n_mels=32))
+
+
+@pytest.fixture(scope="module")
+def segment_run(tmp_path_factory, train_data):
+    """A tiny training run that ships a segment model of 4 windows."""
+    from edge.contract.signing import generate_keypair, load_private_key
+    from trainer.config import parse_train_config
+    from trainer.train import run
+
+    base = tmp_path_factory.mktemp("segment_run")
+    priv, pub = generate_keypair(base / "keys")
+    cfg = parse_train_config({**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "eval_hop_s": 0.5},
+                              "bundle": {**TINY_CONFIG["bundle"], "inference": "segment", "segment_windows": 4}})
+    cfg.data.cache_dir = base / "cache"
+    res = run(train_data, base / "out", cfg, private_key=load_private_key(priv), progress=False, write_plots=False)
+    return res, pub, cfg
+
+
+def test_segment_training_run_ships_a_segment_bundle_the_edge_loads(segment_run):
+    res, pub, cfg = segment_run
+    b = load_bundle(res.bundle_path, load_public_key(pub))
+    p = res.prepared
+    assert b.segment == SegmentSpec(windows=4, hop_frames=50, window_frames=p.logmel.params.n_frames,
+                                    n_mels=p.logmel.params.n_mels)
+    assert b.manifest["inference"] == {"kind": "segment", "windows": 4}
+    m = load_model(b)  # its self-test (an assembled segment of hold-out windows) passes
+    assert m.output_shape == (1, 4, len(p.ds.classes))
+    assert set(b.thresholds) == set(p.ds.classes) and all(0 < t < 1 for t in b.thresholds.values())
+    metrics = b.manifest["metrics"]
+    assert metrics["inference"]["kind"] == "segment" and metrics["inference"]["windows"] == 4
+    assert "macro_roc_auc" in metrics["inference"]["window_int8"]["metrics"]
+    assert metrics["macro_roc_auc"] == pytest.approx(res.int8_metrics["macro_roc_auc"])
+    assert res.int8_scores.shape == res.float_scores.shape
+    assert np.array_equal(np.load(res.bundle_path.parent / "validation_scores_int8.npy"), res.int8_scores)
+
+
+def test_evaluate_bundle_scores_a_segment_bundle_as_the_training_run_did(segment_run, train_data):
+    """Parity: the bundle, loaded as the edge loads it and scored per recording in order, gives the hold-out
+    scores the training run computed and tuned its thresholds on."""
+    from trainer.data import FrameCache, eval_windows
+    from trainer.evaluate_bundle import bundle_scores
+
+    res, pub, cfg = segment_run
+    p = res.prepared
+    b = load_bundle(res.bundle_path, load_public_key(pub))
+    frames = FrameCache(b.frontend, cfg.data.cache_dir).load(p.val)
+    w = eval_windows(p.val, frames, b.frontend, b.hop_s)
+    assert np.array_equal(w.starts, p.val_windows.starts) and np.array_equal(w.rec_index, p.val_windows.rec_index)
+    got = bundle_scores(b, load_model(b), frames, w)
+    assert np.abs(got - res.int8_scores).max() < 1e-6
+
+
+def test_apply_segment_on_a_saved_model_and_its_bundle_score_alike(tiny_run, model, tmp_path):
+    """apply_segment on a Result whose parts are just the Keras model (how earlier runs' model.keras files are
+    converted), with scores that move: the bundle scored as the edge scores it gives the scores the
+    conversion tuned on, and scoring each window alone would not."""
+    from types import SimpleNamespace
+
+    from trainer.bundle import write_bundle
+    from trainer.config import parse_train_config
+    from trainer.data import FrameCache, eval_windows
+    from trainer.evaluate_bundle import bundle_scores
+    from trainer.segment import apply_segment
+    from trainer.train import Result, evaluate_both
+
+    cfg = parse_train_config({**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "eval_hop_s": 0.5},
+                              "bundle": {**TINY_CONFIG["bundle"], "inference": "segment", "segment_windows": 4}})
+    p = tiny_run.result.prepared  # its hold-out windows are at 1.5 s: every third window the edge makes
+    res = Result(p, SimpleNamespace(model=model))
+    evaluate_both(res, cfg)
+    window_int8, window_auc = res.int8_scores, res.int8_metrics["macro_roc_auc"]
+    spec = apply_segment(res, cfg)
+    assert res.inference["window_int8"]["metrics"]["macro_roc_auc"] == window_auc
+    assert res.int8_scores.shape == window_int8.shape and not np.array_equal(res.int8_scores, window_int8)
+    path = write_bundle(tmp_path / "seg.bundle", model_bytes=res.model_bytes, classes=p.ds.classes,
+                        names=p.ds.names, frontend=p.logmel.params, hop_s=cfg.bundle.hop_s,
+                        thresholds=res.int8_metrics["thresholds"], selftest_features=res.selftest_features,
+                        private_key=tiny_run.private_key, output_kind=cfg.quantize.output_kind, segment=spec)
+    b = load_bundle(path, load_public_key(tiny_run.public_key_path))
+    frames = FrameCache(b.frontend, tiny_run.cache_dir).load(p.val)
+    w = eval_windows(p.val, frames, b.frontend, b.hop_s)
+    got = bundle_scores(b, load_model(b), frames, w)
+    row = {(w.rec_ids[k], int(s)): i for i, (k, s) in enumerate(zip(w.rec_index, w.starts))}
+    vw = p.val_windows
+    sel = [row[(vw.rec_ids[k], int(s))] for k, s in zip(vw.rec_index, vw.starts)]
+    assert np.abs(got[sel] - res.int8_scores).max() < 1e-6
+    one = Int8Model(b.model_bytes, output_kind=cfg.quantize.output_kind)  # each window as a segment of one
+    single = np.stack([one.predict(spec.assemble(x[None]))[0] for x in p.x_val])
+    assert np.abs(single - res.int8_scores).max() > 1e-2

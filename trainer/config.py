@@ -205,6 +205,12 @@ class BundleSection(_Section):
     name: str = "dawnchorus"
     version: Optional[str] = None  # None: UTC time stamp
     hop_s: float = Field(1.5, gt=0)
+    # window: the model scores one window per invoke; segment: one backbone pass scores segment_windows
+    #   consecutive windows (about half the compute per second of audio; edge/contract/segment.py). Needs
+    #   model.pooling avg, a hop_s of whole frames and data.eval_hop_s equal to hop_s (the hold-out is scored
+    #   as the edge scores it).
+    inference: Literal["window", "segment"] = "window"
+    segment_windows: int = Field(16, ge=1, le=64)
     # Private key (PEM) to sign with; None: a new key pair is made in <out>/key/.
     signing_key: Optional[Path] = None
 
@@ -224,7 +230,24 @@ class TrainConfig(_Section):
     def _hop(self):
         if self.bundle.hop_s > self.frontend.window_s:
             raise ValueError(f"bundle.hop_s {self.bundle.hop_s} exceeds frontend.window_s {self.frontend.window_s}")
+        if self.bundle.inference == "segment":
+            _check_segment(self)
         return self
+
+
+def _check_segment(cfg: "TrainConfig") -> None:
+    from edge.contract.segment import SegmentError, hop_frames_of
+
+    if cfg.model.pooling != "avg":
+        raise ValueError(f"bundle.inference segment needs model.pooling avg (got {cfg.model.pooling}: its max over "
+                         "time cannot be shared between windows)")
+    try:
+        hop_frames_of(cfg.bundle.hop_s, cfg.frontend.params())
+    except SegmentError as exc:
+        raise ValueError(f"bundle.hop_s with bundle.inference segment: {exc}") from None
+    if cfg.data.eval_hop_s != cfg.bundle.hop_s:
+        raise ValueError(f"bundle.inference segment scores the hold-out at the bundle's hop: set data.eval_hop_s "
+                         f"to bundle.hop_s ({cfg.data.eval_hop_s} != {cfg.bundle.hop_s})")
 
 
 def _format(exc: ValidationError) -> str:

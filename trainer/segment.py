@@ -114,3 +114,135 @@ def representative_segments(spec: SegmentSpec, logmel, frames: Sequence[np.ndarr
         feats = np.stack([logmel.features(f[s0 + k * hop: s0 + k * hop + nf].astype(np.float32)) for k in range(m)])
         spec.assemble(feats, out=out[i])
     return out
+
+
+def spec_for(cfg) -> SegmentSpec:
+    """The segment spec a training config asks for (bundle.inference segment)."""
+    from edge.contract.segment import hop_frames_of
+
+    fe = cfg.frontend.params()
+    return SegmentSpec(windows=cfg.bundle.segment_windows, hop_frames=hop_frames_of(cfg.bundle.hop_s, fe),
+                       window_frames=fe.n_frames, n_mels=fe.n_mels)
+
+
+def edge_starts(n_total: int, n_frames: int, hop_frames: int) -> np.ndarray:
+    """Start frames of the windows the edge makes over a stretch of ``n_total`` frames, in order: every hop from
+    0, then one window aligned to the end if frames remain after the last (edge/detection/pipeline.py); a
+    stretch shorter than a window gives one window at 0."""
+    if n_total <= n_frames:
+        return np.array([0])
+    starts = list(range(0, n_total - n_frames + 1, hop_frames))
+    if n_total > starts[-1] + n_frames:
+        starts.append(n_total - n_frames)
+    return np.array(starts)
+
+
+def recording_scores(spec: SegmentSpec, predict, logmel, frames: np.ndarray,
+                     starts: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Scores of the windows at ``starts`` of one recording, computed as the edge computes them: all the
+    recording's windows in order (``edge_starts``, the tail window in the last chunk's next slot), ``spec.windows``
+    per invoke from the first (``edge.contract.segment.score_windows``)."""
+    from edge.contract.segment import score_windows
+
+    from .data import pad_frames
+
+    nf = spec.window_frames
+    f = pad_frames(frames, nf)
+    every = edge_starts(len(f), nf, spec.hop_frames)
+    feats = np.stack([logmel.features(f[s:s + nf].astype(np.float32)) for s in every])
+    scores = score_windows(spec, predict, feats)
+    row = {int(s): i for i, s in enumerate(every)}
+    missing = sorted(int(s) for s in starts if int(s) not in row)
+    if missing:
+        raise ValueError(f"windows starting at frames {missing[:5]} are not windows the edge makes at a hop of "
+                         f"{spec.hop_frames} frames")
+    return scores[[row[int(s)] for s in starts]]
+
+
+def grouped_scores(spec: SegmentSpec, predict, logmel, frames_of, rec_ids: Sequence[str], rec_index: np.ndarray,
+                   starts: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n, classes) scores of windows given by recording (``rec_ids[rec_index]``) and start frame, each recording
+    scored as the edge scores it (``recording_scores``); ``frames_of(rec_id)`` gives its dB frames."""
+    out = np.zeros((len(starts), n_classes), np.float32)
+    for k, rid in enumerate(rec_ids):
+        sel = np.flatnonzero(rec_index == k)
+        if len(sel):
+            out[sel] = recording_scores(spec, predict, logmel, frames_of(rid), starts[sel])
+    return out
+
+
+def single_window_scores(spec: SegmentSpec, predict, x: np.ndarray) -> np.ndarray:
+    """Scores of unrelated windows (silence), each as a segment of one window."""
+    return np.stack([np.asarray(predict(spec.assemble(w[None])))[0] for w in x])
+
+
+OP_KEYS = ("target_precision", "min_threshold", "min_windows", "false_events_per_hour_negatives", "negative_hours",
+           "silence_windows_detected", "species_below_target")
+
+
+def apply_segment(res, cfg, num_threads: int = 2) -> SegmentSpec:
+    """After ``trainer.train.evaluate_both``: convert ``res.parts.model`` to the int8 segment model and put it in
+    place of the per-window int8 model: ``res.model_bytes``, ``res.int8_scores`` and ``res.int8_metrics`` (the
+    hold-out scored as the edge scores it) and the int8 operating point (thresholds re-tuned on segment scores
+    of the hold-out, the held-out negatives and silence). The float figures stay the per-window float model's;
+    the per-window int8 figures go to ``res.inference['window_int8']``. ``res.parts`` may be any object with
+    the trained Keras ``model``."""
+    import time
+
+    from edge.contract.interpreter import Int8Model
+
+    from .data import pad_frames
+    from .evaluate import compute_metrics, summary
+
+    p = res.prepared
+    spec = spec_for(cfg)
+    kind = cfg.quantize.output_kind
+    window: dict = {"metrics": summary(res.int8_metrics), "model_mb": round(len(res.model_bytes or b"") / 1e6, 3)}
+    if res.open_set:
+        window["operating_point"] = {k: res.open_set["int8"][k] for k in OP_KEYS}
+    n = max(8, -(-2 * cfg.quantize.representative_windows // spec.windows))
+    rep = representative_segments(spec, p.logmel, [p.frames[r.id] for r in p.train.recordings], n, cfg.train.seed + 1)
+    negs = [p.kd.frames[r.id] for r in p.kd.negatives.train if r.id in p.kd.frames] if p.kd is not None else []
+    if negs:  # a quarter of the calibration from the training negatives, as the per-window calibration has some
+        rep[: n // 4] = representative_segments(spec, p.logmel, negs, n // 4, cfg.train.seed + 2)
+    t0 = time.time()
+    res.model_bytes = segment_int8(res.parts.model, spec, rep, kind)
+    res.timings["quantize_segment_s"] = round(time.time() - t0, 1)
+    model = Int8Model(res.model_bytes, num_threads=num_threads, output_kind=kind)
+    vw, classes = p.val_windows, p.ds.classes
+    res.int8_scores = grouped_scores(spec, model.predict, p.logmel, p.frames.__getitem__, vw.rec_ids, vw.rec_index,
+                                     vw.starts, len(classes))
+    idx = p.ds.index()
+    by_id = {r.id: r for r in p.val.recordings}
+    res.int8_metrics = compute_metrics(vw.y, res.int8_scores, vw.rec_index, vw.rec_ids,
+                                       [idx[by_id[r].label] for r in vw.rec_ids], classes)
+    if res.open_set:
+        _retune(res, cfg, spec, model)
+    nf = spec.window_frames
+    f = pad_frames(p.frames[vw.rec_ids[0]], nf)
+    starts = edge_starts(len(f), nf, spec.hop_frames)[: spec.windows]
+    res.selftest_features = spec.assemble(np.stack([p.logmel.features(f[s:s + nf].astype(np.float32))
+                                                    for s in starts]))
+    res.inference = {"kind": "segment", "windows": spec.windows, "hop_frames": spec.hop_frames,
+                     "window_int8": window}
+    log.info("segment model (%d windows per invoke): int8 macro ROC-AUC %.3f, top-1 %.3f (per-window int8 %.3f, "
+             "%.3f)", spec.windows, res.int8_metrics["macro_roc_auc"], res.int8_metrics["recording_top1_accuracy"],
+             window["metrics"]["macro_roc_auc"], window["metrics"]["recording_top1_accuracy"])
+    return spec
+
+
+def _retune(res, cfg, spec: SegmentSpec, model) -> None:
+    """The int8 operating point on segment scores of the hold-out, the held-out negatives and silence."""
+    from .data import FrameCache
+    from .holdout import silence_windows
+    from .train import default_cache_dir, tune_operating_point
+
+    p, neg = res.prepared, res.neg_windows
+    cache = FrameCache(p.logmel.params, cfg.data.cache_dir or default_cache_dir())
+    recs = {r.id: r for r in p.kd.negatives.held_out}
+    s_neg = grouped_scores(spec, model.predict, p.logmel, lambda rid: cache.frames(recs[rid].path), neg.rec_ids,
+                           neg.rec_index, np.asarray(neg.offsets) // p.logmel.params.hop_length, len(p.ds.classes))
+    s_sil = single_window_scores(spec, model.predict, silence_windows(p.logmel))
+    res.neg_scores.update({"int8": s_neg, "silence_int8": s_sil})
+    res.open_set["int8"] = tune_operating_point(cfg, p, neg, res.int8_scores, s_neg, s_sil)
+    res.int8_metrics["thresholds"] = res.open_set["int8"]["thresholds"]

@@ -60,6 +60,8 @@ class Result:
     open_set: dict | None = None  # {"int8": operating point, "float": ...} on held-out negatives and silence
     neg_windows: Any = None  # holdout.NegWindows
     neg_scores: dict | None = None  # {"int8": (n, C), "float": (n, C), "silence_int8": ..., "silence_float": ...}
+    inference: dict | None = None  # segment inference (trainer/segment.py): its spec and the per-window int8 figures
+    selftest_features: np.ndarray | None = None  # the bundle's self-test input (None: the first hold-out window)
 
 
 def prepare(data: str | Path | Dataset, cfg: TrainConfig, split: tuple[list[str], list[str]] | None = None,
@@ -318,7 +320,7 @@ def evaluate_both(res: Result, cfg: TrainConfig) -> None:
 def _open_set(res: Result, cfg: TrainConfig) -> None:
     """Held-out negatives and silence: precision-floored thresholds and false events per hour."""
     from .evaluate import score_int8, score_keras
-    from .holdout import negative_windows, operating_point, silence_windows
+    from .holdout import negative_windows, silence_windows
 
     p = res.prepared
     cache = FrameCache(p.logmel.params, cfg.data.cache_dir or default_cache_dir())
@@ -329,18 +331,26 @@ def _open_set(res: Result, cfg: TrainConfig) -> None:
           "float": score_keras(res.parts.model, neg.x) if len(neg.x) else np.zeros((0, len(p.ds.classes))),
           "silence_int8": score_int8(res.model_bytes, sil, output_kind=kind),
           "silence_float": score_keras(res.parts.model, sil)}
-    th = cfg.thresholds
-    res.open_set = {
-        k: operating_point(p.val_windows.y, s_val, neg, sc[k], sc[f"silence_{k}"], p.ds.classes, th.target_precision,
-                           th.min_threshold, th.max_threshold, th.min_windows, p.val_windows.rec_index)
-        for k, s_val in (("int8", res.int8_scores), ("float", res.float_scores))}
+    res.open_set = {k: tune_operating_point(cfg, p, neg, s_val, sc[k], sc[f"silence_{k}"])
+                    for k, s_val in (("int8", res.int8_scores), ("float", res.float_scores))}
     res.neg_windows, res.neg_scores = neg, sc
     res.int8_metrics["thresholds"] = res.open_set["int8"]["thresholds"]
     o = res.open_set["int8"]
+    th = cfg.thresholds
     log.info("operating point (precision >= %.2f, threshold >= %.2f): %.1f false events/h on %.2f h of held-out "
              "negatives, %d silence windows detected; below target: %s", th.target_precision, th.min_threshold,
              o["false_events_per_hour_negatives"], o["negative_hours"], o["silence_windows_detected"],
              o["species_below_target"])
+
+
+def tune_operating_point(cfg: TrainConfig, p: Prepared, neg, s_val: np.ndarray, s_neg: np.ndarray,
+                         s_sil: np.ndarray) -> dict:
+    """The operating point (trainer/holdout.py) for one model's scores of the hold-out, negatives and silence."""
+    from .holdout import operating_point
+
+    th = cfg.thresholds
+    return operating_point(p.val_windows.y, s_val, neg, s_neg, s_sil, p.ds.classes, th.target_precision,
+                           th.min_threshold, th.max_threshold, th.min_windows, p.val_windows.rec_index)
 
 
 def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, private_key=None,
@@ -358,6 +368,11 @@ def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, pr
     t2 = time.time()
     res = Result(p, parts, history)
     evaluate_both(res, cfg)
+    segment = None
+    if cfg.bundle.inference == "segment":
+        from .segment import apply_segment
+
+        segment = apply_segment(res, cfg)
     res.timings.update(prepare_s=round(t1 - t0, 1), train_s=round(t2 - t1, 1))
     m_f, m_q = res.float_metrics, res.int8_metrics
     drop = {"macro_roc_auc": m_f["macro_roc_auc"] - m_q["macro_roc_auc"],
@@ -377,6 +392,8 @@ def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, pr
         metrics["operating_point"] = {k: o[k] for k in (
             "target_precision", "min_threshold", "min_windows", "false_events_per_hour_negatives", "negative_hours",
             "silence_windows_detected", "species_below_target")}
+    if res.inference:
+        metrics["inference"] = res.inference
     if p.kd is not None:
         training["distillation"] = p.kd.info
     if cfg.distill.teacher != "none":
@@ -388,9 +405,10 @@ def run(data: str | Path | Dataset, out_dir: str | Path, cfg: TrainConfig, *, pr
     res.bundle_path = write_bundle(
         bundle_path, model_bytes=res.model_bytes, classes=p.ds.classes, names=p.ds.names,
         frontend=p.logmel.params, hop_s=cfg.bundle.hop_s, thresholds=m_q["thresholds"],
-        selftest_features=p.x_val[0], private_key=private_key, name=cfg.bundle.name,
+        selftest_features=p.x_val[0] if res.selftest_features is None else res.selftest_features,
+        private_key=private_key, name=cfg.bundle.name,
         version=cfg.bundle.version, training=training, metrics=metrics, output_kind=cfg.quantize.output_kind,
-        min_windows=res.open_set["int8"]["min_windows"] if res.open_set else 1)
+        min_windows=res.open_set["int8"]["min_windows"] if res.open_set else 1, segment=segment)
     try:  # the float model, for later analysis or re-quantization
         import warnings
 
