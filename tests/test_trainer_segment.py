@@ -141,7 +141,7 @@ def test_avgmax_model_is_refused_naming_the_option():
 
 
 @pytest.fixture(scope="module")
-def segment_run(tmp_path_factory, train_data):
+def trained_segment_run(tmp_path_factory, train_data):
     """A tiny training run that ships a segment model of 4 windows."""
     from edge.contract.signing import generate_keypair, load_private_key
     from trainer.config import parse_train_config
@@ -156,8 +156,8 @@ def segment_run(tmp_path_factory, train_data):
     return res, pub, cfg
 
 
-def test_segment_training_run_ships_a_segment_bundle_the_edge_loads(segment_run):
-    res, pub, cfg = segment_run
+def test_segment_training_run_ships_a_segment_bundle_the_edge_loads(trained_segment_run):
+    res, pub, cfg = trained_segment_run
     b = load_bundle(res.bundle_path, load_public_key(pub))
     p = res.prepared
     assert b.segment == SegmentSpec(windows=4, hop_frames=50, window_frames=p.logmel.params.n_frames,
@@ -174,13 +174,13 @@ def test_segment_training_run_ships_a_segment_bundle_the_edge_loads(segment_run)
     assert np.array_equal(np.load(res.bundle_path.parent / "validation_scores_int8.npy"), res.int8_scores)
 
 
-def test_evaluate_bundle_scores_a_segment_bundle_as_the_training_run_did(segment_run, train_data):
+def test_evaluate_bundle_scores_a_segment_bundle_as_the_training_run_did(trained_segment_run, train_data):
     """Parity: the bundle, loaded as the edge loads it and scored per recording in order, gives the hold-out
     scores the training run computed and tuned its thresholds on."""
     from trainer.data import FrameCache, eval_windows
     from trainer.evaluate_bundle import bundle_scores
 
-    res, pub, cfg = segment_run
+    res, pub, cfg = trained_segment_run
     p = res.prepared
     b = load_bundle(res.bundle_path, load_public_key(pub))
     frames = FrameCache(b.frontend, cfg.data.cache_dir).load(p.val)
@@ -227,3 +227,59 @@ def test_apply_segment_on_a_saved_model_and_its_bundle_score_alike(tiny_run, mod
     one = Int8Model(b.model_bytes, output_kind=cfg.quantize.output_kind)  # each window as a segment of one
     single = np.stack([one.predict(spec.assemble(x[None]))[0] for x in p.x_val])
     assert np.abs(single - res.int8_scores).max() > 1e-2
+
+
+def test_the_trainer_scores_a_recording_with_the_windows_and_chunks_of_the_edge(trained_segment_run, tmp_path):
+    """trainer.segment.recording_scores (how the hold-out is scored, thresholds tuned and bundles evaluated) and
+    the edge's pipeline replaying the same file make the same windows, tail window included, and put them in
+    the same chunks: with a probe model whose rows follow each window's own features in its place, the scores
+    agree window by window."""
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from edge.contract.frontend import LogMel
+    from edge.detection.pipeline import Pipeline
+    from edge.types import AudioBlock
+    from fixtures_segment import ProbeModel
+    from trainer.data import FrameCache
+    from trainer.segment import edge_starts, recording_scores
+
+    res, pub, _ = trained_segment_run
+    b = load_bundle(res.bundle_path, load_public_key(pub))
+    demo = Path(__file__).resolve().parents[1] / "edge" / "demo" / "XC344036_20161110_130000.ogg"
+    x, rate = sf.read(str(demo), dtype="float32")
+    fe = b.frontend
+    assert rate == fe.sample_rate
+    p = Pipeline(b, ProbeModel(b.segment))
+    p.begin("demo", "file-name")
+    edge: list = []
+    p.on_window = lambda off, utc, s: edge.append((off, np.array(s)))
+    p.feed(AudioBlock(x, datetime(2016, 11, 10, 13, tzinfo=timezone.utc), 0.0, discontinuity=False))
+    p.finish()
+    frames = FrameCache(fe, tmp_path).frames(demo)
+    starts = edge_starts(len(frames), fe.n_frames, b.segment.hop_frames)
+    assert (len(frames) - fe.n_frames) % b.segment.hop_frames and len(starts) % b.segment.windows  # a tail, a partial chunk
+    mine = recording_scores(b.segment, ProbeModel(b.segment).predict, LogMel(fe), frames, starts)
+    assert [round(o, 6) for o, _ in edge] == [round(s * fe.hop_length / fe.sample_rate, 6) for s in starts]
+    # the feature cache keeps dB frames as float16: the probe's means agree to ~1e-3, not to the last bit
+    tol = 5e-3
+    np.testing.assert_allclose(np.stack([r for _, r in edge]), mine, rtol=0, atol=tol)
+    feats = np.stack([LogMel(fe).features(frames[s:s + fe.n_frames].astype(np.float32)) for s in starts])
+    shifted = score_windows(b.segment, ProbeModel(b.segment).predict, feats[1:])  # chunked one window later
+    assert (np.abs(shifted - mine[1:]).max(axis=1) > 4 * tol).mean() > 0.3  # which the tolerance would catch
+
+
+@pytest.mark.parametrize("bad,key", [({"model": {"pooling": "avgmax"}}, "model.pooling"),
+                                     ({"bundle": {"hop_s": 1.234}}, "bundle.hop_s"),
+                                     ({"bundle": {"hop_s": 1.0}}, "data.eval_hop_s"),
+                                     ({"bundle": {"segment_windows": 65}}, "bundle.segment_windows")])
+def test_segment_config_errors_name_the_key(bad, key):
+    from trainer.config import TrainConfigError, parse_train_config
+
+    conf = {"bundle": {"inference": "segment", **bad.get("bundle", {})}, **{k: v for k, v in bad.items() if k != "bundle"}}
+    with pytest.raises(TrainConfigError, match=key.replace(".", r"\.")) as exc:
+        parse_train_config(conf)
+    assert "\n" not in str(exc.value)
+    assert parse_train_config({"bundle": {"inference": "segment"}}).bundle.segment_windows == 16
