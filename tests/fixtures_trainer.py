@@ -18,7 +18,7 @@ TINY_CONFIG = {
     "quantize": {"representative_windows": 20},
     "distill": {"teacher": "none"},
     "thresholds": {"method": "f1"},
-    "bundle": {"name": "tiny", "hop_s": 0.5},
+    "bundle": {"name": "tiny", "hop_s": 0.5, "inference": "window"},  # per window (segment runs: test_trainer_segment)
 }
 
 

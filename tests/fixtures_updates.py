@@ -36,7 +36,7 @@ def default_bundle() -> B.Bundle:
 @lru_cache(maxsize=1)
 def _selftest_output() -> tuple[int, ...]:
     b = default_bundle()
-    return tuple(int(v) for v in Int8Model(b.model_bytes).invoke_int8(b.selftest_input))
+    return tuple(int(v) for v in Int8Model(b.model_bytes).invoke_int8(b.selftest_input).reshape(-1))
 
 
 def make_bundle(private_key, version: str, *, name: str = "test-model", thresholds: float | None = 0.0,
@@ -56,7 +56,7 @@ def make_bundle(private_key, version: str, *, name: str = "test-model", threshol
         selftest_input=d.selftest_input, selftest_output=[int(v) for v in out], private_key=private_key,
         input_shape=d.manifest["tensors"]["input_shape"], output_shape=d.manifest["tensors"]["output_shape"],
         training={"note": "test bundle", "padding": "x" * padding_bytes},
-        output_kind=d.manifest["tensors"].get("output_kind", "probability"),
+        output_kind=d.manifest["tensors"].get("output_kind", "probability"), segment=d.segment,
     )
 
 
@@ -85,11 +85,19 @@ def bad_bundles(private_key, other_key, version: str) -> dict[str, tuple[bytes, 
     tampered_model[len(tampered_model) // 2] ^= 0xFF
     tampered = _zip({**members, B.MODEL: bytes(tampered_model)})
 
+    def model_input(m):
+        """The input shape the manifest's front-end (and inference block, if any) implies."""
+        from edge.contract.frontend import FrontendParams
+        from edge.contract.segment import SegmentSpec
+
+        fe = FrontendParams.from_dict(m["frontend"])
+        seg = SegmentSpec.from_manifest(m, fe)
+        return [1, *(seg.input_shape if seg else fe.input_shape)]
+
     def frontend_16k(m):
         m["frontend"]["sample_rate"] = 16000
         m["frontend"]["fmax"] = 8000.0
-        n_frames = 1 + (3 * 16000 - m["frontend"]["n_fft"]) // m["frontend"]["hop_length"]
-        m["tensors"]["input_shape"] = [1, m["frontend"]["n_mels"], n_frames, 1]
+        m["tensors"]["input_shape"] = model_input(m)
 
     def frontend_unknown(m):
         m["frontend"]["normalization"] = "pcen"
@@ -101,8 +109,7 @@ def bad_bundles(private_key, other_key, version: str) -> dict[str, tuple[bytes, 
         m["frontend"]["window_s"] = 2.0
         m["window_s"] = 2.0
         m["hop_s"] = 1.0
-        n_frames = 1 + (2 * m["frontend"]["sample_rate"] - m["frontend"]["n_fft"]) // m["frontend"]["hop_length"]
-        m["tensors"]["input_shape"] = [1, m["frontend"]["n_mels"], n_frames, 1]
+        m["tensors"]["input_shape"] = model_input(m)
 
     def selftest(m):
         m["selftest"]["output"] = [min(127, v + 60) if v < 60 else v - 60 for v in m["selftest"]["output"]]

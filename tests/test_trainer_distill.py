@@ -56,8 +56,10 @@ def test_distilled_bundle_loads_on_the_edge_and_names_its_teacher(kd_run):
     assert "CC BY-NC-SA 4.0" in b.manifest["training"]["teacher"]
     info = b.manifest["training"]["distillation"]
     assert info["grid_windows"] > 0 and info["pool_windows"] == 30 and info["negative_recordings_train"] >= 1
-    x = np.zeros((1, *m.input_shape[1:]), np.float32)
-    assert m.predict_batch(x).shape == (1, 2)
+    # the trainer's default: a segment model (bundle.segment_windows windows per invoke) with the hop of the edge
+    assert b.segment is not None and b.segment.windows == cfg.bundle.segment_windows == 16
+    x = np.zeros(m.input_shape[1:], np.float32)
+    assert m.predict(x).shape == (16, 2)
     # the operating point: every threshold honours the floor; figures recorded in the bundle
     assert all(cfg.thresholds.min_threshold <= t <= cfg.thresholds.max_threshold for t in b.thresholds.values())
     op = b.manifest["metrics"]["operating_point"]

@@ -273,7 +273,7 @@ def test_the_trainer_scores_a_recording_with_the_windows_and_chunks_of_the_edge(
 
 @pytest.mark.parametrize("bad,key", [({"model": {"pooling": "avgmax"}}, "model.pooling"),
                                      ({"bundle": {"hop_s": 1.234}}, "bundle.hop_s"),
-                                     ({"bundle": {"hop_s": 1.0}}, "data.eval_hop_s"),
+                                     ({"bundle": {"hop_s": 1.0}, "data": {"eval_hop_s": 1.5}}, "data.eval_hop_s"),
                                      ({"bundle": {"segment_windows": 65}}, "bundle.segment_windows")])
 def test_segment_config_errors_name_the_key(bad, key):
     from trainer.config import TrainConfigError, parse_train_config

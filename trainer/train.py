@@ -85,7 +85,7 @@ def prepare(data: str | Path | Dataset, cfg: TrainConfig, split: tuple[list[str]
 
         raise DatasetError(f"class(es) with no training recording after the split: {missing}")
     logmel = LogMel(frontend)
-    vw = eval_windows(val, frames, frontend, cfg.data.eval_hop_s)
+    vw = eval_windows(val, frames, frontend, cfg.data.eval_hop_s or cfg.bundle.hop_s)
     sel = None
     if cfg.train.max_val_windows and len(vw) > cfg.train.max_val_windows:
         sel = np.sort(np.random.default_rng(cfg.train.seed).choice(len(vw), cfg.train.max_val_windows, replace=False))
