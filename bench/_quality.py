@@ -146,7 +146,7 @@ def bundle_on_holdout(bundle_path, public_key, val_ds, negatives, classes, hop_s
     from trainer.data import FrameCache, eval_windows, features_batch
     from trainer.evaluate import compute_metrics
     from trainer.evaluate_bundle import bundle_scores
-    from trainer.segment import grouped_scores, single_window_scores
+    from trainer.segment import open_set_scores
     from trainer.holdout import negative_windows, operating_point, silence_windows
     from trainer.openset import events_per_hour
     from trainer.train import default_cache_dir
@@ -175,10 +175,7 @@ def bundle_on_holdout(bundle_path, public_key, val_ds, negatives, classes, hop_s
         s_neg = model.predict_batch(neg.x) if len(neg.x) else np.zeros((0, len(classes)))
         s_sil = model.predict_batch(silence_windows(lm))
     else:  # each negative recording's windows in order, W per invoke; silence windows one per invoke
-        recs = {r.id: r for r in negatives}
-        s_neg = grouped_scores(seg, model.predict, lm, lambda rid: fc.frames(recs[rid].path), neg.rec_ids,
-                               neg.rec_index, np.asarray(neg.offsets) // fe.hop_length, len(classes))
-        s_sil = single_window_scores(seg, model.predict, silence_windows(lm))
+        s_neg, s_sil = open_set_scores(seg, model.predict, lm, fc, negatives, neg, len(classes))
     t = np.array([b.thresholds.get(c, 0.5) for c in classes])
     fe_h, ev = events_per_hour(s_neg, neg.rec_index, t, neg.hours, neg.labels, b.min_windows)
     m["operating_point"] = {"false_events_per_hour_negatives": fe_h, "negative_hours": neg.hours,

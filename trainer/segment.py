@@ -176,6 +176,19 @@ def single_window_scores(spec: SegmentSpec, predict, x: np.ndarray) -> np.ndarra
     return np.stack([np.asarray(predict(spec.assemble(w[None])))[0] for w in x])
 
 
+def open_set_scores(spec: SegmentSpec, predict, logmel, cache, negatives, neg, n_classes: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the held-out negatives ``neg`` (trainer.holdout.NegWindows of the recordings ``negatives``,
+    their frames from ``cache``), each recording scored as the edge scores it, and of the silence windows,
+    each as a segment of one window."""
+    from .holdout import silence_windows
+
+    recs = {r.id: r for r in negatives}
+    s_neg = grouped_scores(spec, predict, logmel, lambda rid: cache.frames(recs[rid].path), neg.rec_ids,
+                           neg.rec_index, np.asarray(neg.offsets) // logmel.params.hop_length, n_classes)
+    return s_neg, single_window_scores(spec, predict, silence_windows(logmel))
+
+
 OP_KEYS = ("target_precision", "min_threshold", "min_windows", "false_events_per_hour_negatives", "negative_hours",
            "silence_windows_detected", "species_below_target")
 
@@ -234,15 +247,12 @@ def apply_segment(res, cfg, num_threads: int = 2) -> SegmentSpec:
 def _retune(res, cfg, spec: SegmentSpec, model) -> None:
     """The int8 operating point on segment scores of the hold-out, the held-out negatives and silence."""
     from .data import FrameCache
-    from .holdout import silence_windows
     from .train import default_cache_dir, tune_operating_point
 
     p, neg = res.prepared, res.neg_windows
     cache = FrameCache(p.logmel.params, cfg.data.cache_dir or default_cache_dir())
-    recs = {r.id: r for r in p.kd.negatives.held_out}
-    s_neg = grouped_scores(spec, model.predict, p.logmel, lambda rid: cache.frames(recs[rid].path), neg.rec_ids,
-                           neg.rec_index, np.asarray(neg.offsets) // p.logmel.params.hop_length, len(p.ds.classes))
-    s_sil = single_window_scores(spec, model.predict, silence_windows(p.logmel))
+    s_neg, s_sil = open_set_scores(spec, model.predict, p.logmel, cache, p.kd.negatives.held_out, neg,
+                                   len(p.ds.classes))
     res.neg_scores.update({"int8": s_neg, "silence_int8": s_sil})
     res.open_set["int8"] = tune_operating_point(cfg, p, neg, res.int8_scores, s_neg, s_sil)
     res.int8_metrics["thresholds"] = res.open_set["int8"]["thresholds"]

@@ -177,7 +177,7 @@ class Pipeline:
         self._source = SourceInfo(self.device_id, source_name, time_source)
         self._post = self._new_post()
         if self._batch is not None:
-            self._batch.slots.clear()
+            self._batch.clear()
         self._reset_segment()
 
     def _reset_segment(self) -> None:

@@ -44,6 +44,10 @@ class SegmentBatch:
     def full(self) -> bool:
         return len(self.slots) >= self.spec.windows
 
+    def clear(self) -> None:
+        """Drop the windows collected (a new source begins)."""
+        self.slots.clear()
+
     def delay_s(self, hop_s: float) -> float:
         """How much later than a per-window model a window can be scored (its chunk's other windows)."""
         return (self.spec.windows - 1) * hop_s
