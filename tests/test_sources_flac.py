@@ -21,11 +21,17 @@ def _noise(seconds: float, rate: int, channels: int, seed: int = 0) -> np.ndarra
 
 
 def _samples(path, *, dr_flac: bool, **kw) -> tuple[np.ndarray, list[float]]:
-    src = FileSource(path, SR, **kw)
-    assert src._flac is not None  # dr_flac opened it
-    if not dr_flac and src._flac is not None:
-        src._flac.close()
-        src._flac = None  # libsndfile reads it, as on a machine without miniaudio
+    if dr_flac:
+        src = FileSource(path, SR, **kw)
+        assert src._flac is not None and src._sf is None  # dr_flac alone opened it
+    else:  # libsndfile opens and reads it, as on a machine without miniaudio
+        saved = flac._FN.copy()
+        flac._FN.clear()
+        try:
+            src = FileSource(path, SR, **kw)
+        finally:
+            flac._FN.update(saved)
+        assert src._flac is None and src._sf is not None
     blocks = list(src.blocks(threading.Event()))
     return np.concatenate([b.samples for b in blocks]), [b.offset_s for b in blocks]
 
@@ -66,3 +72,29 @@ def test_a_source_dropped_unread_closes_its_decoder(tmp_path):
         assert src._flac is not None
         del src
     assert fds() <= before + 1
+
+
+def test_a_worker_reading_flac_never_loads_libsndfile(tmp_path):
+    """FLAC is opened by dr_flac alone (its header gives rate, channels, length): libsndfile stays out of a
+    cluster worker that reads FLAC (2 MB of its memory); the header's values are libsndfile's."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "a.flac"
+    sf.write(path, _noise(3.0, 44100, 2), 44100, format="FLAC", subtype="PCM_24")
+    code = ("import sys, threading; from edge.sources import FileSource; "
+            f"s = FileSource({str(path)!r}, 32000); print(s.file_rate, s.channels, s.frames, s.format); "
+            "n = sum(len(b.samples) for b in s.blocks(threading.Event())); "
+            "print(n, 'soundfile' in sys.modules, '_soundfile' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    info = sf.info(str(path))
+    assert out[:4] == [str(info.samplerate), str(info.channels), str(info.frames), "FLAC/PCM_24"]
+    assert out[4:] == [str(round(info.frames * 32000 / 44100)), "False", "False"]
+
+
+def test_a_file_dr_flac_cannot_open_goes_to_libsndfile(tmp_path):
+    """A file that starts like FLAC but is not one is refused by libsndfile with its reason."""
+    path = tmp_path / "fake.flac"
+    path.write_bytes(b"fLaC" + bytes(200))
+    with pytest.raises(SourceError, match=r"fake\.flac: not an audio file that can be decoded"):
+        FileSource(path, SR)

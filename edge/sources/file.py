@@ -63,6 +63,14 @@ def display_path(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace").translate(_CONTROL)
 
 
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
 def check_readable(path: Path) -> None:
     """SourceError unless ``path`` is a regular file this process can open (never blocks on a fifo)."""
     where = display_path(path)
@@ -124,6 +132,51 @@ def find_audio_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[tupl
     return files, problems
 
 
+class _Grid:
+    """Resampled samples, handed on in parts that end on multiples of ``size`` samples from the file's start.
+
+    The resampler's output comes in pieces whose sizes depend on how the input was read; cut on this grid,
+    a file's blocks (their offsets and times, which windows' times count from) are the same whether the
+    whole file is read or a piece of it, and whatever the decoder's block."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._held: list[np.ndarray] = []
+        self._n = 0
+        self._pos = 0  # file position of the first sample held
+
+    def add(self, x: np.ndarray, pos: int) -> None:
+        if len(x):
+            if not self._n:
+                self._pos = pos
+            self._held.append(x)
+            self._n += len(x)
+
+    def parts(self, last: bool) -> Iterator[tuple[int, np.ndarray]]:
+        """(file position, samples) of every part complete (with ``last``: and the rest)."""
+        while self._n:
+            n = self.size - self._pos % self.size
+            if self._n < n:
+                if not last:
+                    return
+                n = self._n
+            head = self._held[0]
+            if len(head) >= n:
+                part, rest = head[:n], head[n:]
+                if len(rest):
+                    self._held[0] = rest
+                else:
+                    self._held.pop(0)
+            else:
+                part = np.concatenate(self._held)
+                part, rest = part[:n], part[n:]
+                self._held = [rest] if len(rest) else []
+            pos = self._pos
+            self._pos += n
+            self._n -= n
+            yield pos, part
+
+
 class FileSource(AudioSource):
     """Streams one audio file as mono float32 blocks at ``sample_rate``."""
 
@@ -139,8 +192,6 @@ class FileSource(AudioSource):
         timezone: str | None = None,
         span: tuple[int, int | None] | None = None,
     ):
-        import soundfile as sf
-
         self.path = Path(path)
         self.sample_rate = int(sample_rate)
         self.channel = channel
@@ -151,20 +202,34 @@ class FileSource(AudioSource):
         self.name = display_path(self.path.resolve())
         if self.path.stat().st_size == 0:
             raise SourceError(f"{where}: empty file (0 bytes)")
-        try:
-            self._sf = sf.SoundFile(os.fsencode(self.path))
-        except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-            reason = str(exc).split(": ", 1)[-1] if ":" in str(exc) else str(exc)
-            raise SourceError(f"{where}: not an audio file that can be decoded ({reason})") from None
-        self.file_rate = int(self._sf.samplerate)
-        self.channels = int(self._sf.channels)
-        self.frames = int(self._sf.frames)
-        self.format = f"{self._sf.format}/{self._sf.subtype}"
+        self._sf: Any = None
+        self._flac: Any = None  # FLAC through dr_flac where it is installed (edge.sources.flac): 1.8x faster
+        if _starts_with(self.path, b"fLaC"):
+            from edge.sources.flac import open_file
+
+            self._flac = open_file(self.path)
+        if self._flac is not None:  # its header from dr_flac: libsndfile is not loaded
+            self.file_rate, self.channels, self.frames = self._flac.sample_rate, self._flac.channels, self._flac.frames
+            subtype = self._flac.subtype
+            self.format = f"FLAC/{subtype}"
+        else:
+            import soundfile as sf
+
+            try:
+                self._sf = sf.SoundFile(os.fsencode(self.path))
+            except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+                reason = str(exc).split(": ", 1)[-1] if ":" in str(exc) else str(exc)
+                raise SourceError(f"{where}: not an audio file that can be decoded ({reason})") from None
+            self.file_rate = int(self._sf.samplerate)
+            self.channels = int(self._sf.channels)
+            self.frames = int(self._sf.frames)
+            subtype = self._sf.subtype
+            self.format = f"{self._sf.format}/{subtype}"
         # 16/24/32-bit integer PCM is read as integers and scaled here: libsndfile's own conversion
         # to float costs 6x more than the decoding of a WAV file
         self._scale: np.float32 | None
         self._dtype, self._scale = {"PCM_16": ("int16", np.float32(2.0**-15)), "PCM_24": ("int32", np.float32(2.0**-31)),
-                                    "PCM_32": ("int32", np.float32(2.0**-31))}.get(self._sf.subtype, ("float32", None))
+                                    "PCM_32": ("int32", np.float32(2.0**-31))}.get(subtype, ("float32", None))
         try:
             if self.frames <= 0:
                 raise SourceError(f"{where}: empty audio (no samples; {self.format}, header only?)")
@@ -173,7 +238,7 @@ class FileSource(AudioSource):
                                   f"(allowed {MIN_FILE_RATE}..{MAX_FILE_RATE})")
             if not 0 < self.channels <= MAX_CHANNELS:
                 raise SourceError(f"{where}: header declares {self.channels} channels (allowed up to {MAX_CHANNELS})")
-            info = self._sf.extra_info or ""
+            info = (self._sf.extra_info or "") if self._sf is not None else ""
             if re.search(r"^data\s*:.*should be", info, re.M):
                 raise SourceError(
                     f"{where}: truncated ({self.format}: the header promises more audio than the file holds; "
@@ -182,13 +247,12 @@ class FileSource(AudioSource):
             if channel is not None and not 0 <= channel < self.channels:
                 raise SourceError(f"{where}: channel {channel} requested but the file has {self.channels}")
         except SourceError:
-            self._sf.close()
+            self.close()
             raise
-        self._flac = None  # FLAC through dr_flac where it is installed (edge.sources.flac): 1.8x faster
-        if self._sf.format == "FLAC":
+        if self._sf is not None and self._sf.format == "FLAC":  # libsndfile opened it: dr_flac may still read it
             from edge.sources.flac import open_flac
 
-            self._flac = open_flac(self.path, self._sf.subtype, self.channels)
+            self._flac = open_flac(self.path, subtype, self.channels)
         self.zone = "UTC"
         if start_utc is not None:
             self.start_utc, self.time_source = start_utc.astimezone(UTC), "config"
@@ -213,9 +277,7 @@ class FileSource(AudioSource):
         """Integer samples as libsndfile's float32 would give them (exactly: a power-of-two scale)."""
         if self._scale is None:
             return np.ascontiguousarray(data)
-        out = data.astype(np.float32)
-        out *= self._scale
-        return out
+        return np.multiply(data, self._scale, dtype=np.float32)  # converted, then scaled: one pass
 
     def _mono(self, data: np.ndarray) -> np.ndarray:
         if data.shape[1] == 1:
@@ -245,6 +307,7 @@ class FileSource(AudioSource):
             in_pos, out_pos = resampler.input_start(block), resampler.output_start(block)
         block_frames = max(1, int(self.block_s * self.file_rate))
         out_frames = max(1, int(self.block_s * self.sample_rate))
+        grid = _Grid(out_frames)
         eof = False
         try:
             if in_pos:
@@ -267,12 +330,19 @@ class FileSource(AudioSource):
                         mono = np.concatenate([mono, resampler.flush()])
                 lo = max(0, first - out_pos)
                 hi = len(mono) if end is None else max(lo, min(len(mono), end - out_pos))
-                for i in range(lo, hi, out_frames):  # the resampler completes 5 s at a time
-                    part = mono[i : min(i + out_frames, hi)]
-                    offset = (out_pos + i) / self.sample_rate
-                    yield AudioBlock(part, self.start_utc + timedelta(seconds=offset), offset)
+                last = eof or (end is not None and out_pos + len(mono) >= end)
+                if resampler is None:
+                    for i in range(lo, hi, out_frames):
+                        part = mono[i : min(i + out_frames, hi)]
+                        offset = (out_pos + i) / self.sample_rate
+                        yield AudioBlock(part, self.start_utc + timedelta(seconds=offset), offset)
+                else:  # the resampler's output, cut on a grid of out_frames from the file's start
+                    grid.add(mono[lo:hi], out_pos + lo)
+                    for pos, part in grid.parts(last):
+                        offset = pos / self.sample_rate
+                        yield AudioBlock(part, self.start_utc + timedelta(seconds=offset), offset)
                 out_pos += len(mono)
-                if eof or (end is not None and out_pos >= end):
+                if last:
                     break
         finally:
             self.close()
@@ -292,7 +362,7 @@ class FileSource(AudioSource):
                 "channels": self.channels, "channel": self.channel}
 
     def close(self) -> None:
-        if not self._sf.closed:
+        if self._sf is not None and not self._sf.closed:
             self._sf.close()
         if self._flac is not None:
             self._flac.close()

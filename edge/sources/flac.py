@@ -10,6 +10,11 @@ format) and reads FLAC through this module when it can: 16- and 24-bit
 FLAC, with miniaudio importable (wheels for x86-64 only: elsewhere, on a
 Raspberry Pi, libsndfile decodes as before). Only the compiled module is
 imported (``_miniaudio``: 0.3 MB resident), not miniaudio's Python API.
+A file that starts like FLAC is opened by dr_flac alone (``open_file``:
+its header gives the rate, channels, length and sample size), so a worker
+that only reads FLAC never loads libsndfile (2 MB of its memory); anything
+dr_flac does not open that way goes to libsndfile, which decodes it or
+refuses it with its reason.
 
 Samples come as integers, as libsndfile's integer reads give them (16-bit
 as int16, 24-bit left-justified in int32), into one buffer reused from
@@ -64,6 +69,7 @@ class FlacReader:
         self._ctype = "ma_dr_flac_int16 *" if self.dtype == np.int16 else "ma_dr_flac_int32 *"
         self._buf = np.empty(0, self.dtype)
         self._ptr = None
+        self.sample_rate, self.frames, self.subtype = 0, 0, subtype  # the header's (open_file)
 
     def seek(self, frame: int) -> None:
         if not _FN["seek_to_pcm_frame"](self._h, int(frame)):
@@ -91,6 +97,29 @@ class FlacReader:
             self.close()
         except Exception:  # noqa: BLE001 - at interpreter exit the module may be gone
             pass
+
+
+#: dr_flac's sample sizes read here, as libsndfile's subtypes
+BITS = {16: "PCM_16", 24: "PCM_24"}
+
+
+def open_file(path: str | Path) -> FlacReader | None:
+    """``path`` opened by dr_flac alone, with its header's values (``sample_rate``, ``channels``, ``frames``,
+    ``subtype``), or None: dr_flac not installed, not a FLAC stream it opens, a sample size it is not used
+    for, or no total length in the header (libsndfile then opens the file, and refuses it with its reason)."""
+    if not _FN:
+        return None
+    handle = _FN["open_file"](os.fsencode(path), _ffi.NULL)
+    if not handle:
+        return None
+    subtype = BITS.get(int(handle.bitsPerSample))
+    frames = int(handle.totalPCMFrameCount)
+    if subtype is None or frames <= 0 or int(handle.channels) <= 0:
+        _FN["close"](handle)
+        return None
+    reader = FlacReader(handle, int(handle.channels), subtype)
+    reader.sample_rate, reader.frames, reader.subtype = int(handle.sampleRate), frames, subtype
+    return reader
 
 
 def open_flac(path: str | Path, subtype: str, channels: int) -> FlacReader | None:
