@@ -137,6 +137,40 @@ def test_a_file_is_scored_as_score_windows_scores_its_windows(seg, win, demo, ki
         shifted = reference(bundle, m, demo, starts[1:] + starts[:1])
         assert sum(np.abs(g - w).max() > 0 for (_, g), (_, w) in zip(got, shifted)) > len(got) // 2
 
+@pytest.mark.parametrize("windows,hop", [(16, 150), (5, 150), (4, 297), (3, 1), (7, 100)])
+def test_the_batch_places_each_window_as_assemble_would(windows, hop):
+    """SegmentBatch writes each window into the input as it comes (no features buffer): whatever the chunk's
+    length, the refused windows and the chunk before, the input is SegmentSpec.assemble's."""
+    from edge.contract.segment import SegmentSpec
+    from edge.detection.segments import SegmentBatch
+
+    spec = SegmentSpec(windows=windows, hop_frames=hop, window_frames=297, n_mels=8)
+    batch = SegmentBatch(spec)
+    rng = np.random.default_rng(windows * 1000 + hop)
+    seen = []
+    for m in [windows, 1, windows - 1, 2, windows] * 2:
+        m = max(1, m)
+        feats = rng.normal(size=(m, 8, 297, 1)).astype(np.float32)
+        refused = rng.random(m) < 0.3
+        for k in range(m):
+            batch.add(None if refused[k] else feats[k], float(k), T0)
+        want = spec.assemble(np.where(refused[:, None, None, None], np.float32(0), feats))
+        got: dict = {}
+
+        def predict(x):
+            got["x"] = x.copy()
+            return np.zeros((windows, 2), np.float32)
+
+        rows = batch.score(predict, 2, -1.0, {"frontend_s": 0.0, "invoke_s": 0.0})
+        assert [r[0] for r in rows] == [float(k) for k in range(m)] and not batch.slots
+        if refused.all():
+            assert "x" not in got  # nothing to score: no invoke
+            continue
+        np.testing.assert_array_equal(got["x"], want)
+        seen.append(m)
+    assert len(set(seen)) >= 2
+
+
 
 @pytest.mark.parametrize("kind", ["int8", "probe"])
 def test_a_gap_ends_the_chunk_and_refused_windows_keep_their_slots(seg, demo, kind):

@@ -204,7 +204,8 @@ class Pipeline:
             return out
         self._anchors.append((self._seg_samples, block.start_utc, block.offset_s))
         if self._seg_samples < self.params.window_samples:
-            self._head.append(x[: self.params.window_samples - self._seg_samples])
+            self._head.append(x[: self.params.window_samples - self._seg_samples].copy())  # not a view: it
+            # would keep the whole block (or the resampler's 5 s output) alive for the segment
         self._seg_samples += len(x)
         self.stats["samples"] += len(x)
         hop = self.params.hop_length
@@ -259,6 +260,8 @@ class Pipeline:
             out += self._score(self._frames[i : i + self.n_frames], start * self.params.hop_length)
             self._last_start = start
             self._next_start = start + self.hop_frames
+            if self._head:  # only a segment without a window pads its head (_end_segment)
+                self._head = []
 
     def _score(self, window_frames: np.ndarray | None, start_sample: int, features: np.ndarray | None = None) -> list[Detection]:
         t0 = time.perf_counter()

@@ -3,11 +3,14 @@
 A segment bundle (``edge.contract.segment``) scores W consecutive windows
 with one invoke. The pipeline makes its windows exactly as for a per-window
 model (same starts, tail window, short-segment padding and signal guard);
-``SegmentBatch`` holds each window's normalised features, offset and time
+``SegmentBatch`` places each window's normalised features into the model's
+one input (a reused buffer) as it comes, and keeps its offset and time,
 until W are there (or the pipeline's segment ends, or the model is
-swapped), then assembles them into the model's one input (a reused buffer),
-runs the model once and hands back the real windows' rows in order - what
-``edge.contract.segment.score_windows`` computes for the same windows.
+swapped); then it runs the model once and hands back the real windows' rows
+in order - what ``edge.contract.segment.score_windows`` computes for the same
+windows (``SegmentSpec.assemble``'s input, built window by window: each
+window is written over its whole span, and the next one overwrites the
+frames nearer its own centre).
 
 A window the signal guard refuses keeps its slot, so the chunks are always
 W consecutive windows of the stream: its features are zeros (what the
@@ -36,8 +39,9 @@ class SegmentBatch:
 
     def __init__(self, spec: SegmentSpec):
         self.spec = spec
-        self.features = np.zeros((spec.windows, spec.n_mels, spec.window_frames), np.float32)
         self.input = np.zeros(spec.input_shape, np.float32)
+        self._flat = self.input[..., 0]
+        self._own_from = [lo for lo, _ in spec.owners()]  # where window k's frames begin (window k-1's end)
         self.slots: list[tuple[float, datetime, bool]] = []  # (offset_s, start_utc, has signal)
 
     @property
@@ -55,11 +59,19 @@ class SegmentBatch:
     def add(self, features: np.ndarray | None, offset_s: float, start_utc: datetime) -> None:
         """The next window: its normalised features (None: refused by the signal guard), offset and time."""
         k = len(self.slots)
+        sp = self.spec
+        lo, start, end = self._own_from[k], k * sp.hop_frames, k * sp.hop_frames + sp.window_frames
         if features is None:
-            self.features[k] = 0.0
+            self._flat[:, lo:end] = 0.0
         else:
-            self.features[k] = features.reshape(self.features.shape[1:])
+            self._flat[:, lo:end] = features.reshape(sp.n_mels, sp.window_frames)[:, lo - start:]
         self.slots.append((offset_s, start_utc, features is not None))
+
+    def assembled(self, m: int) -> np.ndarray:
+        """The model input of the first ``m`` windows collected: ``spec.assemble`` of their features (zeros
+        after the last one's end)."""
+        self._flat[:, (m - 1) * self.spec.hop_frames + self.spec.window_frames:] = 0.0
+        return self.input
 
     def score(self, predict: Callable[[np.ndarray], np.ndarray], n_labels: int, no_signal: float,
               stats: dict) -> list[tuple[float, datetime, np.ndarray]]:
@@ -67,13 +79,13 @@ class SegmentBatch:
         after. ``stats``: the assembly's time goes to ``frontend_s``, the model's to ``invoke_s``."""
         slots, self.slots = self.slots, []
         m = len(slots)
-        signal = np.array([ok for _, _, ok in slots], bool)
         if not m:
             return []
+        signal = np.array([ok for _, _, ok in slots], bool)
         rows = np.full((m, n_labels), no_signal, np.float32)
         if signal.any():
             t0 = time.perf_counter()
-            x = self.spec.assemble(self.features[:m], out=self.input)
+            x = self.assembled(m)
             t1 = time.perf_counter()
             got = np.asarray(predict(x), dtype=np.float32)[:m]
             stats["frontend_s"] += t1 - t0
