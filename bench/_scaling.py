@@ -92,8 +92,9 @@ def replay_process(paths: list[str], db: Path, extra: list[str]) -> dict:
 
 
 def start_dask(n: int, tmp: Path) -> tuple[str, list[subprocess.Popen]]:
-    """``dask scheduler`` and ``n`` one-thread ``dask worker`` processes on 127.0.0.1, set up as docs/scaling.md
-    says (DASK_WORKER_ENV)."""
+    """``dask scheduler`` and ``n`` one-thread ``dask worker --no-nanny`` processes on 127.0.0.1, set up as
+    docs/scaling.md says (DASK_WORKER_ENV; no nanny process beside each worker: a service manager restarts
+    workers there)."""
     bindir = Path(sys.executable).parent
     sched_file = tmp / "scheduler.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
@@ -107,7 +108,7 @@ def start_dask(n: int, tmp: Path) -> tuple[str, list[subprocess.Popen]]:
         time.sleep(0.1)
     address = json.loads(sched_file.read_text())["address"]
     for _ in range(n):
-        procs.append(subprocess.Popen([str(bindir / "dask"), "worker", address, "--nthreads", "1", "--nworkers", "1",
+        procs.append(subprocess.Popen([str(bindir / "dask"), "worker", address, "--nthreads", "1", "--no-nanny",
                                        "--memory-limit", "0", "--no-dashboard", "--host", "127.0.0.1"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       env={**env, **DASK_WORKER_ENV},

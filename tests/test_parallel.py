@@ -301,3 +301,32 @@ def test_a_worker_gets_the_verified_bundle_and_imports_no_configuration_store_or
             assert heavy.strip() == "[]"
         else:  # it verified the signature itself: cryptography, still no configuration or store
             assert "cryptography" in heavy and "pydantic" not in heavy and "edge.outputs" not in heavy, heavy
+
+
+def test_a_result_is_let_go_once_taken():
+    """results_in_order keeps no result it has handed on: a Dask worker keeps a unit's result while its future
+    lives, so an archive of thousands of files would otherwise pile every result up on the workers."""
+    import gc
+    import weakref
+    from concurrent.futures import Future
+
+    class Result:
+        pass
+
+    made: list = []
+
+    class Executor:
+        def submit(self, unit, work):
+            f: Future = Future()
+            r = Result()
+            made.append(weakref.ref(r))
+            f.set_result(r)
+            return f
+
+    taken = 0
+    for r in results_in_order(Executor(), range(5), None):
+        del r
+        taken += 1
+        gc.collect()
+        assert [w() is None for w in made[:taken]] == [True] * taken  # every result taken is gone
+        assert all(w() is not None for w in made[taken:])  # the rest wait

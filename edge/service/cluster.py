@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import weakref
 from typing import Any, Optional
 
 from edge.service.workers import Unit, Work, _warm, analyse, held_bundle
@@ -56,12 +57,12 @@ class DaskExecutor:
         self.jobs = max(1, sum(threads.values()))
         self.description = f"Dask {address}: {len(threads)} worker(s), {self.jobs} thread(s)"
         self._work: Optional[tuple[Work, Any]] = None  # (work, its scattered copy)
-        self._futures: list[Any] = []
+        self._futures: Any = weakref.WeakSet()  # to cancel: a result is dropped once taken (results_in_order)
+        self._warm: list[Any] = []
         if work is not None:  # every worker loads the model now, while the caller loads its own
             scattered = self._send(work)
-            for w in threads:
-                self._futures.append(self.client.submit(_warm, scattered, workers=[w], allow_other_workers=False,
-                                                        pure=False))
+            self._warm = [self.client.submit(_warm, scattered, workers=[w], allow_other_workers=False, pure=False)
+                          for w in threads]  # held: a released future's task may be cancelled
 
     def _send(self, work: Work) -> Any:
         """The work with its verified bundle once to every worker, not with every unit; returns the scattered
@@ -83,11 +84,11 @@ class DaskExecutor:
     def submit(self, unit: Unit, work: Work):
         scattered = self._send(work) if self._work is None or self._work[0].spec != work.spec else self._work[1]
         f = self.client.submit(analyse, unit, scattered, pure=False)
-        self._futures.append(f)
+        self._futures.add(f)
         return f
 
     def close(self, cancel: bool = False) -> None:
         if cancel:
-            self.client.cancel(self._futures)
-        self._futures = []
+            self.client.cancel(list(self._futures) + self._warm)
+        self._futures, self._warm = weakref.WeakSet(), []
         self.client.close()

@@ -374,9 +374,16 @@ class InlineExecutor:
 
 
 def results_in_order(executor, units: Iterable[Unit], work: Work):
-    """Submit every unit, then yield the results in the units' order (the workers run ahead)."""
-    futures = [executor.submit(u, work) for u in units]
-    for f in futures:
-        yield f.result()
+    """Submit every unit, then yield the results in the units' order (the workers run ahead). A result is
+    let go once taken: a Dask worker keeps a result while its future lives, so holding them all kept every
+    unit's windows on the workers (and in this process) until the end of an archive of any size."""
+    futures: list[Any] = [executor.submit(u, work) for u in units]
+    for i in range(len(futures)):
+        yield _take(futures, i)  # no name in this frame holds it while the caller works
+
+
+def _take(futures: list[Any], i: int) -> Any:
+    f, futures[i] = futures[i], None
+    return f.result()
 
 
