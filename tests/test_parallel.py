@@ -330,3 +330,13 @@ def test_a_result_is_let_go_once_taken():
         gc.collect()
         assert [w() is None for w in made[:taken]] == [True] * taken  # every result taken is gone
         assert all(w() is not None for w in made[taken:])  # the rest wait
+
+
+def test_a_workers_peak_is_its_own_not_its_parents():
+    """peak_rss_mb is the process's own high-water mark: ru_maxrss survives exec, so a worker started straight
+    from a large process (``dask worker --no-nanny`` from the bench) reported its parent's size."""
+    big = np.ones(200 * 1024 * 1024 // 8)  # this process: 200 MB more, touched
+    code = "from edge.service.workers import peak_rss_mb; print(peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert big.sum() > 0 and 5 < float(out.stdout) < 150

@@ -138,9 +138,14 @@ class FileResampler:
         self._feed(tail, False, outs)
 
     def process(self, x: np.ndarray) -> np.ndarray:
+        outs = self.process_parts(x)
+        return (outs[0].copy() if len(outs) == 1 else np.concatenate(outs)) if outs else np.zeros(0, np.float32)
+
+    def process_parts(self, x: np.ndarray) -> list[np.ndarray]:
+        """``process``'s output as libsoxr made it, in pieces (views: not copied into one array)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.identity:
-            return x
+            return [x] if len(x) else []
         outs: list[np.ndarray] = []
         i = 0
         while i < len(x):
@@ -155,7 +160,7 @@ class FileResampler:
             i += len(part)
             if done:
                 self._next_block(outs)
-        return (outs[0].copy() if len(outs) == 1 else np.concatenate(outs)) if outs else np.zeros(0, np.float32)
+        return outs
 
     def flush(self) -> np.ndarray:
         """The output after the last whole block (the input has ended)."""

@@ -193,6 +193,16 @@ _START_CPU = [0.0]  # a local worker's CPU time to start (imports, model), repor
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (Linux), the high-water mark of its own address space.
+    Not ``ru_maxrss`` where there is VmHWM: that survives exec, so a worker started straight from a large
+    process (``dask worker --no-nanny`` from a 230 MB bench) reported the parent's size, not its own."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
