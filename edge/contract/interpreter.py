@@ -72,21 +72,17 @@ class Int8Model:
             raise InterpreterError("model tensors carry no quantization parameters")
         self._in_index, self._out_index = self._in["index"], self._out["index"]
         self._qbuf = np.empty(self.input_shape, np.float32)  # predict's scratch: no new input-sized arrays per
-        # invoke (a segment model's input is 0.6 MB: four temporaries of it raised a Dask worker's peak)
+        self._qin = np.empty(self.input_shape, np.int8)  # invoke (a segment model's float input is 0.6 MB:
+        # four temporaries of it raised a Dask worker's peak)
 
     def quantize(self, features: np.ndarray) -> np.ndarray:
-        q = np.round(features / self.in_scale + self.in_zero)
-        return np.clip(q, -128, 127).astype(np.int8)
+        return self._rounded(np.divide(features, self.in_scale)).astype(np.int8)
 
-    def _quantize_in_place(self, features: np.ndarray) -> np.ndarray:
-        """``quantize`` for float32 features of the input's size, in a scratch buffer (the same bits: the same
-        float32 operations, in place); the result is valid until the next call."""
-        buf = self._qbuf.reshape(features.shape)
-        np.divide(features, self.in_scale, out=buf)
-        np.add(buf, self.in_zero, out=buf)
-        np.rint(buf, out=buf)
-        np.clip(buf, -128, 127, out=buf)
-        return buf
+    def _rounded(self, q: np.ndarray) -> np.ndarray:
+        """features / scale (``q``, changed in place) + zero point, rounded and clipped to int8's range."""
+        np.add(q, self.in_zero, out=q)
+        np.rint(q, out=q)
+        return np.clip(q, -128, 127, out=q)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
         """Scores in 0..1 from the int8 output (the sigmoid applied here for logit models)."""
@@ -106,9 +102,9 @@ class Int8Model:
         (windows, classes) for a segment model (edge.contract.segment)."""
         f = np.asarray(features)
         if f.dtype == np.float32 and f.size == self._qbuf.size:  # the edge's features: quantized in place
-            self._interp.tensor(self._in_index)()[...] = self._quantize_in_place(f).reshape(self.input_shape)
-            self._interp.invoke()
-            return self.dequantize(self._interp.get_tensor(self._out_index)[0])
+            np.copyto(self._qin, self._rounded(np.divide(f.reshape(self.input_shape), self.in_scale, out=self._qbuf)),
+                      casting="unsafe")
+            return self.dequantize(self.invoke_int8(self._qin))
         return self.dequantize(self.invoke_int8(self.quantize(features)))
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
