@@ -185,6 +185,10 @@ class DistillSection(_Section):
     aux_classes: int = Field(256, ge=1, le=6522)
     aux_temperature: float = Field(2.0, gt=0)
     aux_weight: float = Field(1.0, ge=0)
+    # pool: the model's classes are learnt at this temperature: a target t becomes sigmoid(logit(t) / T)
+    #   and the trained 'scores' layer is scaled by T at the end, so the shipped model scores on the
+    #   teacher's scale; T > 1 weights the ranking among small scores (1: the targets as they are)
+    temperature: float = Field(1.0, gt=0, le=10)
 
 
 class ThresholdsSection(_Section):

@@ -108,6 +108,14 @@ def _apply_lr(models, fold: int, emb: np.ndarray, n_cols: int) -> np.ndarray:
         if n_cols else np.zeros((len(x), 0), np.float32)
 
 
+def at_temperature(t: np.ndarray, temperature: float) -> np.ndarray:
+    """Targets (probabilities) seen at a temperature: sigmoid(logit(t) / T); T = 1 returns them unchanged."""
+    if temperature == 1.0:
+        return t
+    p = np.clip(np.asarray(t, np.float32), 1e-6, 1 - 1e-6)
+    return _sigmoid(np.log(p / (1 - p)) / temperature).astype(np.float32)
+
+
 def soft_targets(logits: np.ndarray, y: np.ndarray, bn_idx: np.ndarray, lr_p: np.ndarray, floor: float,
                  hear: float, label_weight: float) -> np.ndarray:
     t = np.zeros(y.shape, np.float32)
@@ -288,8 +296,9 @@ class KDSampler:
     """Training batches (features, soft targets, None) from grid and pool windows."""
 
     def __init__(self, kd: KDData, logmel, aug, seed: int, pool_fraction: float, negative_fraction: float,
-                 jitter: int = 5, pool_balanced: bool = False):
+                 jitter: int = 5, pool_balanced: bool = False, temperature: float = 1.0):
         self.kd, self.logmel, self.aug = kd, logmel, aug
+        self.temperature = temperature
         self.rng = np.random.default_rng(seed)
         self.nf = logmel.params.n_frames
         self.pool_fraction, self.negative_fraction, self.jitter = pool_fraction, negative_fraction, jitter
@@ -344,7 +353,7 @@ class KDSampler:
         x = self.logmel.features(w)
         if augment and self.aug.enabled:
             x = spec_masks(x, self.aug, self.rng)
-        return x, y, aux
+        return x, at_temperature(y, self.temperature), aux
 
     def batch(self, size: int, augment: bool = True):
         xs, ys, auxs = zip(*(self.sample(augment) for _ in range(size)))
