@@ -38,12 +38,12 @@ def test_sampler_hands_out_targets_at_its_temperature():
 def test_scores_layer_is_scaled_to_the_teachers_scale():
     from trainer.config import ModelSection
     from trainer.model import build_model
-    from trainer.train import _to_teacher_scale
+    from trainer.kd import to_teacher_scale
 
     parts = build_model(ModelSection(weights="none", mode="scratch", alpha=0.35), (32, 96, 1), 3)
     x = np.random.default_rng(0).standard_normal((2, 32, 96, 1)).astype(np.float32)
     before = parts.model.predict(x, verbose=0)
-    _to_teacher_scale(parts, 2.5)
+    to_teacher_scale(parts, 2.5)
     after = parts.model.predict(x, verbose=0)
     np.testing.assert_allclose(_logit(after), 2.5 * _logit(before), rtol=1e-3, atol=1e-3)
 

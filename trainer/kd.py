@@ -116,6 +116,16 @@ def at_temperature(t: np.ndarray, temperature: float) -> np.ndarray:
     return _sigmoid(np.log(p / (1 - p)) / temperature).astype(np.float32)
 
 
+def to_teacher_scale(parts, temperature: float) -> None:
+    """A model trained on targets at temperature T (distill.temperature) outputs sigmoid(logit / T): scaling
+    its 'scores' layer by T makes it score on the teacher's scale (the scores' ranking within a class is kept)."""
+    if temperature == 1.0:
+        return
+    layer = parts.head.get_layer("scores")
+    layer.set_weights([w * np.float32(temperature) for w in layer.get_weights()])
+    log.info("scores layer scaled by the distillation temperature %g", temperature)
+
+
 def soft_targets(logits: np.ndarray, y: np.ndarray, bn_idx: np.ndarray, lr_p: np.ndarray, floor: float,
                  hear: float, label_weight: float) -> np.ndarray:
     t = np.zeros(y.shape, np.float32)

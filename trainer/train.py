@@ -156,6 +156,7 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
     t = cfg.train
     d = cfg.distill
     use_pool = d.teacher == "birdnet" and d.target == "pool"
+    from .kd import to_teacher_scale
     if use_pool:  # a bad model option (weights path, alpha) fails now, not after the teacher's work
         build_model(cfg.model, p.logmel.params.input_shape, len(p.ds.classes), seed=t.seed)
     if use_pool and p.kd is None:
@@ -227,7 +228,7 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
                  row["val_macro_roc_auc"], row["val_recording_top1"], row["seconds"])
 
     if cfg.model.mode == "frozen" or t.epochs == 0:
-        _to_teacher_scale(parts, d.temperature if use_pool else 1.0)
+        to_teacher_scale(parts, d.temperature if use_pool else 1.0)
         return parts, history
 
     set_trainable(parts, cfg.model.mode, cfg.model.finetune_blocks)
@@ -282,18 +283,9 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
     if best is not None:
         parts.model.set_weights(best)
         log.info("restored the best epoch (val macro ROC-AUC %.3f)", best_auc)
-    _to_teacher_scale(parts, d.temperature if use_pool else 1.0)
+    to_teacher_scale(parts, d.temperature if use_pool else 1.0)
     return parts, history
 
-
-def _to_teacher_scale(parts, temperature: float) -> None:
-    """A model trained on targets at temperature T (distill.temperature) outputs sigmoid(logit / T): scaling
-    its 'scores' layer by T makes it score on the teacher's scale (the scores' ranking within a class is kept)."""
-    if temperature == 1.0:
-        return
-    layer = parts.head.get_layer("scores")
-    layer.set_weights([w * np.float32(temperature) for w in layer.get_weights()])
-    log.info("scores layer scaled by the distillation temperature %g", temperature)
 
 
 def evaluate_both(res: Result, cfg: TrainConfig) -> None:
