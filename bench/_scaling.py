@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)] if str(REPO) not in sys.path else []
+from edge.procstat import status_mb  # noqa: E402
 #: the Dask workers' settings docs/scaling.md gives: the statistical profiler off (it samples every thread
 #: 100 times a second), one BLAS thread, one malloc arena (Dask's threads and the task's then share their freed
 #: memory: 3 to 4 MB less); not the allocator's thresholds (the first unit sets them, edge.heap.configure;
@@ -61,14 +63,8 @@ def replay_process(paths: list[str], db: Path, extra: list[str]) -> dict:
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=errf, text=True)
     hwm = 0.0
-    status = Path(f"/proc/{p.pid}/status")
     while p.poll() is None:
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    hwm = max(hwm, int(line.split()[1]) / 1024)
-        except (OSError, ValueError):
-            pass
+        hwm = max(hwm, status_mb("VmHWM", p.pid) or 0.0)
         time.sleep(0.05)
     wall = time.perf_counter() - t0
     busy = busy_s() - busy0

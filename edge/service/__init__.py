@@ -4,5 +4,5 @@ systemd and signals), ``replay`` (per-file replay, picklable for worker processe
 ``cluster`` (replay on every core or a Dask cluster), ``updates`` and ``modelstore`` (signed model
 updates), ``health``, ``alerts``, ``sdnotify``.
 
-Imports from edge: contract, types, clock, heap, files, config, sources, detection, outputs, service.
+Imports from edge: contract, types, clock, heap, files, procstat, config, sources, detection, outputs, service.
 """

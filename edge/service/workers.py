@@ -26,6 +26,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from edge import heap
+from edge.procstat import status_mb
 from edge.sources.file import REPLAY_BLOCK_S, FileSource, SourceError
 
 log = logging.getLogger(__name__)
@@ -196,14 +197,8 @@ def peak_rss_mb() -> float:
     """This process's peak resident memory: VmHWM (Linux), the high-water mark of its own address space.
     Not ``ru_maxrss`` where there is VmHWM: that survives exec, so a worker started straight from a large
     process (``dask worker --no-nanny`` from a 230 MB bench) reported the parent's size, not its own."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    hwm = status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def analyse(unit: Unit, work: Work) -> UnitResult:

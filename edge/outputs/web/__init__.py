@@ -19,5 +19,5 @@ Memory: the standalone process must stay under 60 MB, so nothing here
 imports numpy at module level (``spectrogram`` draws in a child process
 unless numpy is already loaded) and ``server`` avoids ``edge.types``.
 
-Imports from edge: contract, types, clock, heap, config, sources, outputs.
+Imports from edge: contract, types, clock, heap, procstat, config, sources, outputs.
 """

@@ -5,6 +5,8 @@ import os
 import shutil
 from pathlib import Path
 
+from edge.procstat import status_mb
+
 
 def _meminfo() -> dict[str, int]:
     out = {}
@@ -18,13 +20,7 @@ def _meminfo() -> dict[str, int]:
 
 
 def process_rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{int(pid)}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        return None
-    return None
+    return status_mb("VmRSS", int(pid))
 
 
 def disk(path: Path | None) -> dict | None:
