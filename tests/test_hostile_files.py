@@ -117,7 +117,7 @@ def test_raven_tables_mirror_input_folders(tmp_path):
     card = tmp_path / "cards"
     for sd in ("SD1", "SD2"):
         (card / sd).mkdir(parents=True)
-        _good_flac(card / sd, "20240501_050000.WAV", 6.0)
+        _good_flac(card / sd, "20240501_050000.WAV", 12.0)
     out = tmp_path / "raven"
     r = subprocess.run(replay_cmd("--no-db", "--format", "raven", "--out", str(out), str(card)), cwd=REPO,
                        capture_output=True, text=True, timeout=120)
