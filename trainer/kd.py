@@ -308,7 +308,8 @@ class KDSampler:
     def __init__(self, kd: KDData, logmel, aug, seed: int, pool_fraction: float, negative_fraction: float,
                  jitter: int = 5, pool_balanced: bool = False, temperature: float = 1.0):
         self.kd, self.logmel, self.aug = kd, logmel, aug
-        self.temperature = temperature
+        # the targets as the model learns them (distill.temperature), converted once
+        self.grid_y, self.pool_y = at_temperature(kd.grid_y, temperature), at_temperature(kd.pool_y, temperature)
         self.rng = np.random.default_rng(seed)
         self.nf = logmel.params.n_frames
         self.pool_fraction, self.negative_fraction, self.jitter = pool_fraction, negative_fraction, jitter
@@ -345,13 +346,13 @@ class KDSampler:
         if self.jitter:
             s += int(self.rng.integers(-self.jitter, self.jitter + 1))
         s = int(np.clip(s, 0, len(f) - self.nf))
-        return f[s:s + self.nf].astype(np.float32), self.kd.grid_y[row]
+        return f[s:s + self.nf].astype(np.float32), self.grid_y[row]
 
     def sample(self, augment: bool = True):
         u = self.rng.random()
         if u < self.pool_fraction and len(self.kd.pool_y):
             i = self._pool_row()
-            w, y = self.kd.pool_frames[i].astype(np.float32), self.kd.pool_y[i]
+            w, y = self.kd.pool_frames[i].astype(np.float32), self.pool_y[i]
             aux = self._aux(self.kd.pool_aux, i)
         else:
             if u < self.pool_fraction + self.negative_fraction and len(self.neg_rows):
@@ -363,7 +364,7 @@ class KDSampler:
         x = self.logmel.features(w)
         if augment and self.aug.enabled:
             x = spec_masks(x, self.aug, self.rng)
-        return x, at_temperature(y, self.temperature), aux
+        return x, y, aux
 
     def batch(self, size: int, augment: bool = True):
         xs, ys, auxs = zip(*(self.sample(augment) for _ in range(size)))

@@ -156,6 +156,7 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
     t = cfg.train
     d = cfg.distill
     use_pool = d.teacher == "birdnet" and d.target == "pool"
+    temperature = d.temperature if use_pool else 1.0  # distill.temperature applies to the pool's targets
     from .kd import to_teacher_scale
     if use_pool:  # a bad model option (weights path, alpha) fails now, not after the teacher's work
         build_model(cfg.model, p.logmel.params.input_shape, len(p.ds.classes), seed=t.seed)
@@ -188,7 +189,7 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
         from .kd import KDSampler
 
         sampler = KDSampler(p.kd, p.logmel, cfg.augment, t.seed, d.pool_fraction, d.negative_fraction,
-                            pool_balanced=d.pool_balanced, temperature=d.temperature)
+                            pool_balanced=d.pool_balanced, temperature=temperature)
     else:
         sampler = WindowSampler(p.train, p.frames, p.logmel, cfg.augment, cfg.data.energy_percentile,
                                 t.balanced_sampling, t.seed, teacher=teacher, jitter_frames=d.jitter_frames)
@@ -228,7 +229,7 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
                  row["val_macro_roc_auc"], row["val_recording_top1"], row["seconds"])
 
     if cfg.model.mode == "frozen" or t.epochs == 0:
-        to_teacher_scale(parts, d.temperature if use_pool else 1.0)
+        to_teacher_scale(parts, temperature)
         return parts, history
 
     set_trainable(parts, cfg.model.mode, cfg.model.finetune_blocks)
@@ -283,9 +284,8 @@ def fit(p: Prepared, cfg: TrainConfig, progress: bool = True) -> tuple[Any, list
     if best is not None:
         parts.model.set_weights(best)
         log.info("restored the best epoch (val macro ROC-AUC %.3f)", best_auc)
-    to_teacher_scale(parts, d.temperature if use_pool else 1.0)
+    to_teacher_scale(parts, temperature)
     return parts, history
-
 
 
 def evaluate_both(res: Result, cfg: TrainConfig) -> None:
