@@ -11,6 +11,11 @@ audio, so the decoded-feature cache serves every epoch:
   training recordings;
 - time shift: random crops anywhere in the loud part of a recording, plus a
   jitter of a few frames;
+- warp: a fractional shift along the mel axis (a small pitch shift: one of
+  64 bands is about 6 % of the frequency at 3 kHz) and a stretch along the
+  time axis, both by linear interpolation of the dB frames (``warp``); the
+  targets stay, as a bird sings the same species a semitone higher or a
+  tenth faster;
 - SpecAugment time and frequency masks, and mixup (targets: the union of the
   two windows' labels) on the normalised features.
 """
@@ -33,6 +38,33 @@ def mix_at_snr(signal_db: np.ndarray, noise_db: np.ndarray, snr_db: float) -> np
     ps, pn = _db_to_power(signal_db), _db_to_power(noise_db)
     gain = ps.mean() / max(float(pn.mean()), 1e-20) / (10.0 ** (snr_db / 10.0))
     return (10.0 * np.log10(np.maximum(ps + gain * pn, 1e-10))).astype(np.float32)
+
+
+def _resample_axis(x: np.ndarray, pos: np.ndarray, axis: int) -> np.ndarray:
+    """x sampled at fractional positions ``pos`` along ``axis`` (linear, clamped at the edges)."""
+    pos = np.clip(pos, 0.0, x.shape[axis] - 1.0)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, x.shape[axis] - 1)
+    frac = (pos - lo).astype(np.float32)
+    shape = [1, 1]
+    shape[axis] = -1
+    frac = frac.reshape(shape)
+    return np.take(x, lo, axis=axis) * (1.0 - frac) + np.take(x, hi, axis=axis) * frac
+
+
+def warp(w: np.ndarray, a: AugmentSection, rng: np.random.Generator) -> np.ndarray:
+    """dB frames (frames, mels) shifted along the mel axis by up to ``a.freq_shift_bands`` bands and stretched
+    in time by a factor within 1 +- ``a.time_stretch`` (about the window's centre), each with ``a.warp_prob``;
+    the same shape comes back."""
+    n_frames, n_mels = w.shape
+    if a.freq_shift_bands > 0 and rng.random() < a.warp_prob:
+        shift = rng.uniform(-a.freq_shift_bands, a.freq_shift_bands)
+        w = _resample_axis(w, np.arange(n_mels) - shift, axis=1)
+    if a.time_stretch > 0 and rng.random() < a.warp_prob:
+        rate = rng.uniform(1.0 - a.time_stretch, 1.0 + a.time_stretch)
+        c = (n_frames - 1) / 2.0
+        w = _resample_axis(w, c + (np.arange(n_frames) - c) * rate, axis=0)
+    return w.astype(np.float32, copy=False)
 
 
 def spec_masks(x: np.ndarray, a: AugmentSection, rng: np.random.Generator) -> np.ndarray:
@@ -140,7 +172,7 @@ class WindowSampler:
             t = self.teacher.standardized(row)
         aug = augment and self.aug.enabled
         if aug:
-            w = self._noisy(w)
+            w = self._noisy(warp(w, self.aug, self.rng))
         x = self.logmel.features(w)
         if aug:
             x = self._masks(x)

@@ -76,6 +76,10 @@ class AugmentSection(_Section):
     snr_db_min: float = 0.0
     snr_db_max: float = 20.0
     time_shift_frames: int = Field(30, ge=0)
+    # warp: shift along the mel axis by up to this many bands (fractional), stretch time by 1 +- time_stretch
+    freq_shift_bands: float = Field(0.0, ge=0, le=8)
+    time_stretch: float = Field(0.0, ge=0, lt=0.5)
+    warp_prob: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
     def _snr(self):

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import pool as poolmod
 from . import teacher as T
-from .augment import spec_masks
+from .augment import spec_masks, warp
 from .data import FrameCache, Recording, pad_frames, save_atomic
 from .negatives import read_negatives, targets as neg_targets
 
@@ -361,8 +361,9 @@ class KDSampler:
                 row = self._pick_balanced(self.by_class)
             w, y = self._grid(row)
             aux = self._aux(self.kd.grid_aux, row)
-        x = self.logmel.features(w)
-        if augment and self.aug.enabled:
+        aug = augment and self.aug.enabled
+        x = self.logmel.features(warp(w, self.aug, self.rng) if aug else w)
+        if aug:
             x = spec_masks(x, self.aug, self.rng)
         return x, y, aux
 
